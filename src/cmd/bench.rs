@@ -1,0 +1,200 @@
+//! `gaplab bench`: throughput of the training steps and of sampling on a fixed model shape.
+//!
+//! The default shape is the 5.3M-parameter Llama that docs/PERFORMANCE.md compares against
+//! PyTorch eager (benches/pytorch_step.py runs the same shapes): hidden 256, 4 layers, 8 heads,
+//! intermediate 688, vocab 4096; 8 pairs of 128-token rows (32 prompt + 96 response tokens).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::data::{SeqBatch, TokenizedPair};
+use crate::model::{sample, Arch, CausalLm, ModelConfig, ScratchSpec};
+use crate::objective::{Loss, Objective};
+use crate::rng::Rng;
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::{self, reference_logps};
+
+pub struct BenchArgs {
+    pub iters: usize,
+    pub warmup: usize,
+    pub pairs: usize,
+    pub prompt_len: usize,
+    pub response_len: usize,
+    pub new_tokens: usize,
+    pub only: Vec<String>,
+    pub device: Device,
+}
+
+#[derive(Serialize, Debug)]
+pub struct BenchResult {
+    pub name: String,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub tokens_per_s: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct BenchReport {
+    pub threads: usize,
+    pub params: usize,
+    pub device: String,
+    pub results: Vec<BenchResult>,
+}
+
+fn bench_spec() -> ScratchSpec {
+    ScratchSpec {
+        arch: Arch::Llama,
+        vocab_size: 4096,
+        hidden_size: 256,
+        intermediate_size: 688,
+        num_hidden_layers: 4,
+        num_attention_heads: 8,
+        num_key_value_heads: 8,
+        max_position_embeddings: 512,
+        rope_theta: 10000.0,
+        tie_word_embeddings: false,
+    }
+}
+
+fn time(
+    iters: usize,
+    warmup: usize,
+    tokens: usize,
+    name: &str,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<BenchResult> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut ts = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    ts.sort_by(f64::total_cmp);
+    let median = ts[ts.len() / 2];
+    Ok(BenchResult {
+        name: name.to_string(),
+        median_s: median,
+        min_s: ts[0],
+        tokens_per_s: tokens as f64 / median,
+    })
+}
+
+pub fn run(args: &BenchArgs) -> Result<BenchReport> {
+    let cfg = ModelConfig::from_scratch(&bench_spec())?;
+    let params = cfg.num_params();
+    let dev = &args.device;
+    let mut rng = Rng::new(0);
+    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(4096) as u32).collect() };
+    let pairs: Vec<TokenizedPair> = (0..args.pairs)
+        .map(|_| TokenizedPair {
+            prompt: ids(args.prompt_len),
+            chosen: ids(args.response_len),
+            rejected: ids(args.response_len),
+        })
+        .collect();
+    let pair_batch = SeqBatch::from_pairs(&pairs, 0, dev)?;
+    let sft_batch = SeqBatch::chosen_only(&pairs, 0, dev)?;
+    let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let mut results = Vec::new();
+    let opt_cfg = AdamWConfig {
+        lr: 1e-4,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+
+    if want("dpo") {
+        let base = CausalLm::random(cfg.clone(), 0, dev)?;
+        let reference = base.deep_copy()?;
+        let (policy, vars) = base.into_trainable()?;
+        let mut opt = AdamW::new(vars, opt_cfg)?;
+        let obj = Objective {
+            loss: Loss::Dpo,
+            beta: 0.1,
+            gamma: 0.0,
+            poet: false,
+        };
+        results.push(time(
+            args.iters,
+            args.warmup,
+            pair_batch.num_tokens(),
+            "dpo_step",
+            || {
+                let r = reference_logps(&reference, &pair_batch)?;
+                train::preference_step(&policy, Some(&r), &pair_batch, &obj, &mut opt, Some(1.0))?;
+                Ok(())
+            },
+        )?);
+        results.push(time(
+            args.iters,
+            args.warmup,
+            pair_batch.num_tokens(),
+            "reference_forward",
+            || {
+                reference_logps(&reference, &pair_batch)?;
+                Ok(())
+            },
+        )?);
+    }
+    if want("sft") {
+        let (policy, vars) = CausalLm::random(cfg.clone(), 0, dev)?.into_trainable()?;
+        let mut opt = AdamW::new(vars, opt_cfg)?;
+        let counted = sft_batch.response_lens.clone();
+        results.push(time(
+            args.iters,
+            args.warmup,
+            sft_batch.num_tokens(),
+            "sft_step",
+            || {
+                train::sft_step(&policy, &sft_batch, &counted, &mut opt, Some(1.0))?;
+                Ok(())
+            },
+        )?);
+    }
+    if want("sample") {
+        let model = CausalLm::random(cfg.clone(), 0, dev)?;
+        let prompt = pairs[0].prompt.clone();
+        let params = sample::SampleParams {
+            max_new_tokens: args.new_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+        };
+        let mut rng = Rng::new(0);
+        results.push(time(
+            args.iters.min(5),
+            1,
+            args.new_tokens,
+            "sample_greedy",
+            || {
+                let out = sample::generate(&model, &prompt, &[], &params, &mut rng)?;
+                anyhow::ensure!(out.len() == params.max_new_tokens);
+                Ok(())
+            },
+        )?);
+    }
+    Ok(BenchReport {
+        threads: rayon::current_num_threads(),
+        params,
+        device: format!("{dev:?}"),
+        results,
+    })
+}
+
+pub fn render(r: &BenchReport) -> String {
+    let mut s = format!(
+        "{} parameters · {} threads · {}\n{:<20} {:>10} {:>10} {:>12}\n",
+        r.params, r.threads, r.device, "benchmark", "median s", "min s", "tokens/s"
+    );
+    for x in &r.results {
+        s += &format!(
+            "{:<20} {:>10.4} {:>10.4} {:>12.0}\n",
+            x.name, x.median_s, x.min_s, x.tokens_per_s
+        );
+    }
+    s
+}

@@ -1,0 +1,12 @@
+//! gaplab: a terminal workbench for preference-optimization research (DPO, SimPO, POET).
+//!
+//! Module map: `model` (the trainable decoder, checkpoints, tokenizer, sampling), `data`
+//! (preference pairs and batches), `objective` (losses, POET masks, prefix diagnostics),
+//! `train` (optimizer and step functions), `cmd` (the bodies of the CLI's commands).
+
+pub mod cmd;
+pub mod data;
+pub mod model;
+pub mod objective;
+pub mod rng;
+pub mod train;

@@ -1,0 +1,142 @@
+//! Hugging Face checkpoint folders: load (single or sharded safetensors) and save.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::{param_specs, CausalLm, ModelConfig, Tok};
+
+/// Files copied along with the weights so a saved folder is a complete checkpoint.
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
+/// The safetensors files of a checkpoint folder, from its shard index when it has one.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("cannot read {}", index.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}:{}: invalid JSON: {e}",
+                index.display(),
+                e.line(),
+                e.column()
+            )
+        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{}: field `weight_map` missing", index.display()))?;
+        let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
+        for f in &files {
+            if !f.exists() {
+                bail!("{}: shard {} does not exist", index.display(), f.display());
+            }
+        }
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    bail!(
+        "{}: no model.safetensors or model.safetensors.index.json",
+        dir.display()
+    )
+}
+
+/// Loads a checkpoint folder's weights in `dtype` onto `device`.
+pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<CausalLm> {
+    if !dir.is_dir() {
+        bail!("{}: not a checkpoint folder", dir.display());
+    }
+    let cfg = ModelConfig::load(&dir.join("config.json"))?;
+    let files = weight_files(dir)?;
+    // SAFETY: the files are memory-mapped read-only; gaplab never writes a checkpoint in place
+    // (new checkpoints go to a temporary folder that is renamed).
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+        .with_context(|| format!("{}: cannot read safetensors", dir.display()))?;
+    let mut map = HashMap::new();
+    for spec in param_specs(&cfg) {
+        let t = st.load(&spec.name, device).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: tensor `{}` missing from the safetensors files",
+                dir.display(),
+                spec.name
+            )
+        })?;
+        map.insert(spec.name, t.to_dtype(dtype)?);
+    }
+    CausalLm::from_tensors(cfg, map).with_context(|| dir.display().to_string())
+}
+
+/// Loads model and tokenizer of a checkpoint folder.
+pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(CausalLm, Tok)> {
+    let model = load_model(dir, device, dtype)?;
+    let tok = Tok::load(dir, Some(&model.cfg))?;
+    if let Some(&bad) = [Some(tok.eos), tok.bos, tok.pad]
+        .iter()
+        .flatten()
+        .find(|&&id| id as usize >= model.cfg.vocab_size)
+    {
+        bail!(
+            "{}: special token id {bad} is outside the model's vocab_size {}",
+            dir.display(),
+            model.cfg.vocab_size
+        );
+    }
+    Ok((model, tok))
+}
+
+pub fn hf_dtype(name: &str) -> Option<DType> {
+    match name {
+        "float32" => Some(DType::F32),
+        "bfloat16" => Some(DType::BF16),
+        "float16" => Some(DType::F16),
+        _ => None,
+    }
+}
+
+/// Writes `model` as a Hugging Face folder (config.json + model.safetensors in the checkpoint's
+/// own dtype) and copies the tokenizer files found in `tokenizer_from`.
+pub fn save_dir(model: &CausalLm, tokenizer_from: Option<&Path>, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dtype = hf_dtype(&model.cfg.stored_dtype).unwrap_or(DType::F32);
+    let tensors = model
+        .weights()
+        .iter()
+        .map(|(n, t)| {
+            Ok((
+                n.clone(),
+                t.detach().to_dtype(dtype)?.to_device(&Device::Cpu)?,
+            ))
+        })
+        .collect::<Result<Vec<(String, Tensor)>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let path = dir.join("model.safetensors");
+    safetensors::serialize_to_file(tensors, Some(metadata), &path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let config = serde_json::to_string_pretty(&model.cfg.to_hf_json())?;
+    std::fs::write(dir.join("config.json"), config + "\n")
+        .with_context(|| format!("cannot write {}/config.json", dir.display()))?;
+    if let Some(src) = tokenizer_from {
+        for f in TOKENIZER_FILES {
+            let from = src.join(f);
+            if from.exists() {
+                std::fs::copy(&from, dir.join(f))
+                    .with_context(|| format!("cannot copy {}", from.display()))?;
+            }
+        }
+    }
+    Ok(())
+}

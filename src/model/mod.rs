@@ -1,0 +1,480 @@
+//! The decoder: a Llama-family causal LM written for training.
+//!
+//! Unlike candle-transformers' inference models it returns hidden states for every position,
+//! keeps its weights as plain tensors (so they can be `Var`s of an optimizer), and uses the fused
+//! differentiable ops of [`ops`]. The same code serves training (graph recorded through `Var`s),
+//! reference scoring (plain tensors, no graph) and KV-cached sampling.
+
+pub mod config;
+pub mod io;
+pub mod matmul;
+pub mod ops;
+pub mod sample;
+pub mod tokenizer;
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+
+pub use config::{Arch, ModelConfig, ScratchSpec};
+pub use tokenizer::Tok;
+
+use crate::data::SeqBatch;
+use crate::rng::Rng;
+
+/// The compute device named by `spec`: "cpu", "cuda", "cuda:N", or "auto" (the first CUDA
+/// device when gaplab is built with the `cuda` feature and one is present, else the CPU).
+pub fn select_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .with_context(|| format!("device \"{s}\": expected cuda:N"))?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                bail!("device \"{s}\": this gaplab was built without CUDA (rebuild with `--features cuda`)");
+            }
+            Device::new_cuda(n).with_context(|| format!("device \"{s}\""))
+        }
+        s => bail!("device \"{s}\": expected auto, cpu or cuda:N"),
+    }
+}
+
+/// One weight of the decoder: its Hugging Face name, shape and how a fresh model initialises it.
+#[derive(Clone, Debug)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Normal,
+    Ones,
+    Zeros,
+}
+
+/// Every weight a checkpoint of `cfg` holds, in a fixed order (the optimizer's order too).
+pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
+    let (d, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let (h, kv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let mut v = Vec::new();
+    let mut push =
+        |name: String, shape: Vec<usize>, init: Init| v.push(ParamSpec { name, shape, init });
+    push(
+        "model.embed_tokens.weight".into(),
+        vec![cfg.vocab_size, d],
+        Init::Normal,
+    );
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        push(format!("{p}.input_layernorm.weight"), vec![d], Init::Ones);
+        for (proj, out) in [("q_proj", h * hd), ("k_proj", kv * hd), ("v_proj", kv * hd)] {
+            push(
+                format!("{p}.self_attn.{proj}.weight"),
+                vec![out, d],
+                Init::Normal,
+            );
+            if cfg.qkv_bias {
+                push(format!("{p}.self_attn.{proj}.bias"), vec![out], Init::Zeros);
+            }
+        }
+        push(
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![d, h * hd],
+            Init::Normal,
+        );
+        if cfg.o_bias {
+            push(format!("{p}.self_attn.o_proj.bias"), vec![d], Init::Zeros);
+        }
+        push(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![d],
+            Init::Ones,
+        );
+        for (proj, shape) in [
+            ("gate_proj", vec![i, d]),
+            ("up_proj", vec![i, d]),
+            ("down_proj", vec![d, i]),
+        ] {
+            let bias_len = shape[0];
+            push(format!("{p}.mlp.{proj}.weight"), shape, Init::Normal);
+            if cfg.mlp_bias {
+                push(format!("{p}.mlp.{proj}.bias"), vec![bias_len], Init::Zeros);
+            }
+        }
+    }
+    push("model.norm.weight".into(), vec![d], Init::Ones);
+    if !cfg.tie_word_embeddings {
+        push(
+            "lm_head.weight".into(),
+            vec![cfg.vocab_size, d],
+            Init::Normal,
+        );
+    }
+    v
+}
+
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    /// x [n, in] -> [n, out]
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = matmul::matmul(x, &self.w.t()?)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct Layer {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Keys and values of earlier positions, one entry per layer, for incremental decoding.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct ResponseScores {
+    pub logps: Tensor,
+    pub logits: Tensor,
+}
+
+pub struct CausalLm {
+    pub cfg: ModelConfig,
+    /// Weights by name, in `param_specs` order.
+    weights: Vec<(String, Tensor)>,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl CausalLm {
+    /// Builds a decoder from named tensors (moved out of `map`), checking names and shapes.
+    pub fn from_tensors(cfg: ModelConfig, map: HashMap<String, Tensor>) -> Result<Self> {
+        Self::assemble(cfg, map, None)
+    }
+
+    fn assemble(
+        cfg: ModelConfig,
+        mut map: HashMap<String, Tensor>,
+        rope: Option<(Tensor, Tensor)>,
+    ) -> Result<Self> {
+        let specs = param_specs(&cfg);
+        let mut weights = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            let t = map
+                .remove(&spec.name)
+                .with_context(|| format!("missing tensor `{}`", spec.name))?;
+            if t.dims() != spec.shape.as_slice() {
+                bail!(
+                    "tensor `{}` has shape {:?} but config.json implies {:?}",
+                    spec.name,
+                    t.dims(),
+                    spec.shape
+                );
+            }
+            weights.push((spec.name.clone(), t));
+        }
+        let device = weights[0].1.device().clone();
+        let dtype = weights[0].1.dtype();
+        let by_name: HashMap<&str, &Tensor> =
+            weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let get = |n: &str| by_name.get(n).map(|t| (*t).clone());
+        let lin = |n: &str| -> Result<Linear> {
+            Ok(Linear {
+                w: get(&format!("{n}.weight")).context(n.to_string())?,
+                b: get(&format!("{n}.bias")),
+            })
+        };
+        let mut layers = Vec::new();
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            layers.push(Layer {
+                input_norm: get(&format!("{p}.input_layernorm.weight")).unwrap(),
+                q: lin(&format!("{p}.self_attn.q_proj"))?,
+                k: lin(&format!("{p}.self_attn.k_proj"))?,
+                v: lin(&format!("{p}.self_attn.v_proj"))?,
+                o: lin(&format!("{p}.self_attn.o_proj"))?,
+                post_norm: get(&format!("{p}.post_attention_layernorm.weight")).unwrap(),
+                gate: lin(&format!("{p}.mlp.gate_proj"))?,
+                up: lin(&format!("{p}.mlp.up_proj"))?,
+                down: lin(&format!("{p}.mlp.down_proj"))?,
+            });
+        }
+        let embed = get("model.embed_tokens.weight").unwrap();
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            get("lm_head.weight").unwrap()
+        };
+        let norm = get("model.norm.weight").unwrap();
+        let (cos, sin) = match rope {
+            Some(tables) => tables,
+            None => rope_tables(&cfg, &device, dtype)?,
+        };
+        Ok(Self {
+            cfg,
+            weights,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+        })
+    }
+
+    /// A freshly initialised decoder (Hugging Face's scheme: N(0, 0.02) weights, unit norms,
+    /// zero biases), deterministic for a seed.
+    pub fn random(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        let mut rng = Rng::new(seed);
+        let mut map = HashMap::new();
+        for spec in param_specs(&cfg) {
+            let n: usize = spec.shape.iter().product();
+            let data: Vec<f32> = match spec.init {
+                Init::Normal => (0..n).map(|_| (rng.normal() * 0.02) as f32).collect(),
+                Init::Ones => vec![1.0; n],
+                Init::Zeros => vec![0.0; n],
+            };
+            map.insert(
+                spec.name,
+                Tensor::from_vec(data, spec.shape.as_slice(), device)?,
+            );
+        }
+        Self::from_tensors(cfg, map)
+    }
+
+    pub fn weights(&self) -> &[(String, Tensor)] {
+        &self.weights
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    /// Rebuilds the decoder over other tensors of the same names (e.g. optimizer variables).
+    fn rebuild(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let map = self
+            .weights
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), f(t)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Self::assemble(
+            self.cfg.clone(),
+            map,
+            Some((self.cos.clone(), self.sin.clone())),
+        )
+    }
+
+    /// A copy with its own storage: an optimizer updating this model leaves the copy alone
+    /// (a reference model made with `detach` would move with the policy).
+    pub fn deep_copy(&self) -> Result<Self> {
+        self.rebuild(|t| Ok(t.detach().copy()?))
+    }
+
+    /// The same weights without gradient tracking, for evaluation and sampling.
+    pub fn detached(&self) -> Result<Self> {
+        self.rebuild(|t| Ok(t.detach()))
+    }
+
+    /// Turns the weights into trainable variables (named, in `param_specs` order).
+    pub fn into_trainable(self) -> Result<(Self, Vec<(String, Var)>)> {
+        let vars: Vec<(String, Var)> = self
+            .weights
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), Var::from_tensor(&t.detach().copy()?)?)))
+            .collect::<Result<_>>()?;
+        let map = vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        let rope = Some((self.cos.clone(), self.sin.clone()));
+        Ok((Self::assemble(self.cfg.clone(), map, rope)?, vars))
+    }
+
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let map = self
+            .weights
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.to_dtype(dtype)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Self::from_tensors(self.cfg.clone(), map)
+    }
+
+    /// Final-normed hidden states of every position: ids [batch, seq] -> [batch * seq, hidden].
+    pub fn hidden_states(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.check_len(t)?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, b, t, &cos, &sin, None)?;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+    }
+
+    /// Logits of hidden states [n, hidden] -> [n, vocab].
+    pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(matmul::matmul(hidden, &self.lm_head.t()?)?)
+    }
+
+    /// Log-probs of every row's response tokens, packed as in [`SeqBatch`] ([tokens]), with the
+    /// logits they come from ([tokens, vocab]). Only response positions reach the LM head.
+    pub fn response_scores(&self, batch: &SeqBatch) -> Result<ResponseScores> {
+        let h = self.hidden_states(&batch.ids)?;
+        let h = h.index_select(&batch.predict_pos, 0)?;
+        let logits = self.project(&h)?;
+        let logps = ops::target_logprob(&logits, &batch.targets)?;
+        Ok(ResponseScores { logps, logits })
+    }
+
+    /// Logits of every position: ids [batch, seq] -> [batch, seq, vocab].
+    pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.hidden_states(ids)?;
+        Ok(self.project(&h)?.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// Logits of the last position after feeding `ids` [batch, n] on top of `cache`.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, n) = ids.dims2()?;
+        let offset = cache.len();
+        self.check_len(offset + n)?;
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = (0..self.layers.len()).map(|_| None).collect();
+        }
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let cos = self.cos.narrow(0, offset, n)?;
+        let sin = self.sin.narrow(0, offset, n)?;
+        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = self.layer_forward(layer, &x, b, n, &cos, &sin, Some(c))?;
+        }
+        let last = x
+            .reshape((b, n, self.cfg.hidden_size))?
+            .narrow(1, n - 1, 1)?;
+        let last = last.reshape((b, self.cfg.hidden_size))?;
+        let h = ops::rms_norm(&last, &self.norm, self.cfg.rms_norm_eps)?;
+        self.project(&h)
+    }
+
+    fn check_len(&self, t: usize) -> Result<()> {
+        if t > self.cos.dim(0)? {
+            bail!(
+                "sequence of {t} tokens is longer than the model's max_position_embeddings ({})",
+                self.cos.dim(0)?
+            );
+        }
+        Ok(())
+    }
+
+    /// One pre-norm transformer block on x [batch * t, hidden].
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let h = ops::rms_norm(x, &layer.input_norm, cfg.rms_norm_eps)?;
+        let q = layer.q.forward(&h)?.reshape((b, t, nh, hd))?;
+        let k = layer.k.forward(&h)?.reshape((b, t, nkv, hd))?;
+        let v = layer.v.forward(&h)?.reshape((b, t, nkv, hd))?;
+        let q = ops::rope(&q, cos, sin)?.transpose(1, 2)?.contiguous()?;
+        let mut k = ops::rope(&k, cos, sin)?.transpose(1, 2)?.contiguous()?;
+        let mut v = v.transpose(1, 2)?.contiguous()?;
+        let mut offset = 0;
+        if let Some(c) = cache {
+            if let Some((pk, pv)) = c.as_ref() {
+                offset = pk.dim(2)?;
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *c = Some((k.clone(), v.clone()));
+        }
+        // Grouped-query attention without repeating keys: the query heads sharing a kv head
+        // are stacked along the rows, one matmul per kv head.
+        let rep = nh / nkv;
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let scores = matmul::matmul(&q, &k.t()?)?;
+        let p = ops::causal_softmax(&scores, t, offset, 1.0 / (hd as f64).sqrt())?;
+        let o = matmul::matmul(&p, &v)?.reshape((b, nh, t, hd))?;
+        let o = o.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
+        let x = (x + layer.o.forward(&o)?)?;
+        let h = ops::rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps)?;
+        let m = ops::silu_mul(&layer.gate.forward(&h)?, &layer.up.forward(&h)?)?;
+        Ok((x + layer.down.forward(&m)?)?)
+    }
+}
+
+/// cos/sin tables [max_positions, head_dim / 2], computed in f64 like transformers' f32 path
+/// (the difference is far below the parity tolerance).
+fn rope_tables(cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let inv = cfg.rope_inv_freq();
+    let n = cfg.max_position_embeddings;
+    let half = inv.len();
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for f in &inv {
+            // transformers computes the angle in f32: match it for parity.
+            let angle = (p as f32) * (*f as f32);
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let cos = Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}

@@ -1,0 +1,147 @@
+//! Prefix diagnostics: where in the response the chosen/rejected margin is made.
+//!
+//! For a pair and a prefix length j (response tokens), m(j) is the margin the objective would
+//! see if both responses stopped after j tokens: beta * (sum_{t<=j} [l - lref](y_w) -
+//! sum_{t<=j} [l - lref](y_l)) with a reference, (beta / j) * (sum l(y_w) - sum l(y_l)) without
+//! (SimPO). j runs over 1, 2, 4, ... up to the pair's k = min(|y_w|, |y_l|).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Loss, Objective};
+
+/// Per-token log-probs of one pair under the policy and (optionally) the reference.
+#[derive(Clone, Debug)]
+pub struct PairTokenLogps<'a> {
+    pub chosen: &'a [f32],
+    pub rejected: &'a [f32],
+    pub ref_chosen: Option<&'a [f32]>,
+    pub ref_rejected: Option<&'a [f32]>,
+}
+
+impl PairTokenLogps<'_> {
+    pub fn k(&self) -> usize {
+        self.chosen.len().min(self.rejected.len())
+    }
+
+    fn uses_reference(&self, obj: &Objective) -> bool {
+        obj.loss != Loss::Simpo && self.ref_chosen.is_some() && self.ref_rejected.is_some()
+    }
+}
+
+/// The implicit per-token reward term: l_t - lref_t with a reference, l_t without.
+fn terms<'a>(policy: &'a [f32], reference: Option<&'a [f32]>) -> impl Iterator<Item = f64> + 'a {
+    policy
+        .iter()
+        .enumerate()
+        .map(move |(t, &l)| l as f64 - reference.map_or(0.0, |r| r[t] as f64))
+}
+
+/// m(j) for one pair; `j` must not exceed the pair's k.
+pub fn prefix_margin(obj: &Objective, pair: &PairTokenLogps, j: usize) -> f64 {
+    let (rc, rr) = if pair.uses_reference(obj) {
+        (pair.ref_chosen, pair.ref_rejected)
+    } else {
+        (None, None)
+    };
+    let w: f64 = terms(pair.chosen, rc).take(j).sum();
+    let l: f64 = terms(pair.rejected, rr).take(j).sum();
+    if pair.uses_reference(obj) {
+        obj.beta * (w - l)
+    } else {
+        obj.beta / j as f64 * (w - l)
+    }
+}
+
+/// 1, 2, 4, ... up to `max` inclusive.
+pub fn prefix_lengths(max: usize) -> Vec<usize> {
+    std::iter::successors(Some(1usize), |j| j.checked_mul(2))
+        .take_while(|&j| j <= max)
+        .collect()
+}
+
+/// Mean prefix margin and prefix accuracy (share of pairs with m(j) > 0) per j, over the pairs
+/// whose k reaches j.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrefixCurve {
+    pub j: Vec<usize>,
+    pub margin: Vec<f64>,
+    pub accuracy: Vec<f64>,
+    /// Pairs that reach each j.
+    pub pairs: Vec<usize>,
+}
+
+pub fn prefix_curve(obj: &Objective, pairs: &[PairTokenLogps], js: &[usize]) -> PrefixCurve {
+    let mut curve = PrefixCurve::default();
+    for &j in js {
+        let ms: Vec<f64> = pairs
+            .iter()
+            .filter(|p| p.k() >= j)
+            .map(|p| prefix_margin(obj, p, j))
+            .collect();
+        if ms.is_empty() {
+            continue;
+        }
+        let n = ms.len() as f64;
+        curve.j.push(j);
+        curve.margin.push(ms.iter().sum::<f64>() / n);
+        curve
+            .accuracy
+            .push(ms.iter().filter(|&&m| m > 0.0).count() as f64 / n);
+        curve.pairs.push(ms.len());
+    }
+    curve
+}
+
+/// [l_t - lref_t](y_w) - [l_t - lref_t](y_l) for t < k (policy log-probs alone without a
+/// reference): the per-position view of where the margin is made.
+pub fn token_reward_diff(obj: &Objective, pair: &PairTokenLogps) -> Vec<f64> {
+    let (rc, rr) = if pair.uses_reference(obj) {
+        (pair.ref_chosen, pair.ref_rejected)
+    } else {
+        (None, None)
+    };
+    terms(pair.chosen, rc)
+        .zip(terms(pair.rejected, rr))
+        .take(pair.k())
+        .map(|(w, l)| w - l)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(loss: Loss) -> Objective {
+        Objective {
+            loss,
+            beta: 0.1,
+            gamma: 0.0,
+            poet: false,
+        }
+    }
+
+    #[test]
+    fn lengths_are_powers_of_two() {
+        assert_eq!(prefix_lengths(1), vec![1]);
+        assert_eq!(prefix_lengths(9), vec![1, 2, 4, 8]);
+        assert!(prefix_lengths(0).is_empty());
+    }
+
+    #[test]
+    fn margin_by_hand() {
+        let pair = PairTokenLogps {
+            chosen: &[-1.0, -1.0, -5.0],
+            rejected: &[-2.0, -1.0],
+            ref_chosen: Some(&[-1.5, -1.0, -1.0]),
+            ref_rejected: Some(&[-1.0, -1.0]),
+        };
+        // j=1: beta * ((-1 + 1.5) - (-2 + 1)) = 0.1 * 1.5
+        assert!((prefix_margin(&obj(Loss::Dpo), &pair, 1) - 0.15).abs() < 1e-12);
+        // SimPO, j=2: beta/2 * ((-2) - (-3)) = 0.05
+        assert!((prefix_margin(&obj(Loss::Simpo), &pair, 2) - 0.05).abs() < 1e-12);
+        assert_eq!(token_reward_diff(&obj(Loss::Dpo), &pair), vec![1.5, 0.0]);
+        let c = prefix_curve(&obj(Loss::Dpo), &[pair], &prefix_lengths(4));
+        assert_eq!(c.j, vec![1, 2], "j stops at k = 2");
+        assert_eq!(c.accuracy, vec![1.0, 1.0]);
+    }
+}
