@@ -5,8 +5,11 @@
 //! `train` (optimizer and step functions), `cmd` (the bodies of the CLI's commands).
 
 pub mod cmd;
+pub mod config;
 pub mod data;
+pub mod engine;
 pub mod model;
 pub mod objective;
 pub mod rng;
+pub mod runlog;
 pub mod train;

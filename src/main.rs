@@ -36,6 +36,32 @@ enum PrefObjective {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train the variants of a workspace (or one of them, or resume a run).
+    Train {
+        /// Workspace folder (holding gaplab.toml).
+        workspace: PathBuf,
+        /// Run only this variant.
+        #[arg(long)]
+        variant: Option<String>,
+        /// Continue a run directory from its latest checkpoint.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Where run directories go (default: WORKSPACE/runs).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Progress on stderr instead of the dashboard (the default for now).
+        #[arg(long)]
+        headless: bool,
+    },
+    /// Validate a workspace (config, model, tokenizer, data) and print data statistics.
+    Check { workspace: PathBuf },
+    /// Write a commented starter workspace.
+    Init {
+        dir: PathBuf,
+        /// Checkpoint folder to put in [model] path.
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Score preference pairs: log-probs, rewards, margins, loss and prefix diagnostics.
     Eval {
         /// Hugging Face checkpoint folder of the policy.
@@ -116,8 +142,29 @@ fn print(text: &str) {
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Train {
+            workspace,
+            variant,
+            resume,
+            out,
+            headless: _,
+        } => {
+            let args = cmd::train::TrainArgs {
+                workspace,
+                variant,
+                resume,
+                out,
+            };
+            return Ok(match cmd::train::run_headless(&args)? {
+                gaplab::engine::Outcome::Finished => ExitCode::SUCCESS,
+                // Stopped by a signal, with a checkpoint: the shell convention for SIGINT.
+                gaplab::engine::Outcome::Stopped => ExitCode::from(130),
+            });
+        }
+        Command::Check { workspace } => print(&cmd::check::run(&workspace)?),
+        Command::Init { dir, model } => print(&cmd::init::run(&dir, model.as_deref())?),
         Command::Eval {
             model,
             reference,
@@ -228,7 +275,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// mimalloc's `purge_delay` option (the same index in mimalloc v2 and v3).
@@ -242,7 +289,7 @@ fn main() -> ExitCode {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One line: the chain of contexts joined by ": ".
             eprintln!("error: {e:#}");

@@ -1,5 +1,8 @@
 //! Bodies of the CLI's commands; `main.rs` only parses arguments and prints.
 
 pub mod bench;
+pub mod check;
 pub mod eval;
+pub mod init;
 pub mod sample;
+pub mod train;

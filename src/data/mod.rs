@@ -1,6 +1,8 @@
 //! Preference data: reading pairs, tokenizing them by gaplab's convention, and packing rows into
 //! right-padded batches with the positions whose predictions score each response token.
 
+pub mod stats;
+
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -106,6 +108,36 @@ pub fn tokenize_pairs(
             Ok(t)
         })
         .collect()
+}
+
+/// Token limits of a pair: the prompt alone, and prompt plus the longer response.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LengthLimits {
+    pub max_prompt_len: usize,
+    pub max_len: usize,
+}
+
+/// Fits a pair into `limits` the way TRL does: when prompt + longer response is too long, the
+/// prompt keeps its last `max_prompt_len` tokens (and its BOS), then both responses are cut to
+/// what is left (a cut response loses its EOS). Returns whether anything was cut.
+pub fn fit_lengths(p: &mut TokenizedPair, limits: LengthLimits, bos: Option<u32>) -> bool {
+    let longest = p.chosen.len().max(p.rejected.len());
+    if p.prompt.len() + longest <= limits.max_len {
+        return false;
+    }
+    if p.prompt.len() > limits.max_prompt_len {
+        let keep_bos = bos.is_some() && p.prompt.first() == bos.as_ref();
+        let cut = p.prompt.len() - limits.max_prompt_len;
+        if keep_bos {
+            p.prompt.drain(1..1 + cut);
+        } else {
+            p.prompt.drain(..cut);
+        }
+    }
+    let room = limits.max_len.saturating_sub(p.prompt.len()).max(1);
+    p.chosen.truncate(room);
+    p.rejected.truncate(room);
+    true
 }
 
 /// Rows of prompt + response packed for one forward pass.
@@ -226,6 +258,37 @@ mod tests {
         assert_eq!(b.num_tokens(), 7);
         let packed = [10, 11, 12, 13];
         assert_eq!(b.split(&packed), vec![&[10, 11, 12][..], &[13][..]]);
+    }
+
+    #[test]
+    fn long_pairs_are_cut_like_trl() {
+        let limits = LengthLimits {
+            max_prompt_len: 3,
+            max_len: 6,
+        };
+        let mut p = TokenizedPair {
+            prompt: vec![0, 1, 2, 3, 4],
+            chosen: vec![7, 8, 9, 1],
+            rejected: vec![5, 1],
+        };
+        assert!(fit_lengths(&mut p, limits, Some(0)));
+        assert_eq!(
+            p.prompt,
+            vec![0, 3, 4],
+            "BOS and the end of the prompt survive"
+        );
+        assert_eq!(
+            p.chosen,
+            vec![7, 8, 9],
+            "the long response loses its tail and EOS"
+        );
+        assert_eq!(p.rejected, vec![5, 1]);
+        let mut short = TokenizedPair {
+            prompt: vec![0, 1],
+            chosen: vec![2, 1],
+            rejected: vec![3, 1],
+        };
+        assert!(!fit_lengths(&mut short, limits, Some(0)));
     }
 
     #[test]

@@ -146,12 +146,15 @@ impl CustomOp3 for RmsNormBwd {
             let n = T::from(d).unwrap();
             let mut out = vec![T::zero(); (rows + 1) * d];
             let (dx_all, dw_out) = out.split_at_mut(rows * d);
-            let dw = dx_all
-                .par_chunks_mut(d)
-                .zip(x.par_chunks(d).zip(dy.par_chunks(d)))
-                .fold(
-                    || vec![T::zero(); d],
-                    |mut dw, (dx, (x, dy))| {
+            // Weight gradients are summed per fixed block of rows, then the blocks in order, so
+            // the result does not depend on how rayon splits the work (runs are reproducible).
+            const BLOCK: usize = 64;
+            let partials: Vec<Vec<T>> = dx_all
+                .par_chunks_mut(d * BLOCK)
+                .zip(x.par_chunks(d * BLOCK).zip(dy.par_chunks(d * BLOCK)))
+                .map(|(dx_b, (x_b, dy_b))| {
+                    let mut dw = vec![T::zero(); d];
+                    for (dx, (x, dy)) in dx_b.chunks_mut(d).zip(x_b.chunks(d).zip(dy_b.chunks(d))) {
                         let ss: T = x.iter().map(|&v| v * v).sum();
                         let inv = (ss / n + eps).sqrt().recip();
                         // dot = mean(dy * w * xhat)
@@ -165,16 +168,14 @@ impl CustomOp3 for RmsNormBwd {
                         for i in 0..d {
                             dx[i] = inv * (dy[i] * w[i] - x[i] * inv * dot);
                         }
-                        dw
-                    },
-                )
-                .reduce(
-                    || vec![T::zero(); d],
-                    |mut a, b| {
-                        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                        a
-                    },
-                );
+                    }
+                    dw
+                })
+                .collect();
+            let mut dw = vec![T::zero(); d];
+            for p in partials {
+                dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+            }
             dw_out.copy_from_slice(&dw);
             owned(out, &Shape::from((rows + 1, d)))
         }

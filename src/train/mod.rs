@@ -1,27 +1,32 @@
-//! Training: the optimizer and the step functions (one optimizer update on one batch).
+//! Training: the optimizer, schedules, the step functions (gradients of one batch, one
+//! optimizer update) and the trainer that runs a variant end to end.
 
 pub mod optim;
+pub mod refcache;
+pub mod schedule;
+pub mod trainer;
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
 
 use crate::data::SeqBatch;
 use crate::model::CausalLm;
 use crate::objective::{self, Objective, PairStats};
 use optim::AdamW;
 
-/// What one preference step measured.
-pub struct StepOutput {
+/// What the forward and backward pass of one micro-batch measured.
+pub struct MicroOutput {
     pub loss: f64,
     pub pairs: Vec<PairStats>,
-    pub grad_norm: f64,
-    /// False when the loss or a gradient was not finite: the weights were left unchanged.
-    pub applied: bool,
+    /// None when the loss was not finite (no backward pass was run).
+    pub grads: Option<GradStore>,
     /// Tokens run through the policy (padding excluded).
     pub tokens: usize,
-    /// Mean logit over the vocabulary at chosen / rejected response positions.
-    pub logits_chosen: f64,
-    pub logits_rejected: f64,
+    /// Sum of the mean logit (over the vocabulary) at chosen / rejected response positions,
+    /// and the number of positions summed.
+    pub logits_chosen: (f64, usize),
+    pub logits_rejected: (f64, usize),
 }
 
 /// Reference log-probs of a batch's response tokens (no graph), packed as in `SeqBatch`.
@@ -30,24 +35,85 @@ pub fn reference_logps(reference: &CausalLm, batch: &SeqBatch) -> Result<Vec<f32
     Ok(s.logps.detach().to_dtype(DType::F32)?.to_vec1()?)
 }
 
-/// Mean logit of the chosen rows and of the rejected rows (TRL's logits/chosen, logits/rejected).
-fn mean_logits(batch: &SeqBatch, logits: &Tensor) -> Result<(f64, f64)> {
+/// Sums of per-position mean logits over chosen rows and over rejected rows (TRL's
+/// logits/chosen and logits/rejected are their means).
+pub(crate) fn logit_sums(
+    batch: &SeqBatch,
+    logits: &Tensor,
+) -> Result<((f64, usize), (f64, usize))> {
     let per_token: Vec<f32> = logits.detach().to_dtype(DType::F32)?.mean(1)?.to_vec1()?;
     let rows = batch.split(&per_token);
     let half = rows.len() / 2;
-    let mean = |rs: &[&[f32]]| {
+    let sum = |rs: &[&[f32]]| {
         let n: usize = rs.iter().map(|r| r.len()).sum();
-        rs.iter()
-            .flat_map(|r| r.iter())
-            .map(|&x| x as f64)
-            .sum::<f64>()
-            / n.max(1) as f64
+        (
+            rs.iter()
+                .flat_map(|r| r.iter())
+                .map(|&x| x as f64)
+                .sum::<f64>(),
+            n,
+        )
     };
-    Ok((mean(&rows[..half]), mean(&rows[half..])))
+    Ok((sum(&rows[..half]), sum(&rows[half..])))
+}
+
+/// Loss, statistics and gradients of `policy` on one preference micro-batch. The gradients
+/// are of `loss * scale` (1 / gradient-accumulation steps). `poison` replaces the loss by NaN
+/// (fault injection for robustness tests).
+pub fn preference_grads(
+    policy: &CausalLm,
+    reference: Option<&[f32]>,
+    batch: &SeqBatch,
+    obj: &Objective,
+    scale: f64,
+    poison: bool,
+) -> Result<MicroOutput> {
+    let scores = policy.response_scores(batch)?;
+    let out = objective::preference_loss(obj, batch, &scores.logps, reference)?;
+    let loss_t = if poison {
+        (out.loss * f64::NAN)?
+    } else {
+        out.loss
+    };
+    let loss = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let (logits_chosen, logits_rejected) = logit_sums(batch, &scores.logits)?;
+    let grads = if loss.is_finite() {
+        Some((loss_t * scale)?.backward()?)
+    } else {
+        None
+    };
+    Ok(MicroOutput {
+        loss,
+        pairs: out.pairs,
+        grads,
+        tokens: batch.num_tokens(),
+        logits_chosen,
+        logits_rejected,
+    })
+}
+
+/// Adds `more` into `total`, variable by variable.
+pub fn accumulate(total: &mut GradStore, more: &GradStore, vars: &[Var]) -> Result<()> {
+    for v in vars {
+        if let Some(g) = more.get(v.as_tensor()) {
+            let sum = match total.get(v.as_tensor()) {
+                Some(t) => (t + g)?,
+                None => g.clone(),
+            };
+            total.insert(v.as_tensor(), sum);
+        }
+    }
+    Ok(())
+}
+
+/// What one optimizer step on a single batch measured (used by `gaplab bench`).
+pub struct StepOutput {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub applied: bool,
 }
 
 /// One optimizer update of `policy` on a preference batch (chosen rows, then rejected rows).
-/// `reference` supplies reference log-probs for DPO/IPO: a frozen model or cached values.
 pub fn preference_step(
     policy: &CausalLm,
     reference: Option<&[f32]>,
@@ -56,44 +122,57 @@ pub fn preference_step(
     opt: &mut AdamW,
     max_grad_norm: Option<f64>,
 ) -> Result<StepOutput> {
-    let scores = policy.response_scores(batch)?;
-    let out = objective::preference_loss(obj, batch, &scores.logps, reference)?;
-    let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    let (logits_chosen, logits_rejected) = mean_logits(batch, &scores.logits)?;
-    let (grad_norm, applied) = if loss.is_finite() {
-        let grads = out.loss.backward()?;
-        let r = opt.step(&grads, max_grad_norm)?;
-        (r.grad_norm, r.applied)
-    } else {
-        (f64::NAN, false)
+    let m = preference_grads(policy, reference, batch, obj, 1.0, false)?;
+    let (grad_norm, applied) = match &m.grads {
+        Some(g) => {
+            let r = opt.step(g, max_grad_norm)?;
+            (r.grad_norm, r.applied)
+        }
+        None => (f64::NAN, false),
     };
     Ok(StepOutput {
-        loss,
-        pairs: out.pairs,
+        loss: m.loss,
         grad_norm,
         applied,
-        tokens: batch.num_tokens(),
-        logits_chosen,
-        logits_rejected,
     })
 }
 
-/// One optimizer update with the supervised objective on `batch` (chosen rows only), counting
-/// `counted[r]` response tokens of row r.
+/// Loss and gradients of the supervised objective on `batch` (chosen rows only), counting
+/// `counted[r]` response tokens of row r; gradients of `loss * scale`.
+pub fn sft_grads(
+    policy: &CausalLm,
+    batch: &SeqBatch,
+    counted: &[usize],
+    scale: f64,
+) -> Result<(f64, Option<GradStore>)> {
+    let scores = policy.response_scores(batch)?;
+    let loss_t = objective::sft_loss(batch, &scores.logps, counted)?;
+    let loss = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !loss.is_finite() {
+        return Ok((loss, None));
+    }
+    Ok((loss, Some((loss_t * scale)?.backward()?)))
+}
+
+/// One optimizer update with the supervised objective.
 pub fn sft_step(
     policy: &CausalLm,
     batch: &SeqBatch,
     counted: &[usize],
     opt: &mut AdamW,
     max_grad_norm: Option<f64>,
-) -> Result<(f64, f64, bool)> {
-    let scores = policy.response_scores(batch)?;
-    let loss_t = objective::sft_loss(batch, &scores.logps, counted)?;
-    let loss = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    if !loss.is_finite() {
-        return Ok((loss, f64::NAN, false));
-    }
-    let grads = loss_t.backward()?;
-    let r = opt.step(&grads, max_grad_norm)?;
-    Ok((loss, r.grad_norm, r.applied))
+) -> Result<StepOutput> {
+    let (loss, grads) = sft_grads(policy, batch, counted, 1.0)?;
+    let (grad_norm, applied) = match &grads {
+        Some(g) => {
+            let r = opt.step(g, max_grad_norm)?;
+            (r.grad_norm, r.applied)
+        }
+        None => (f64::NAN, false),
+    };
+    Ok(StepOutput {
+        loss,
+        grad_norm,
+        applied,
+    })
 }

@@ -105,6 +105,11 @@ impl AdamW {
         self.cfg.lr = lr;
     }
 
+    /// The optimized variables, in construction order.
+    pub fn vars(&self) -> Vec<Var> {
+        self.params.iter().map(|p| p.var.clone()).collect()
+    }
+
     /// Global L2 norm of the gradients of all parameters (missing gradients count as zero).
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut sq = 0f64;

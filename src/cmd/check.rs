@@ -1,0 +1,153 @@
+//! `gaplab check`: validate a workspace (config, model folder, tokenizer, data) without
+//! training, and print data statistics.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::Workspace;
+use crate::data::stats::{self, DataStats, Spread};
+use crate::model::{io, ModelConfig, Tok};
+use crate::train::trainer::load_dataset;
+
+fn spread_row(out: &mut String, name: &str, s: &Spread) {
+    let _ = writeln!(
+        out,
+        "  {name:<12} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>8.1}",
+        s.min, s.p5, s.p50, s.p95, s.max, s.mean
+    );
+}
+
+fn render_stats(out: &mut String, title: &str, s: &DataStats) {
+    let _ = writeln!(
+        out,
+        "{title}: {} pairs (lengths in tokens; responses include EOS)",
+        s.pairs
+    );
+    let _ = writeln!(
+        out,
+        "  {:<12} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}",
+        "", "min", "p5", "p50", "p95", "max", "mean"
+    );
+    spread_row(out, "prompt", &s.prompt);
+    spread_row(out, "chosen", &s.chosen);
+    spread_row(out, "rejected", &s.rejected);
+    spread_row(out, "k = min", &s.k);
+    spread_row(out, "|y_w|-|y_l|", &s.length_diff);
+    let _ = writeln!(
+        out,
+        "  chosen longer in {:.0}% of pairs, equal length in {:.0}%; POET keeps {:.0}% of response tokens",
+        100.0 * s.chosen_longer,
+        100.0 * s.equal_length,
+        100.0 * s.poet_kept
+    );
+    let hist: Vec<String> = s
+        .k_histogram
+        .iter()
+        .map(|(b, n)| format!("<={b}: {n}"))
+        .collect();
+    let _ = writeln!(out, "  k distribution: {}", hist.join(", "));
+}
+
+pub fn run(path: &Path) -> Result<String> {
+    let ws = Workspace::load(path)?;
+    let names = ws.variant_names();
+    let cfgs = names
+        .iter()
+        .map(|n| ws.run_config(n))
+        .collect::<Result<Vec<_>>>()?;
+    let cfg = &cfgs[0];
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: config ok", ws.file.display());
+    let (tok, vocab, max_pos, what) = match (&cfg.model.path, &cfg.model.scratch) {
+        (Some(dir), _) => {
+            let mc = ModelConfig::load(&dir.join("config.json"))?;
+            io::weight_files(dir)?;
+            let tok = Tok::load(dir, Some(&mc))?;
+            let what = format!(
+                "{} ({}, {:.2}M parameters, vocab {})",
+                dir.display(),
+                mc.arch.model_type(),
+                mc.num_params() as f64 / 1e6,
+                mc.vocab_size
+            );
+            (tok, mc.vocab_size, mc.max_position_embeddings, what)
+        }
+        (None, Some(s)) => {
+            let dir = cfg
+                .model
+                .tokenizer
+                .as_ref()
+                .context("model.tokenizer missing")?;
+            let tok = Tok::load(dir, None)?;
+            let v = tok.vocab_size();
+            let what = format!(
+                "from scratch: {} hidden {} x {} layers, tokenizer {} (vocab {v})",
+                s.arch,
+                s.hidden_size,
+                s.num_hidden_layers,
+                dir.display()
+            );
+            (tok, v, s.max_position_embeddings, what)
+        }
+        _ => bail!("model: expected `path` or `[model.scratch]`"),
+    };
+    if cfg.data.max_len > max_pos {
+        bail!(
+            "{}: data.max_len ({}) exceeds the model's max_position_embeddings ({max_pos})",
+            ws.file.display(),
+            cfg.data.max_len
+        );
+    }
+    let _ = writeln!(out, "model: {what}");
+    let data = load_dataset(cfg, &tok, vocab)?;
+    if data.train.is_empty() {
+        bail!("{}: no training pairs", cfg.data.train.display());
+    }
+    for c in &cfgs {
+        let per = c.train.batch_size * c.train.grad_accum;
+        let steps = if c.train.steps > 0 {
+            c.train.steps
+        } else {
+            ((c.train.epochs * data.train.len() as f64) / per as f64).ceil() as usize
+        };
+        let _ = writeln!(
+            out,
+            "variant {}: {}{} beta {} lr {} · {steps} steps of {per} pairs",
+            c.variant,
+            c.train.objective,
+            if c.train.poet { "+poet" } else { "" },
+            c.train.beta,
+            c.train.lr
+        );
+    }
+    if let Some(s) = &cfg.sft {
+        if s.steps > 0 {
+            let _ = writeln!(
+                out,
+                "sft stage: {} steps, lr {}, batch {}",
+                s.steps, s.lr, s.batch_size
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} pairs cut to fit max_prompt_len {} / max_len {}",
+        data.truncated, cfg.data.max_prompt_len, cfg.data.max_len
+    );
+    render_stats(
+        &mut out,
+        &format!("train ({})", cfg.data.train.display()),
+        &stats::stats(&data.train),
+    );
+    if data.eval.is_empty() {
+        let _ = writeln!(
+            out,
+            "eval: none (set data.eval or data.eval_holdout for held-out metrics)"
+        );
+    } else {
+        render_stats(&mut out, "eval", &stats::stats(&data.eval));
+    }
+    Ok(out)
+}

@@ -1,0 +1,137 @@
+//! `gaplab init`: writes a commented starter workspace.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::FILE_NAME;
+
+const STARTER: &str = r#"# gaplab workspace: one experiment, usually a controlled comparison of variants.
+# Paths are relative to this folder. `gaplab check .` validates it and prints data statistics;
+# `gaplab train .` runs every variant in order.
+
+[model]
+# A Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer.json) ...
+path = "{MODEL}"
+# ... or a decoder trained from scratch with an existing tokenizer folder:
+# tokenizer = "path/to/tokenizer-folder"
+# [model.scratch]
+# arch = "llama"            # llama | mistral | qwen2
+# hidden_size = 128
+# intermediate_size = 344
+# num_hidden_layers = 2
+# num_attention_heads = 4
+# num_key_value_heads = 4
+# max_position_embeddings = 512
+# tie_word_embeddings = true
+# seed = 0
+
+[data]
+# JSONL, one object a line with string fields "prompt", "chosen", "rejected".
+train = "data/train.jsonl"
+eval = "data/eval.jsonl"
+max_prompt_len = {MAX_PROMPT}        # prompts longer than this keep their end (TRL's keep_end)
+max_len = {MAX_LEN}               # prompt + longer response; longer responses are cut
+
+# Optional supervised stage on the chosen responses; its result is the initial policy and the
+# reference of every variant.
+# [sft]
+# steps = 100
+# lr = 1e-3
+# batch_size = 8
+
+[train]
+objective = "dpo"           # dpo | simpo | ipo
+beta = 0.1                  # DPO/IPO: 0.01-0.1; SimPO: 2-10
+gamma = 1.0                 # SimPO's target margin (absolute)
+poet = false                # count only the first k = min(|y_w|, |y_l|) response tokens
+lr = 5e-6
+schedule = "cosine"         # cosine | linear | constant
+warmup_ratio = 0.1
+weight_decay = 0.0
+batch_size = 4              # pairs per micro-batch
+grad_accum = 1
+max_grad_norm = 1.0         # 0 turns clipping off
+epochs = 1.0                # or: steps = 200
+seed = 0
+device = "cpu"              # auto | cpu | cuda:N
+precompute_ref = false      # score the data with the reference once, cache it on disk
+max_bad_steps = 3           # consecutive non-finite steps before the run stops
+
+[eval]
+interval = 10               # steps between evaluations (0: start and end only)
+pairs = 64
+prefix_lengths = []         # empty: 1, 2, 4, ... up to the longest k
+heatmap_pairs = 8
+
+[sample]
+interval = 20
+prompts = []                # empty: the prompts of the first `from_eval` eval pairs
+from_eval = 2
+max_new_tokens = 64
+temperature = 0.0           # 0 is greedy
+top_p = 1.0
+
+[checkpoint]
+interval = 50               # 0: only at the end
+keep = 2
+
+# Variants override any [train] setting; every variant starts from the same initial policy,
+# reference and data order.
+[[variant]]
+name = "dpo"
+
+[[variant]]
+name = "dpo-poet"
+poet = true
+"#;
+
+const TRAIN: &str = r#"{"prompt": "Name a primary colour.", "chosen": " Red is a primary colour.", "rejected": " Green, I think, but it depends on many things that are hard to explain."}
+{"prompt": "What is two plus two?", "chosen": " Four.", "rejected": " Five."}
+{"prompt": "Say hello politely.", "chosen": " Hello, nice to meet you.", "rejected": " Whatever."}
+{"prompt": "Give an antonym of hot.", "chosen": " Cold.", "rejected": " Warm, or maybe also very hot, it is difficult."}
+"#;
+
+const EVAL: &str = r#"{"prompt": "What is one plus one?", "chosen": " Two.", "rejected": " Three."}
+{"prompt": "Name an animal that barks.", "chosen": " A dog.", "rejected": " A cat, probably."}
+"#;
+
+/// Writes DIR/gaplab.toml and example data; refuses to overwrite an existing workspace.
+pub fn run(dir: &Path, model: Option<&Path>) -> Result<String> {
+    let file = dir.join(FILE_NAME);
+    if file.exists() {
+        bail!("{}: already exists (not overwritten)", file.display());
+    }
+    std::fs::create_dir_all(dir.join("data"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    // Lengths that fit the model's context when it is known.
+    let max_len = match model {
+        Some(m) => crate::model::ModelConfig::load(&m.join("config.json"))?
+            .max_position_embeddings
+            .min(512),
+        None => 512,
+    };
+    let model = model.map_or("path/to/hf-checkpoint".to_string(), |m| {
+        std::path::absolute(m)
+            .unwrap_or(m.to_path_buf())
+            .display()
+            .to_string()
+    });
+    let text = STARTER
+        .replace("{MODEL}", &model.replace('\\', "/"))
+        .replace("{MAX_LEN}", &max_len.to_string())
+        .replace("{MAX_PROMPT}", &(max_len / 2).to_string());
+    std::fs::write(&file, text)?;
+    for (name, text) in [("train.jsonl", TRAIN), ("eval.jsonl", EVAL)] {
+        let p = dir.join("data").join(name);
+        if !p.exists() {
+            std::fs::write(&p, text)?;
+        }
+    }
+    Ok(format!(
+        "wrote {} and example data in {}/data\nnext: edit [model] and [data], then `gaplab check {}`\n",
+        file.display(),
+        dir.display(),
+        dir.display()
+    ))
+}

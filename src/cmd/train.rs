@@ -1,0 +1,275 @@
+//! `gaplab train`: runs the variants of a workspace (or resumes a run) on the engine thread and
+//! reports progress on stderr.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::config::Workspace;
+use crate::engine::{self, Command, Event, Outcome, Plan, RunState, Work};
+
+pub struct TrainArgs {
+    pub workspace: PathBuf,
+    pub variant: Option<String>,
+    pub resume: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+}
+
+/// Builds the engine's plan from the arguments.
+pub fn plan(args: &TrainArgs) -> Result<Plan> {
+    if let Some(dir) = &args.resume {
+        let dir = std::path::absolute(dir).unwrap_or(dir.clone());
+        let root = dir
+            .parent()
+            .context("--resume: expected a run directory")?
+            .to_path_buf();
+        crate::runlog::RunDir::open(&dir)?;
+        return Ok(Plan {
+            runs_root: args.out.clone().unwrap_or(root),
+            work: Work::Resume(dir),
+        });
+    }
+    let ws = Workspace::load(&args.workspace)?;
+    let names = match &args.variant {
+        Some(v) => vec![v.clone()],
+        None => ws.variant_names(),
+    };
+    let cfgs = names
+        .iter()
+        .map(|n| ws.run_config(n))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Plan {
+        runs_root: args.out.clone().unwrap_or_else(|| ws.dir.join("runs")),
+        work: Work::Variants(cfgs),
+    })
+}
+
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs training headless. The first SIGINT/SIGTERM finishes the current step, writes a
+/// checkpoint and stops; a second one exits at once.
+pub fn run_headless(args: &TrainArgs) -> Result<Outcome> {
+    let plan = plan(args)?;
+    let engine = engine::spawn(plan)?;
+    let commands = engine.commands.clone();
+    let _ = ctrlc::set_handler(move || {
+        if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\ngaplab: stopping after this step (signal again to quit at once)");
+            let _ = commands.send(Command::Stop);
+        } else {
+            std::process::exit(130);
+        }
+    });
+    let mut progress = Progress::new(std::io::stderr().is_terminal(), args.workspace.clone());
+    for ev in engine.events.iter() {
+        progress.on(&ev);
+    }
+    progress.finish_line();
+    engine.join()
+}
+
+/// Renders events as progress on stderr: an updating line on a terminal, periodic lines
+/// otherwise.
+pub struct Progress {
+    tty: bool,
+    workspace: PathBuf,
+    variant: String,
+    run_dir: PathBuf,
+    total: usize,
+    start_step: usize,
+    started: Instant,
+    every: usize,
+    line_open: bool,
+    last: Option<(usize, f64, f64, f64, f64)>,
+}
+
+fn fmt_duration(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+impl Progress {
+    pub fn new(tty: bool, workspace: PathBuf) -> Self {
+        Self {
+            tty,
+            workspace,
+            variant: String::new(),
+            run_dir: PathBuf::new(),
+            total: 0,
+            start_step: 0,
+            started: Instant::now(),
+            every: 1,
+            line_open: false,
+            last: None,
+        }
+    }
+
+    fn say(&mut self, text: &str) {
+        self.finish_line();
+        eprintln!("{text}");
+    }
+
+    pub fn finish_line(&mut self) {
+        if self.line_open {
+            eprintln!();
+            self.line_open = false;
+        }
+    }
+
+    pub fn on(&mut self, ev: &Event) {
+        match ev {
+            Event::Started {
+                variant,
+                run_dir,
+                start_step,
+                total_steps,
+                device,
+                params,
+                ..
+            } => {
+                self.variant = variant.clone();
+                self.run_dir = run_dir.clone();
+                self.total = *total_steps;
+                self.start_step = *start_step;
+                self.started = Instant::now();
+                self.every = (total_steps / 20).max(1);
+                self.last = None;
+                let what = if *start_step > 0 {
+                    format!("resuming at step {start_step} of {total_steps}")
+                } else {
+                    format!("{total_steps} steps")
+                };
+                self.say(&format!(
+                    "{variant}: {what} on {device}, {:.2}M parameters -> {}",
+                    *params as f64 / 1e6,
+                    run_dir.display()
+                ));
+            }
+            Event::Step(m) => {
+                let g = |k: &str| m.metrics.get(k).copied().unwrap_or(f64::NAN);
+                self.last = Some((
+                    m.step,
+                    g("loss"),
+                    g("rewards/margins"),
+                    g("rewards/accuracies"),
+                    g("tokens_per_s"),
+                ));
+                let line = self.step_line();
+                if self.tty {
+                    eprint!("\r\x1b[2K{line}");
+                    let _ = std::io::stderr().flush();
+                    self.line_open = true;
+                } else if m.step.is_multiple_of(self.every) || m.step == self.total {
+                    eprintln!("{line}");
+                }
+            }
+            Event::Skipped { step, reason } => {
+                self.say(&format!("{}: step {step} skipped: {reason}", self.variant))
+            }
+            Event::Eval(r) => {
+                let g = |k: &str| r.metrics.get(k).copied().unwrap_or(f64::NAN);
+                let mut text = format!(
+                    "{}: eval @ {}: loss {:.4}  accuracy {:.3}  margin {:+.4}",
+                    self.variant,
+                    r.step,
+                    g("eval_loss"),
+                    g("eval_rewards/accuracies"),
+                    g("eval_rewards/margins")
+                );
+                if !r.prefix.j.is_empty() {
+                    let parts: Vec<String> = r
+                        .prefix
+                        .j
+                        .iter()
+                        .zip(&r.prefix.accuracy)
+                        .take(4)
+                        .map(|(j, a)| format!("j{j} {a:.2}"))
+                        .collect();
+                    text += &format!("  prefix accuracy {}", parts.join(" "));
+                }
+                self.say(&text);
+            }
+            Event::Log { level, message, .. } => {
+                if *level != crate::engine::event::Level::Info {
+                    self.say(&format!("{}: {message}", self.variant));
+                }
+            }
+            Event::Applied {
+                step,
+                changes,
+                ignored,
+            } => {
+                let c: Vec<String> = changes
+                    .iter()
+                    .map(|c| format!("{} {} -> {}", c.field, c.old, c.new))
+                    .collect();
+                let mut text = format!("{}: config applied at step {step}: {}", self.variant, c.join(", "));
+                if !ignored.is_empty() {
+                    text += &format!(" (need a restart, ignored: {})", ignored.join(", "));
+                }
+                self.say(&text);
+            }
+            Event::State { step, state } => match state {
+                RunState::Finished => {
+                    let took = fmt_duration(self.started.elapsed().as_secs_f64());
+                    let summary = match self.last {
+                        Some((_, loss, margin, acc, _)) => format!(
+                            " (last step: loss {loss:.4}, margin {margin:+.4}, accuracy {acc:.3})"
+                        ),
+                        None => String::new(),
+                    };
+                    self.say(&format!(
+                        "{}: finished {step} steps in {took}{summary}; run directory {}",
+                        self.variant,
+                        self.run_dir.display()
+                    ));
+                }
+                RunState::Stopped => self.say(&format!(
+                    "{}: stopped at step {step} with a checkpoint; continue with: gaplab train {} --resume {}",
+                    self.variant,
+                    self.workspace.display(),
+                    self.run_dir.display()
+                )),
+                RunState::Failed(msg) => {
+                    self.say(&format!("{}: failed at step {step}: {msg}", self.variant))
+                }
+                _ => {}
+            },
+            Event::Samples { .. } | Event::Checkpoint { .. } => {}
+        }
+    }
+
+    fn step_line(&self) -> String {
+        let Some((step, loss, margin, acc, tps)) = self.last else {
+            return String::new();
+        };
+        let done = step.saturating_sub(self.start_step).max(1) as f64;
+        let eta = self.started.elapsed().as_secs_f64() / done
+            * (self.total - step.min(self.total)) as f64;
+        let width = 20;
+        let filled = (step * width / self.total.max(1)).min(width);
+        format!(
+            "{} {:>w$}/{} [{}{}] loss {:.4} margin {:+.4} acc {:.2} {:.0} tok/s ETA {}",
+            self.variant,
+            step,
+            self.total,
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            loss,
+            margin,
+            acc,
+            tps,
+            fmt_duration(eta),
+            w = self.total.to_string().len()
+        )
+    }
+}

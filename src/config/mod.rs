@@ -1,0 +1,937 @@
+//! The workspace configuration, `gaplab.toml`: schema, defaults, validation with file:line:column
+//! errors, `[[variant]]` overrides, and which fields may change while a run trains.
+//!
+//! Every field is declared once, in a `section!` table that also says whether an edit can be
+//! applied live (at the next step) or needs a restart; the same table generates the serde
+//! struct, its defaults and the classification, so a new field cannot go unclassified.
+
+pub mod locate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::objective::Loss;
+
+/// Whether a changed field can be applied to a running variant or needs a new run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reload {
+    Live,
+    Restart,
+}
+
+/// Declares a config section: the struct (serde, defaults, unknown fields rejected) and its
+/// `FIELDS` table of (name, reload class). With `overrides Name`, also the `[[variant]]` table
+/// struct that may override any field, and `apply`.
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ty = $default:expr, $reload:ident; )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        impl $name {
+            pub const FIELDS: &'static [(&'static str, Reload)] =
+                &[ $( (stringify!($field), Reload::$reload), )* ];
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident overrides $over:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ty = $default:expr, $reload:ident; )*
+        }
+    ) => {
+        section! {
+            $(#[$meta])*
+            pub struct $name {
+                $( $(#[$fmeta])* $field : $ty = $default, $reload; )*
+            }
+        }
+
+        /// A `[[variant]]` table: a name and overrides of any training setting.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $over {
+            pub name: String,
+            $( #[serde(default, skip_serializing_if = "Option::is_none")] pub $field: Option<$ty>, )*
+        }
+
+        impl $over {
+            /// Names of the fields this variant overrides.
+            pub fn overridden(&self) -> Vec<&'static str> {
+                let mut v = Vec::new();
+                $( if self.$field.is_some() { v.push(stringify!($field)); } )*
+                v
+            }
+        }
+
+        impl $name {
+            /// These settings with `v`'s overrides applied.
+            pub fn with(&self, v: &$over) -> Self {
+                let mut s = self.clone();
+                $( if let Some(x) = &v.$field { s.$field = x.clone(); } )*
+                s
+            }
+        }
+    };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+section! {
+    /// `[model]`: a Hugging Face checkpoint folder (`path`) or a from-scratch architecture
+    /// (`[model.scratch]`, which needs a `tokenizer` folder).
+    pub struct ModelSection {
+        path: Option<PathBuf> = None, Restart;
+        scratch: Option<ScratchSection> = None, Restart;
+        tokenizer: Option<PathBuf> = None, Restart;
+    }
+}
+
+section! {
+    /// `[model.scratch]`: the shape of a freshly initialised decoder.
+    pub struct ScratchSection {
+        arch: String = "llama".into(), Restart;
+        hidden_size: usize = 128, Restart;
+        intermediate_size: usize = 344, Restart;
+        num_hidden_layers: usize = 2, Restart;
+        num_attention_heads: usize = 4, Restart;
+        num_key_value_heads: usize = 4, Restart;
+        max_position_embeddings: usize = 512, Restart;
+        rope_theta: f64 = 10000.0, Restart;
+        tie_word_embeddings: bool = true, Restart;
+        /// Seed of the initial weights (shared by every variant).
+        seed: u64 = 0, Restart;
+    }
+}
+
+section! {
+    /// `[data]`: preference pairs (JSONL with prompt/chosen/rejected) and length limits.
+    pub struct DataSection {
+        train: PathBuf = PathBuf::new(), Restart;
+        eval: Option<PathBuf> = None, Restart;
+        /// Without an eval file, hold out this many pairs from the end of the train file.
+        eval_holdout: usize = 0, Restart;
+        max_prompt_len: usize = 256, Restart;
+        max_len: usize = 512, Restart;
+    }
+}
+
+section! {
+    /// `[train]`: the objective and the optimisation; every `[[variant]]` may override any of
+    /// these.
+    pub struct TrainSettings overrides Variant {
+        objective: Loss = Loss::Dpo, Restart;
+        beta: f64 = 0.1, Live;
+        /// SimPO's target margin (absolute, not gamma/beta).
+        gamma: f64 = 1.0, Live;
+        poet: bool = false, Live;
+        lr: f64 = 5e-5, Live;
+        schedule: Schedule = Schedule::Cosine, Live;
+        warmup_ratio: f64 = 0.1, Live;
+        /// Overrides warmup_ratio when > 0.
+        warmup_steps: usize = 0, Live;
+        weight_decay: f64 = 0.0, Live;
+        adam_beta1: f64 = 0.9, Live;
+        adam_beta2: f64 = 0.999, Live;
+        adam_eps: f64 = 1e-8, Live;
+        /// Pairs per micro-batch.
+        batch_size: usize = 8, Restart;
+        grad_accum: usize = 1, Restart;
+        /// Global gradient-norm clipping; 0 turns it off.
+        max_grad_norm: f64 = 1.0, Live;
+        /// Optimizer steps; 0 means `epochs` over the train set.
+        steps: usize = 0, Live;
+        epochs: f64 = 1.0, Restart;
+        seed: u64 = 0, Restart;
+        device: String = "cpu".into(), Restart;
+        dtype: String = "f32".into(), Restart;
+        /// Score the train set with the reference once (cached on disk) instead of every step.
+        precompute_ref: bool = false, Restart;
+        /// Stop with an error after this many consecutive non-finite steps.
+        max_bad_steps: usize = 3, Live;
+    }
+}
+
+section! {
+    /// `[eval]`: held-out metrics and prefix diagnostics.
+    pub struct EvalSection {
+        /// Steps between evaluations; 0 evaluates only at the start and the end.
+        interval: usize = 0, Live;
+        /// Eval pairs used (the first N of the eval set).
+        pairs: usize = 64, Live;
+        batch_size: usize = 8, Live;
+        /// Prefix lengths j of the prefix curves; empty means 1, 2, 4, ... up to the longest k.
+        prefix_lengths: Vec<usize> = vec![], Live;
+        /// Eval pairs whose per-token reward differences are logged (heatmap rows).
+        heatmap_pairs: usize = 8, Live;
+    }
+}
+
+section! {
+    /// `[sample]`: generations for fixed prompts, from the policy and the reference.
+    pub struct SampleSection {
+        /// Steps between samplings; 0 samples only at the start and the end.
+        interval: usize = 0, Live;
+        prompts: Vec<String> = vec![], Live;
+        /// Without `prompts`, use the prompts of the first N eval pairs.
+        from_eval: usize = 2, Live;
+        max_new_tokens: usize = 64, Live;
+        temperature: f64 = 0.0, Live;
+        top_p: f64 = 1.0, Live;
+    }
+}
+
+section! {
+    /// `[checkpoint]`: how often to save, how many to keep.
+    pub struct CheckpointSection {
+        /// Steps between checkpoints; 0 saves only at the end.
+        interval: usize = 0, Live;
+        keep: usize = 2, Live;
+    }
+}
+
+section! {
+    /// `[sft]`: a supervised stage on the chosen responses before preference training; its
+    /// result is the initial policy and the reference of every variant.
+    pub struct SftSection {
+        steps: usize = 0, Restart;
+        lr: f64 = 1e-3, Restart;
+        batch_size: usize = 8, Restart;
+        warmup_ratio: f64 = 0.1, Restart;
+        schedule: Schedule = Schedule::Cosine, Restart;
+        weight_decay: f64 = 0.0, Restart;
+        max_grad_norm: f64 = 1.0, Restart;
+    }
+}
+
+/// The whole `gaplab.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub train: TrainSettings,
+    #[serde(default)]
+    pub eval: EvalSection,
+    #[serde(default)]
+    pub sample: SampleSection,
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft: Option<SftSection>,
+    #[serde(default, rename = "variant", skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
+}
+
+/// Everything one variant's run is trained with: the workspace config with the variant's
+/// overrides applied and paths made absolute. Saved as the run directory's `config.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub variant: String,
+    pub workspace: PathBuf,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub train: TrainSettings,
+    pub eval: EvalSection,
+    pub sample: SampleSection,
+    pub checkpoint: CheckpointSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft: Option<SftSection>,
+}
+
+/// A config error that points at the place to edit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// Field path, e.g. `train.beta` or `variant[1].poet`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.col)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A loaded and validated workspace.
+#[derive(Clone, Debug)]
+pub struct Workspace {
+    pub dir: PathBuf,
+    pub file: PathBuf,
+    pub text: String,
+    pub config: WorkspaceConfig,
+}
+
+pub const FILE_NAME: &str = "gaplab.toml";
+
+impl Workspace {
+    /// Loads `dir/gaplab.toml` (or the .toml file itself).
+    pub fn load(path: &Path) -> Result<Self> {
+        let (dir, file) = if path.extension().is_some_and(|e| e == "toml") {
+            (
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                path.to_path_buf(),
+            )
+        } else {
+            (path.to_path_buf(), path.join(FILE_NAME))
+        };
+        if !file.exists() {
+            anyhow::bail!(
+                "{}: no {FILE_NAME} (create one with `gaplab init {}`)",
+                dir.display(),
+                dir.display()
+            );
+        }
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let mut ws = Self::parse(&dir, &file, &text)?;
+        // Resolved paths are absolute: run directories and checkpoints outlive the shell's cwd.
+        ws.dir = normalize(&std::path::absolute(&dir).unwrap_or(dir));
+        Ok(ws)
+    }
+
+    /// Parses and validates the text of `file` (the whole document or nothing).
+    pub fn parse(dir: &Path, file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: WorkspaceConfig = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, col) = locate::line_col(text, offset);
+            let path = locate::render_path(&locate::path_at(text, offset));
+            let message = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_string();
+            ConfigError {
+                file: file.to_path_buf(),
+                line,
+                col,
+                path,
+                message,
+            }
+        })?;
+        let ws = Self {
+            dir: dir.to_path_buf(),
+            file: file.to_path_buf(),
+            text: text.to_string(),
+            config,
+        };
+        if let Some((path, message)) = ws.config.problems().into_iter().next() {
+            return Err(ws.error_at(&path, message));
+        }
+        Ok(ws)
+    }
+
+    /// An error located at the field `path` (the table holding it when the field is absent).
+    pub fn error_at(&self, path: &str, message: String) -> ConfigError {
+        let mut segs = locate::parse_path(path);
+        let mut span = None;
+        while !segs.is_empty() {
+            if let Some(s) = locate::span_of(&self.text, &segs) {
+                span = Some(s);
+                break;
+            }
+            segs.pop();
+        }
+        let (line, col) = span.map_or((1, 1), |s| locate::line_col(&self.text, s.start));
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            col,
+            path: path.to_string(),
+            message,
+        }
+    }
+
+    /// Variant names in the order `gaplab train` runs them.
+    pub fn variant_names(&self) -> Vec<String> {
+        if self.config.variants.is_empty() {
+            vec![default_variant_name(&self.config.train)]
+        } else {
+            self.config
+                .variants
+                .iter()
+                .map(|v| v.name.clone())
+                .collect()
+        }
+    }
+
+    /// The resolved config of one variant.
+    pub fn run_config(&self, variant: &str) -> Result<RunConfig> {
+        let train = if self.config.variants.is_empty() {
+            anyhow::ensure!(
+                variant == default_variant_name(&self.config.train),
+                "{}: no variant named \"{variant}\" (variants: {})",
+                self.file.display(),
+                self.variant_names().join(", ")
+            );
+            self.config.train.clone()
+        } else {
+            let v = self
+                .config
+                .variants
+                .iter()
+                .find(|v| v.name == variant)
+                .with_context(|| {
+                    format!(
+                        "{}: no variant named \"{variant}\" (variants: {})",
+                        self.file.display(),
+                        self.variant_names().join(", ")
+                    )
+                })?;
+            self.config.train.with(v)
+        };
+        let abs = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                normalize(&self.dir.join(p))
+            }
+        };
+        let mut model = self.config.model.clone();
+        model.path = model.path.as_deref().map(abs);
+        model.tokenizer = model.tokenizer.as_deref().map(abs);
+        let mut data = self.config.data.clone();
+        data.train = abs(&data.train);
+        data.eval = data.eval.as_deref().map(abs);
+        Ok(RunConfig {
+            variant: variant.to_string(),
+            workspace: self.dir.clone(),
+            model,
+            data,
+            train,
+            eval: self.config.eval.clone(),
+            sample: self.config.sample.clone(),
+            checkpoint: self.config.checkpoint.clone(),
+            sft: self.config.sft.clone(),
+        })
+    }
+}
+
+/// `a/b/../c` -> `a/c`, without touching the file system.
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn default_variant_name(t: &TrainSettings) -> String {
+    format!("{}{}", t.objective, if t.poet { "-poet" } else { "" })
+}
+
+fn check(
+    out: &mut Vec<(String, String)>,
+    ok: bool,
+    path: impl Into<String>,
+    msg: impl Into<String>,
+) {
+    if !ok {
+        out.push((path.into(), msg.into()));
+    }
+}
+
+impl TrainSettings {
+    /// Out-of-range values, as (field, message); `prefix` is "train" or "variant[i]".
+    pub fn problems(&self, prefix: &str, only: Option<&[&str]>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let p = |f: &str| format!("{prefix}.{f}");
+        let mut c = |ok: bool, f: &str, m: String| {
+            if only.is_none_or(|o| o.contains(&f)) {
+                check(&mut out, ok, p(f), m)
+            }
+        };
+        c(
+            self.beta > 0.0 && self.beta.is_finite(),
+            "beta",
+            format!("expected a number > 0, got {}", self.beta),
+        );
+        c(
+            self.gamma.is_finite(),
+            "gamma",
+            format!("expected a finite number, got {}", self.gamma),
+        );
+        c(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "lr",
+            format!("expected a number > 0, got {}", self.lr),
+        );
+        c(
+            (0.0..1.0).contains(&self.warmup_ratio),
+            "warmup_ratio",
+            format!("expected a number in [0, 1), got {}", self.warmup_ratio),
+        );
+        c(
+            self.weight_decay >= 0.0,
+            "weight_decay",
+            format!("expected a number >= 0, got {}", self.weight_decay),
+        );
+        c(
+            (0.0..1.0).contains(&self.adam_beta1),
+            "adam_beta1",
+            format!("expected a number in [0, 1), got {}", self.adam_beta1),
+        );
+        c(
+            (0.0..1.0).contains(&self.adam_beta2),
+            "adam_beta2",
+            format!("expected a number in [0, 1), got {}", self.adam_beta2),
+        );
+        c(
+            self.adam_eps > 0.0,
+            "adam_eps",
+            format!("expected a number > 0, got {}", self.adam_eps),
+        );
+        c(
+            self.batch_size >= 1,
+            "batch_size",
+            "expected at least 1 pair".into(),
+        );
+        c(
+            self.grad_accum >= 1,
+            "grad_accum",
+            "expected at least 1".into(),
+        );
+        c(
+            self.max_grad_norm >= 0.0,
+            "max_grad_norm",
+            format!(
+                "expected a number >= 0 (0 turns clipping off), got {}",
+                self.max_grad_norm
+            ),
+        );
+        c(
+            self.epochs > 0.0 && self.epochs.is_finite(),
+            "epochs",
+            format!("expected a number > 0, got {}", self.epochs),
+        );
+        c(
+            self.device == "cpu"
+                || self.device == "auto"
+                || self.device == "cuda"
+                || self
+                    .device
+                    .strip_prefix("cuda:")
+                    .is_some_and(|n| n.parse::<usize>().is_ok()),
+            "device",
+            format!(
+                "expected \"auto\", \"cpu\" or \"cuda:N\", got \"{}\"",
+                self.device
+            ),
+        );
+        c(
+            self.dtype == "f32",
+            "dtype",
+            format!("expected \"f32\", got \"{}\"", self.dtype),
+        );
+        c(
+            self.max_bad_steps >= 1,
+            "max_bad_steps",
+            "expected at least 1".into(),
+        );
+        c(
+            self.objective != Loss::Sft,
+            "objective",
+            "sft is a stage ([sft]), not a preference objective; expected dpo, simpo or ipo".into(),
+        );
+        out
+    }
+}
+
+impl WorkspaceConfig {
+    /// Every out-of-range or inconsistent value, as (field path, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let m = &self.model;
+        check(
+            &mut out,
+            m.path.is_some() != m.scratch.is_some(),
+            "model",
+            "expected exactly one of `path` (a checkpoint folder) or `[model.scratch]`",
+        );
+        if let Some(s) = &m.scratch {
+            check(
+                &mut out,
+                crate::model::Arch::parse(&s.arch).is_some(),
+                "model.scratch.arch",
+                format!(
+                    "expected \"llama\", \"mistral\" or \"qwen2\", got \"{}\"",
+                    s.arch
+                ),
+            );
+            check(
+                &mut out,
+                m.tokenizer.is_some(),
+                "model.tokenizer",
+                "a scratch model needs `tokenizer` (a folder with tokenizer.json)",
+            );
+            for (f, v) in [
+                ("hidden_size", s.hidden_size),
+                ("intermediate_size", s.intermediate_size),
+                ("num_hidden_layers", s.num_hidden_layers),
+                ("num_attention_heads", s.num_attention_heads),
+                ("num_key_value_heads", s.num_key_value_heads),
+                ("max_position_embeddings", s.max_position_embeddings),
+            ] {
+                check(
+                    &mut out,
+                    v >= 1,
+                    format!("model.scratch.{f}"),
+                    "expected at least 1",
+                );
+            }
+            check(
+                &mut out,
+                s.num_attention_heads >= 1
+                    && s.hidden_size.is_multiple_of(s.num_attention_heads)
+                    && (s.hidden_size / s.num_attention_heads).is_multiple_of(2),
+                "model.scratch.num_attention_heads",
+                "hidden_size must be a multiple of num_attention_heads with an even head size",
+            );
+            check(
+                &mut out,
+                s.num_key_value_heads >= 1
+                    && s.num_attention_heads.is_multiple_of(s.num_key_value_heads),
+                "model.scratch.num_key_value_heads",
+                "num_attention_heads must be a multiple of num_key_value_heads",
+            );
+        }
+        check(
+            &mut out,
+            !self.data.train.as_os_str().is_empty(),
+            "data.train",
+            "expected the path of a JSONL file of preference pairs",
+        );
+        check(
+            &mut out,
+            self.data.max_len >= 2,
+            "data.max_len",
+            "expected at least 2 tokens",
+        );
+        check(
+            &mut out,
+            self.data.max_prompt_len >= 1 && self.data.max_prompt_len < self.data.max_len,
+            "data.max_prompt_len",
+            format!(
+                "expected 1 <= max_prompt_len < max_len ({})",
+                self.data.max_len
+            ),
+        );
+        out.extend(self.train.problems("train", None));
+        let mut names = std::collections::HashSet::new();
+        for (i, v) in self.variants.iter().enumerate() {
+            let prefix = format!("variant[{i}]");
+            let ok_name = !v.name.is_empty()
+                && v.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+            check(
+                &mut out,
+                ok_name,
+                format!("{prefix}.name"),
+                format!(
+                    "expected a non-empty name of letters, digits and - _ . +, got \"{}\"",
+                    v.name
+                ),
+            );
+            check(
+                &mut out,
+                names.insert(v.name.clone()),
+                format!("{prefix}.name"),
+                format!("variant name \"{}\" is used twice", v.name),
+            );
+            let overridden = v.overridden();
+            out.extend(self.train.with(v).problems(&prefix, Some(&overridden)));
+        }
+        check(
+            &mut out,
+            self.eval.pairs >= 1,
+            "eval.pairs",
+            "expected at least 1",
+        );
+        check(
+            &mut out,
+            self.eval.batch_size >= 1,
+            "eval.batch_size",
+            "expected at least 1",
+        );
+        check(
+            &mut out,
+            self.eval.prefix_lengths.iter().all(|&j| j >= 1),
+            "eval.prefix_lengths",
+            "prefix lengths start at 1",
+        );
+        check(
+            &mut out,
+            self.sample.temperature >= 0.0 && self.sample.temperature.is_finite(),
+            "sample.temperature",
+            format!("expected a number >= 0, got {}", self.sample.temperature),
+        );
+        check(
+            &mut out,
+            self.sample.top_p > 0.0 && self.sample.top_p <= 1.0,
+            "sample.top_p",
+            format!("expected a number in (0, 1], got {}", self.sample.top_p),
+        );
+        check(
+            &mut out,
+            self.checkpoint.keep >= 1,
+            "checkpoint.keep",
+            "expected at least 1",
+        );
+        if let Some(s) = &self.sft {
+            check(
+                &mut out,
+                s.lr > 0.0 && s.lr.is_finite(),
+                "sft.lr",
+                format!("expected a number > 0, got {}", s.lr),
+            );
+            check(
+                &mut out,
+                s.batch_size >= 1,
+                "sft.batch_size",
+                "expected at least 1",
+            );
+            check(
+                &mut out,
+                (0.0..1.0).contains(&s.warmup_ratio),
+                "sft.warmup_ratio",
+                format!("expected a number in [0, 1), got {}", s.warmup_ratio),
+            );
+        }
+        out
+    }
+}
+
+/// Every field of every section with its reload class, as `section.field`.
+pub fn all_fields() -> Vec<(String, Reload)> {
+    let mut v = Vec::new();
+    let mut add = |section: &str, fields: &[(&str, Reload)]| {
+        for (f, r) in fields {
+            v.push((format!("{section}.{f}"), *r));
+        }
+    };
+    add("model", ModelSection::FIELDS);
+    add("model.scratch", ScratchSection::FIELDS);
+    add("data", DataSection::FIELDS);
+    add("train", TrainSettings::FIELDS);
+    add("eval", EvalSection::FIELDS);
+    add("sample", SampleSection::FIELDS);
+    add("checkpoint", CheckpointSection::FIELDS);
+    add("sft", SftSection::FIELDS);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Workspace, ConfigError> {
+        Workspace::parse(Path::new("ws"), Path::new("ws/gaplab.toml"), text)
+    }
+
+    const OK: &str = "[model]\npath = \"m\"\n[data]\ntrain = \"t.jsonl\"\n";
+
+    #[test]
+    fn defaults_and_variants() {
+        let ws = parse(&format!(
+            "{OK}[train]\nbeta = 0.2\n[[variant]]\nname = \"dpo\"\n[[variant]]\nname = \"dpo-poet\"\npoet = true\n"
+        ))
+        .unwrap();
+        assert_eq!(ws.variant_names(), vec!["dpo", "dpo-poet"]);
+        let a = ws.run_config("dpo").unwrap();
+        let b = ws.run_config("dpo-poet").unwrap();
+        assert!(!a.train.poet && b.train.poet);
+        assert_eq!(b.train.beta, 0.2, "variants inherit [train]");
+        assert_eq!(a.model.path.unwrap(), Path::new("ws").join("m"));
+        assert!(ws.run_config("nope").is_err());
+    }
+
+    #[test]
+    fn single_variant_is_named_after_the_objective() {
+        let ws = parse(&format!(
+            "{OK}[train]\nobjective = \"simpo\"\npoet = true\n"
+        ))
+        .unwrap();
+        assert_eq!(ws.variant_names(), vec!["simpo-poet"]);
+    }
+
+    /// Bad configs and the message each must produce (file:line:col: path: message).
+    #[test]
+    fn bad_configs_point_at_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[train]\nbeta = -1\n",
+                "ws/gaplab.toml:6:8: train.beta: expected a number > 0, got -1",
+            ),
+            (
+                "[train]\nbeta = \"high\"\n",
+                "ws/gaplab.toml:6:8: train.beta: invalid type: string \"high\", expected f64",
+            ),
+            (
+                "[train]\nbetta = 0.1\n",
+                "ws/gaplab.toml:6:1: train.betta: unknown field `betta`",
+            ),
+            (
+                "[train]\nobjective = \"kto\"\n",
+                "ws/gaplab.toml:6:13: train.objective: unknown variant `kto`",
+            ),
+            ("[train\n", "ws/gaplab.toml:5:7:"),
+            (
+                "[[variant]]\nname = \"a\"\nlr = 0\n",
+                "ws/gaplab.toml:7:6: variant[0].lr: expected a number > 0, got 0",
+            ),
+            (
+                "[[variant]]\nname = \"a\"\n[[variant]]\nname = \"a\"\n",
+                "ws/gaplab.toml:8:8: variant[1].name: variant name \"a\" is used twice",
+            ),
+            (
+                "[sample]\ntop_p = 1.5\n",
+                "ws/gaplab.toml:6:9: sample.top_p: expected a number in (0, 1], got 1.5",
+            ),
+            (
+                "[eval]\npairs = 0\n",
+                "ws/gaplab.toml:6:9: eval.pairs: expected at least 1",
+            ),
+            (
+                "[surprise]\nx = 1\n",
+                "ws/gaplab.toml:5:2: surprise: unknown field `surprise`",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = parse(&format!("{OK}{extra}")).unwrap_err().to_string();
+            assert!(
+                e.starts_with(want),
+                "for {extra:?}\n got: {e}\nwant: {want}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        let e = parse("[data]\ntrain = \"t\"\n").unwrap_err().to_string();
+        assert!(e.contains("model: expected exactly one of"), "{e}");
+    }
+
+    #[test]
+    fn every_field_is_classified() {
+        let fields = all_fields();
+        for f in [
+            "train.lr",
+            "train.beta",
+            "train.poet",
+            "eval.interval",
+            "sample.prompts",
+            "train.steps",
+        ] {
+            assert_eq!(
+                fields.iter().find(|x| x.0 == f).unwrap().1,
+                Reload::Live,
+                "{f}"
+            );
+        }
+        for f in [
+            "model.path",
+            "data.train",
+            "train.batch_size",
+            "train.dtype",
+            "train.device",
+            "train.seed",
+        ] {
+            assert_eq!(
+                fields.iter().find(|x| x.0 == f).unwrap().1,
+                Reload::Restart,
+                "{f}"
+            );
+        }
+        // The serialized defaults hold exactly the classified fields, no more, no fewer.
+        let value = toml::Value::try_from(WorkspaceConfig {
+            sft: Some(SftSection::default()),
+            model: ModelSection {
+                scratch: Some(ScratchSection::default()),
+                path: Some("p".into()),
+                tokenizer: Some("t".into()),
+            },
+            data: DataSection {
+                eval: Some("e".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let mut serialized = Vec::new();
+        fn walk(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in t {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if !prefix.is_empty() {
+                    out.push(p.clone());
+                }
+                if let Some(sub) = v.as_table() {
+                    walk(&p, sub, out);
+                }
+            }
+        }
+        walk("", value.as_table().unwrap(), &mut serialized);
+        let mut classified: Vec<String> = fields.iter().map(|f| f.0.clone()).collect();
+        serialized.sort();
+        classified.sort();
+        assert_eq!(serialized, classified);
+    }
+
+    #[test]
+    fn run_config_round_trips_through_toml() {
+        let ws = parse(&format!(
+            "{OK}[[variant]]\nname = \"x\"\nobjective = \"ipo\"\n"
+        ))
+        .unwrap();
+        let rc = ws.run_config("x").unwrap();
+        let text = toml::to_string(&rc).unwrap();
+        let back: RunConfig = toml::from_str(&text).unwrap();
+        assert_eq!(rc, back);
+    }
+}

@@ -1,0 +1,155 @@
+//! The one event type that flows from a training run (live, or replayed from its run
+//! directory) to whoever watches, and the one command type that flows back.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::objective::prefix::PrefixCurve;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "detail")]
+pub enum RunState {
+    Starting,
+    Running,
+    Paused,
+    /// Finished every step.
+    Finished,
+    /// Stopped on request (signal, quit) after a checkpoint; resumable.
+    Stopped,
+    Failed(String),
+}
+
+impl RunState {
+    pub fn is_over(&self) -> bool {
+        matches!(
+            self,
+            RunState::Finished | RunState::Stopped | RunState::Failed(_)
+        )
+    }
+}
+
+/// Metrics of one optimizer step, TRL names (`loss`, `rewards/chosen`, ...) plus gaplab's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub time: f64,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Per-token reward differences of one eval pair (a heatmap row).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenDiffRow {
+    pub pair: usize,
+    pub values: Vec<f64>,
+}
+
+/// Evaluation on the held-out pairs: `eval_`-prefixed metrics and the prefix diagnostics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub step: usize,
+    pub time: f64,
+    pub metrics: BTreeMap<String, f64>,
+    pub prefix: PrefixCurve,
+    pub token_diffs: Vec<TokenDiffRow>,
+    /// Mean policy entropy per response position of the chosen responses (nats).
+    pub entropy: Vec<f64>,
+    /// Mean cross-entropy (-log p of the actual token) per response position.
+    pub cross_entropy: Vec<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub step: usize,
+    pub prompt_id: usize,
+    pub prompt: String,
+    /// "policy" or "reference".
+    pub source: String,
+    pub text: String,
+    pub token_ids: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// A live setting changed by an applied config edit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub field: String,
+    pub old: String,
+    pub new: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A run (an SFT stage or a variant) begins or resumes.
+    Started {
+        variant: String,
+        run_dir: PathBuf,
+        start_step: usize,
+        total_steps: usize,
+        device: String,
+        params: usize,
+        config: Box<RunConfig>,
+    },
+    State {
+        step: usize,
+        state: RunState,
+    },
+    Step(StepMetrics),
+    /// A step whose loss or gradient was not finite: the weights were left unchanged.
+    Skipped {
+        step: usize,
+        reason: String,
+    },
+    Eval(Box<EvalReport>),
+    Samples {
+        step: usize,
+        samples: Vec<Sample>,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
+    Log {
+        step: usize,
+        level: Level,
+        message: String,
+    },
+    /// Live settings changed at `step` (acknowledges `Command::Apply`).
+    Applied {
+        step: usize,
+        changes: Vec<Change>,
+        ignored: Vec<String>,
+    },
+}
+
+/// What a watcher may ask of a running engine; taken between optimizer steps and acknowledged
+/// by an event (`State`, `Samples`, `Checkpoint`, `Applied`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Pause,
+    Resume,
+    /// One optimizer step while paused.
+    Step,
+    SampleNow,
+    Checkpoint,
+    /// Apply the live fields of an edited config.
+    Apply(Box<RunConfig>),
+    /// Finish the current step, checkpoint, stop.
+    Stop,
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

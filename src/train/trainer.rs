@@ -1,0 +1,704 @@
+//! The trainer of one run: owns the policy and its optimizer, the reference, the data and the
+//! run directory, and does steps, evaluations, samplings and checkpoints. The engine drives it
+//! and turns what it returns into events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::optim::{AdamW, AdamWConfig};
+use super::refcache::{self, RefLogps};
+use super::{accumulate, logit_sums, preference_grads, reference_logps, schedule};
+use crate::config::{
+    CheckpointSection, EvalSection, Reload, RunConfig, SampleSection, TrainSettings,
+};
+use crate::data::{self, LengthLimits, SeqBatch, TokenizedPair};
+use crate::engine::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
+use crate::model::{io, ops, sample, select_device, CausalLm, Tok};
+use crate::objective::prefix::{self, PairTokenLogps};
+use crate::objective::{self, Objective};
+use crate::rng::Rng;
+use crate::runlog::{RunDir, OPTIMIZER, TRAINER_STATE};
+
+/// Steps (1-based, comma-separated) whose loss is replaced by NaN: fault injection for testing
+/// that a bad step never reaches the weights.
+pub const FAULT_NAN_ENV: &str = "GAPLAB_FAULT_NAN_STEPS";
+
+/// The tokenized data of a run.
+pub struct Dataset {
+    pub train: Vec<TokenizedPair>,
+    pub eval: Vec<TokenizedPair>,
+    /// Prompt text of every eval pair (default sampling prompts).
+    pub eval_prompts: Vec<String>,
+    /// Pairs cut to fit the length limits.
+    pub truncated: usize,
+}
+
+/// Reads, tokenizes and length-limits the train and eval pairs of `cfg`.
+pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset> {
+    let limits = LengthLimits {
+        max_prompt_len: cfg.data.max_prompt_len,
+        max_len: cfg.data.max_len,
+    };
+    let read = |path: &Path| -> Result<(Vec<String>, Vec<TokenizedPair>)> {
+        let pairs = data::read_pairs_jsonl(path)?;
+        let tokenized = data::tokenize_pairs(tok, &pairs, path, vocab)?;
+        Ok((pairs.into_iter().map(|p| p.prompt).collect(), tokenized))
+    };
+    let (_, mut train) = read(&cfg.data.train)?;
+    let (eval_prompts, mut eval) = match &cfg.data.eval {
+        Some(p) => read(p)?,
+        None if cfg.data.eval_holdout > 0 => {
+            let all = data::read_pairs_jsonl(&cfg.data.train)?;
+            let n = cfg.data.eval_holdout;
+            if n >= train.len() {
+                bail!(
+                    "data.eval_holdout: {n} held-out pairs leave nothing of the {} in {}",
+                    train.len(),
+                    cfg.data.train.display()
+                );
+            }
+            let eval = train.split_off(train.len() - n);
+            let prompts = all[all.len() - n..]
+                .iter()
+                .map(|p| p.prompt.clone())
+                .collect();
+            (prompts, eval)
+        }
+        None => (vec![], vec![]),
+    };
+    let mut truncated = 0;
+    for p in train.iter_mut().chain(eval.iter_mut()) {
+        truncated += data::fit_lengths(p, limits, tok.bos) as usize;
+    }
+    Ok(Dataset {
+        train,
+        eval,
+        eval_prompts,
+        truncated,
+    })
+}
+
+/// The `per` pair indices of step `step` (0-based): consecutive positions of an endless stream
+/// of epochs, each a shuffle seeded by `seed` and the epoch. It depends on nothing but the seed
+/// and the step, so every variant sees the same order and a resumed run continues it exactly.
+pub fn stream_indices(n: usize, per: usize, seed: u64, step: usize) -> Vec<usize> {
+    let mut orders: Vec<(usize, Vec<usize>)> = Vec::new();
+    (step * per..(step + 1) * per)
+        .map(|pos| {
+            let epoch = pos / n;
+            if !orders.iter().any(|o| o.0 == epoch) {
+                let mut v: Vec<usize> = (0..n).collect();
+                Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).shuffle(&mut v);
+                orders.push((epoch, v));
+            }
+            orders.iter().find(|o| o.0 == epoch).unwrap().1[pos % n]
+        })
+        .collect()
+}
+
+/// Saved with every checkpoint: what a resumed run needs beyond the weights and moments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub step: usize,
+    pub total_steps: usize,
+    pub optimizer_step: u64,
+    pub bad_steps: usize,
+    pub tokens_seen: u64,
+    /// The initial policy (also the reference and the source of the tokenizer files).
+    pub initial: PathBuf,
+    /// Live settings in effect (they may differ from config.toml after applied edits).
+    pub train: TrainSettings,
+    pub eval: EvalSection,
+    pub sample: SampleSection,
+    pub checkpoint: CheckpointSection,
+}
+
+enum Reference {
+    /// SimPO needs none.
+    None,
+    Model(Box<CausalLm>),
+    Cached {
+        train: RefLogps,
+        eval: RefLogps,
+    },
+}
+
+pub enum StepResult {
+    Done(StepMetrics),
+    /// Not applied (non-finite loss or gradient).
+    Skipped(String),
+}
+
+pub struct Trainer {
+    pub cfg: RunConfig,
+    pub run: RunDir,
+    pub device: Device,
+    pub tok: Tok,
+    pub initial_dir: PathBuf,
+    pub policy: CausalLm,
+    pub data: Dataset,
+    pub step: usize,
+    pub total_steps: usize,
+    pub tokens_seen: u64,
+    /// Samples of the reference, made when the run starts (not on resume).
+    pub reference_samples: Vec<Sample>,
+    opt: AdamW,
+    vars: Vec<Var>,
+    reference: Reference,
+    bad_steps: usize,
+    fault_nan: Vec<usize>,
+}
+
+impl Trainer {
+    /// A new run of `cfg` in `run`, starting from the HF folder `initial`.
+    pub fn start(cfg: RunConfig, run: RunDir, initial: &Path, cache_dir: &Path) -> Result<Self> {
+        Self::build(cfg, run, initial, None, cache_dir)
+    }
+
+    /// Continues the run in `run` from its latest complete checkpoint.
+    pub fn resume(run: RunDir, cache_dir: &Path) -> Result<Self> {
+        let mut cfg = run.read_config()?;
+        let (step, ckpt) = run.latest_checkpoint().with_context(|| {
+            format!(
+                "{}: no complete checkpoint to resume from",
+                run.path.display()
+            )
+        })?;
+        let path = ckpt.join(TRAINER_STATE);
+        let state: TrainerState = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+        )
+        .with_context(|| format!("{}: invalid trainer state", path.display()))?;
+        anyhow::ensure!(state.step == step, "{}: step mismatch", path.display());
+        cfg.train = state.train.clone();
+        cfg.eval = state.eval.clone();
+        cfg.sample = state.sample.clone();
+        cfg.checkpoint = state.checkpoint.clone();
+        run.truncate_after(step)?;
+        let initial = state.initial.clone();
+        Self::build(cfg, run, &initial, Some((ckpt, state)), cache_dir)
+    }
+
+    fn build(
+        cfg: RunConfig,
+        run: RunDir,
+        initial: &Path,
+        from: Option<(PathBuf, TrainerState)>,
+        cache_dir: &Path,
+    ) -> Result<Self> {
+        let device = select_device(&cfg.train.device)?;
+        let policy_dir = from.as_ref().map_or(initial, |f| f.0.as_path());
+        let (policy, tok) = io::load_dir(policy_dir, &device, DType::F32)?;
+        if cfg.data.max_len > policy.cfg.max_position_embeddings {
+            bail!(
+                "data.max_len ({}) exceeds the model's max_position_embeddings ({})",
+                cfg.data.max_len,
+                policy.cfg.max_position_embeddings
+            );
+        }
+        let data = load_dataset(&cfg, &tok, policy.cfg.vocab_size)?;
+        if data.train.is_empty() {
+            bail!("{}: no training pairs", cfg.data.train.display());
+        }
+        let per_step = cfg.train.batch_size * cfg.train.grad_accum;
+        let total_steps = if cfg.train.steps > 0 {
+            cfg.train.steps
+        } else {
+            ((cfg.train.epochs * data.train.len() as f64) / per_step as f64).ceil() as usize
+        }
+        .max(1);
+        let (policy, named) = policy.into_trainable()?;
+        let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
+        let mut opt = AdamW::new(named, adam_config(&cfg.train))?;
+        if let Some((ckpt, state)) = &from {
+            let st = candle_core::safetensors::load(ckpt.join(OPTIMIZER), &Device::Cpu)
+                .with_context(|| format!("{}: cannot read {OPTIMIZER}", ckpt.display()))?;
+            opt.load_state(|n| st.get(n).cloned(), state.optimizer_step)?;
+        }
+        let load_ref = || io::load_model(initial, &device, DType::F32);
+        let pad = tok.pad_id();
+        let mut reference_samples = Vec::new();
+        let mut this_reference = None;
+        let reference = if !cfg.train.objective.needs_reference() {
+            Reference::None
+        } else if cfg.train.precompute_ref {
+            let bs = cfg.eval.batch_size;
+            let mut model = None;
+            let (train_ref, _) = refcache::load_or_compute(
+                cache_dir,
+                initial,
+                || {
+                    let m = load_ref()?;
+                    model = Some(m.deep_copy()?);
+                    Ok(m)
+                },
+                &data.train,
+                bs,
+                pad,
+                &device,
+            )?;
+            let (eval_ref, _) = refcache::load_or_compute(
+                cache_dir, initial, load_ref, &data.eval, bs, pad, &device,
+            )?;
+            this_reference = model;
+            Reference::Cached {
+                train: train_ref,
+                eval: eval_ref,
+            }
+        } else {
+            Reference::Model(Box::new(load_ref()?))
+        };
+        let fault_nan = std::env::var(FAULT_NAN_ENV)
+            .ok()
+            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        let (step, bad_steps, tokens_seen) = from
+            .as_ref()
+            .map_or((0, 0, 0), |(_, s)| (s.step, s.bad_steps, s.tokens_seen));
+        let mut t = Self {
+            cfg,
+            run,
+            device: device.clone(),
+            tok,
+            initial_dir: initial.to_path_buf(),
+            policy,
+            data,
+            step,
+            total_steps,
+            tokens_seen,
+            reference_samples: vec![],
+            opt,
+            vars,
+            reference,
+            bad_steps,
+            fault_nan,
+        };
+        if from.is_none() {
+            // The reference's generations, once: they never change.
+            let model = match (&t.reference, this_reference) {
+                (Reference::Model(m), _) => Some(m.detached()?),
+                (_, Some(m)) => Some(m),
+                _ => Some(load_ref()?),
+            };
+            if let Some(m) = model {
+                reference_samples = t.sample_with(&m, "reference")?;
+            }
+            t.reference_samples = reference_samples;
+        }
+        Ok(t)
+    }
+
+    pub fn objective(&self) -> Objective {
+        let t = &self.cfg.train;
+        Objective {
+            loss: t.objective,
+            beta: t.beta,
+            gamma: t.gamma,
+            poet: t.poet,
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.policy.cfg.num_params()
+    }
+
+    fn pairs_per_step(&self) -> usize {
+        self.cfg.train.batch_size * self.cfg.train.grad_accum
+    }
+
+    /// The train pairs of optimizer step `step` (0-based); see [`stream_indices`].
+    pub fn batch_indices(&self, step: usize) -> Vec<usize> {
+        stream_indices(
+            self.data.train.len(),
+            self.pairs_per_step(),
+            self.cfg.train.seed,
+            step,
+        )
+    }
+
+    /// One optimizer step (with gradient accumulation). A non-finite loss or gradient skips the
+    /// update; too many in a row is an error (the last checkpoint stays as it was).
+    pub fn train_step(&mut self) -> Result<StepResult> {
+        let started = Instant::now();
+        let step = self.step;
+        let ts = self.cfg.train.clone();
+        let warmup = schedule::warmup_steps(self.total_steps, ts.warmup_ratio, ts.warmup_steps);
+        let lr = schedule::lr_at(ts.schedule, ts.lr, step, warmup, self.total_steps);
+        self.opt.cfg = AdamWConfig {
+            lr,
+            ..adam_config(&ts)
+        };
+        let idx = self.batch_indices(step);
+        let obj = self.objective();
+        let poison = self.fault_nan.contains(&(step + 1));
+        let pad = self.tok.pad_id();
+        let mut grads: Option<GradStore> = None;
+        let mut pairs = Vec::new();
+        let mut losses = Vec::new();
+        let (mut tokens, mut lc, mut lr_sum) = (0usize, (0.0, 0usize), (0.0, 0usize));
+        let mut bad = None;
+        for chunk in idx.chunks(ts.batch_size) {
+            let batch_pairs: Vec<TokenizedPair> =
+                chunk.iter().map(|&i| self.data.train[i].clone()).collect();
+            let batch = SeqBatch::from_pairs(&batch_pairs, pad, &self.device)?;
+            let refp = match &self.reference {
+                Reference::Model(m) => Some(reference_logps(m, &batch)?),
+                Reference::Cached { train, .. } => Some(train.packed(chunk)),
+                Reference::None => None,
+            };
+            let scale = 1.0 / ts.grad_accum as f64;
+            let m = preference_grads(&self.policy, refp.as_deref(), &batch, &obj, scale, poison)?;
+            losses.push(m.loss);
+            tokens += m.tokens;
+            lc = (lc.0 + m.logits_chosen.0, lc.1 + m.logits_chosen.1);
+            lr_sum = (
+                lr_sum.0 + m.logits_rejected.0,
+                lr_sum.1 + m.logits_rejected.1,
+            );
+            pairs.extend(m.pairs);
+            match (m.grads, &mut grads) {
+                (None, _) => {
+                    bad = Some(format!("loss is {}", m.loss));
+                    break;
+                }
+                (Some(g), None) => grads = Some(g),
+                (Some(g), Some(total)) => accumulate(total, &g, &self.vars)?,
+            }
+        }
+        self.step += 1;
+        let clip = (ts.max_grad_norm > 0.0).then_some(ts.max_grad_norm);
+        let mut grad_norm = f64::NAN;
+        if let (None, Some(g)) = (&bad, &grads) {
+            let r = self.opt.step(g, clip)?;
+            grad_norm = r.grad_norm;
+            if !r.applied {
+                bad = Some(format!("gradient norm is {}", r.grad_norm));
+            }
+        }
+        if let Some(reason) = bad {
+            self.bad_steps += 1;
+            if self.bad_steps >= ts.max_bad_steps {
+                bail!(
+                    "{} consecutive steps with a non-finite loss or gradient (last at step {}: {reason}); the weights were never updated with them and the last checkpoint is intact",
+                    self.bad_steps,
+                    self.step
+                );
+            }
+            return Ok(StepResult::Skipped(reason));
+        }
+        self.bad_steps = 0;
+        self.tokens_seen += tokens as u64;
+        let loss = losses.iter().sum::<f64>() / losses.len() as f64;
+        let mut metrics: BTreeMap<String, f64> = objective::pair_metrics(&pairs, loss)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics.insert("logits/chosen".into(), lc.0 / lc.1.max(1) as f64);
+        metrics.insert("logits/rejected".into(), lr_sum.0 / lr_sum.1.max(1) as f64);
+        metrics.insert("grad_norm".into(), grad_norm);
+        metrics.insert("learning_rate".into(), lr);
+        metrics.insert("num_tokens".into(), self.tokens_seen as f64);
+        metrics.insert("tokens_per_s".into(), tokens as f64 / elapsed.max(1e-9));
+        metrics.insert(
+            "epoch".into(),
+            (self.step * self.pairs_per_step()) as f64 / self.data.train.len() as f64,
+        );
+        Ok(StepResult::Done(StepMetrics {
+            step: self.step,
+            time: now(),
+            metrics,
+        }))
+    }
+
+    /// Metrics and prefix diagnostics on the first `eval.pairs` eval pairs (None without eval
+    /// data).
+    pub fn evaluate(&self) -> Result<Option<EvalReport>> {
+        let n = self.cfg.eval.pairs.min(self.data.eval.len());
+        if n == 0 {
+            return Ok(None);
+        }
+        let pairs = &self.data.eval[..n];
+        let policy = self.policy.detached()?;
+        let obj = self.objective();
+        let pad = self.tok.pad_id();
+        let mut stats = Vec::new();
+        let mut tokens: Vec<[Vec<f32>; 4]> = Vec::new();
+        let (mut ent_sum, mut xent_sum, mut count) = (vec![], vec![], vec![]);
+        let (mut lc, mut lr) = ((0.0, 0usize), (0.0, 0usize));
+        let bs = self.cfg.eval.batch_size.max(1);
+        for (ci, chunk) in pairs.chunks(bs).enumerate() {
+            let idx: Vec<usize> = (ci * bs..ci * bs + chunk.len()).collect();
+            let batch = SeqBatch::from_pairs(chunk, pad, &self.device)?;
+            let scores = policy.response_scores(&batch)?;
+            let pol: Vec<f32> = scores.logps.to_dtype(DType::F32)?.to_vec1()?;
+            let refp = match &self.reference {
+                Reference::Model(m) => Some(reference_logps(m, &batch)?),
+                Reference::Cached { eval, .. } => Some(eval.packed(&idx)),
+                Reference::None => None,
+            };
+            let pol_t = Tensor::new(pol.as_slice(), &self.device)?;
+            let out = objective::preference_loss(&obj, &batch, &pol_t, refp.as_deref())?;
+            stats.extend(out.pairs);
+            let (c, r) = logit_sums(&batch, &scores.logits)?;
+            lc = (lc.0 + c.0, lc.1 + c.1);
+            lr = (lr.0 + r.0, lr.1 + r.1);
+            // Uncertainty per response position, over the chosen responses.
+            let b = chunk.len();
+            let n_chosen = batch.offsets[b];
+            let ent: Vec<f32> = ops::entropy(&scores.logits.narrow(0, 0, n_chosen)?)?.to_vec1()?;
+            let rows = batch.split(&pol);
+            let ref_rows = refp.as_ref().map(|r| batch.split(r));
+            for i in 0..b {
+                let off = batch.offsets[i];
+                for t in 0..batch.response_lens[i] {
+                    if ent_sum.len() <= t {
+                        ent_sum.push(0.0);
+                        xent_sum.push(0.0);
+                        count.push(0usize);
+                    }
+                    ent_sum[t] += ent[off + t] as f64;
+                    xent_sum[t] -= pol[off + t] as f64;
+                    count[t] += 1;
+                }
+                let empty = Vec::new;
+                tokens.push([
+                    rows[i].to_vec(),
+                    rows[b + i].to_vec(),
+                    ref_rows.as_ref().map_or_else(empty, |r| r[i].to_vec()),
+                    ref_rows.as_ref().map_or_else(empty, |r| r[b + i].to_vec()),
+                ]);
+            }
+        }
+        let has_ref = !matches!(self.reference, Reference::None);
+        let views: Vec<PairTokenLogps> = tokens
+            .iter()
+            .map(|t| PairTokenLogps {
+                chosen: &t[0],
+                rejected: &t[1],
+                ref_chosen: has_ref.then_some(t[2].as_slice()),
+                ref_rejected: has_ref.then_some(t[3].as_slice()),
+            })
+            .collect();
+        let js = if self.cfg.eval.prefix_lengths.is_empty() {
+            prefix::prefix_lengths(views.iter().map(|v| v.k()).max().unwrap_or(0))
+        } else {
+            self.cfg.eval.prefix_lengths.clone()
+        };
+        let loss = stats.iter().map(|p| p.loss).sum::<f64>() / stats.len() as f64;
+        let mut metrics: BTreeMap<String, f64> = objective::pair_metrics(&stats, loss)
+            .into_iter()
+            .map(|(k, v)| (format!("eval_{k}"), v))
+            .collect();
+        metrics.insert("eval_logits/chosen".into(), lc.0 / lc.1.max(1) as f64);
+        metrics.insert("eval_logits/rejected".into(), lr.0 / lr.1.max(1) as f64);
+        Ok(Some(EvalReport {
+            step: self.step,
+            time: now(),
+            metrics,
+            prefix: prefix::prefix_curve(&obj, &views, &js),
+            token_diffs: views
+                .iter()
+                .take(self.cfg.eval.heatmap_pairs)
+                .enumerate()
+                .map(|(pair, v)| TokenDiffRow {
+                    pair,
+                    values: prefix::token_reward_diff(&obj, v),
+                })
+                .collect(),
+            entropy: ent_sum
+                .iter()
+                .zip(&count)
+                .map(|(s, &c)| s / c as f64)
+                .collect(),
+            cross_entropy: xent_sum
+                .iter()
+                .zip(&count)
+                .map(|(s, &c)| s / c as f64)
+                .collect(),
+        }))
+    }
+
+    /// The sampling prompts: `sample.prompts`, else the prompts of the first eval pairs.
+    pub fn sample_prompts(&self) -> Vec<String> {
+        if !self.cfg.sample.prompts.is_empty() {
+            return self.cfg.sample.prompts.clone();
+        }
+        let n = self.cfg.sample.from_eval.min(self.data.eval_prompts.len());
+        self.data.eval_prompts[..n].to_vec()
+    }
+
+    /// The policy's generations for the sampling prompts.
+    pub fn sample(&self) -> Result<Vec<Sample>> {
+        self.sample_with(&self.policy.detached()?, "policy")
+    }
+
+    fn sample_with(&self, model: &CausalLm, source: &str) -> Result<Vec<Sample>> {
+        let s = &self.cfg.sample;
+        let params = sample::SampleParams {
+            max_new_tokens: s.max_new_tokens,
+            temperature: s.temperature,
+            top_p: s.top_p,
+        };
+        // Seeded by the step: sampling never disturbs training and survives a resume.
+        let mut rng = Rng::new(self.cfg.train.seed ^ (self.step as u64).wrapping_mul(0x2545_f491));
+        let mut out = Vec::new();
+        for (prompt_id, prompt) in self.sample_prompts().into_iter().enumerate() {
+            let mut ids = self.tok.encode_prompt(&prompt)?;
+            if ids.len() > self.cfg.data.max_prompt_len {
+                ids.drain(..ids.len() - self.cfg.data.max_prompt_len);
+            }
+            let token_ids = sample::generate(model, &ids, &self.tok.stop, &params, &mut rng)?;
+            out.push(Sample {
+                step: self.step,
+                prompt_id,
+                prompt,
+                source: source.to_string(),
+                text: self.tok.decode(&token_ids)?,
+                token_ids,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Saves weights (HF layout), optimizer moments and trainer state as `step-N`.
+    pub fn checkpoint(&self) -> Result<PathBuf> {
+        let state = TrainerState {
+            step: self.step,
+            total_steps: self.total_steps,
+            optimizer_step: self.opt.step,
+            bad_steps: self.bad_steps,
+            tokens_seen: self.tokens_seen,
+            initial: self.initial_dir.clone(),
+            train: self.cfg.train.clone(),
+            eval: self.cfg.eval.clone(),
+            sample: self.cfg.sample.clone(),
+            checkpoint: self.cfg.checkpoint.clone(),
+        };
+        self.run
+            .write_checkpoint(self.step, self.cfg.checkpoint.keep, |dir| {
+                io::save_dir(&self.policy, Some(&self.initial_dir), dir)?;
+                let moments: HashMap<String, Tensor> =
+                    self.opt.state_tensors()?.into_iter().collect();
+                candle_core::safetensors::save(&moments, dir.join(OPTIMIZER))?;
+                std::fs::write(dir.join(TRAINER_STATE), serde_json::to_vec_pretty(&state)?)?;
+                Ok(())
+            })
+    }
+
+    /// Applies the live fields of `new` (an edited config of this run's variant). Returns the
+    /// changes made and the restart-only fields that changed and were ignored.
+    pub fn apply(&mut self, new: &RunConfig) -> Result<(Vec<Change>, Vec<String>)> {
+        let mut changes = Vec::new();
+        let mut ignored = Vec::new();
+        self.cfg.train = merge_live(
+            "train",
+            &self.cfg.train,
+            &new.train,
+            TrainSettings::FIELDS,
+            &mut changes,
+            &mut ignored,
+        )?;
+        self.cfg.eval = merge_live(
+            "eval",
+            &self.cfg.eval,
+            &new.eval,
+            EvalSection::FIELDS,
+            &mut changes,
+            &mut ignored,
+        )?;
+        self.cfg.sample = merge_live(
+            "sample",
+            &self.cfg.sample,
+            &new.sample,
+            SampleSection::FIELDS,
+            &mut changes,
+            &mut ignored,
+        )?;
+        self.cfg.checkpoint = merge_live(
+            "checkpoint",
+            &self.cfg.checkpoint,
+            &new.checkpoint,
+            CheckpointSection::FIELDS,
+            &mut changes,
+            &mut ignored,
+        )?;
+        for (name, same) in [
+            ("model", self.cfg.model == new.model),
+            ("data", self.cfg.data == new.data),
+            ("sft", self.cfg.sft == new.sft),
+        ] {
+            if !same {
+                ignored.push(name.to_string());
+            }
+        }
+        if changes.iter().any(|c| c.field == "train.steps") {
+            let per = self.pairs_per_step();
+            self.total_steps = if self.cfg.train.steps > 0 {
+                self.cfg.train.steps
+            } else {
+                ((self.cfg.train.epochs * self.data.train.len() as f64) / per as f64).ceil()
+                    as usize
+            }
+            .max(self.step);
+        }
+        Ok((changes, ignored))
+    }
+}
+
+fn adam_config(t: &TrainSettings) -> AdamWConfig {
+    AdamWConfig {
+        lr: t.lr,
+        beta1: t.adam_beta1,
+        beta2: t.adam_beta2,
+        eps: t.adam_eps,
+        weight_decay: t.weight_decay,
+    }
+}
+
+/// `old` with the live fields of `new` copied in (through their TOML form, so one function
+/// serves every section); changed restart-only fields are listed in `ignored`.
+fn merge_live<T: Serialize + serde::de::DeserializeOwned>(
+    section: &str,
+    old: &T,
+    new: &T,
+    fields: &[(&str, Reload)],
+    changes: &mut Vec<Change>,
+    ignored: &mut Vec<String>,
+) -> Result<T> {
+    let mut o = toml::Value::try_from(old)?;
+    let n = toml::Value::try_from(new)?;
+    let (Some(ot), Some(nt)) = (o.as_table_mut(), n.as_table()) else {
+        bail!("{section}: not a table");
+    };
+    for (field, reload) in fields {
+        let (a, b) = (ot.get(*field).cloned(), nt.get(*field).cloned());
+        if a == b {
+            continue;
+        }
+        let show =
+            |v: &Option<toml::Value>| v.as_ref().map_or("(unset)".to_string(), |v| v.to_string());
+        let path = format!("{section}.{field}");
+        match reload {
+            Reload::Live => {
+                changes.push(Change {
+                    field: path,
+                    old: show(&a),
+                    new: show(&b),
+                });
+                match b {
+                    Some(v) => ot.insert(field.to_string(), v),
+                    None => ot.remove(*field),
+                };
+            }
+            Reload::Restart => ignored.push(path),
+        }
+    }
+    Ok(o.try_into()?)
+}

@@ -1,0 +1,553 @@
+//! The trainer through the real binary: run directories, checkpoints, exact resume, NaN steps,
+//! signals, reference caching, the SFT stage, scratch models and starter workspaces.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device};
+use common::{fixture, gaplab, stderr};
+use serde_json::Value;
+
+/// A copy of the tiny fixture workspace in `dir`, with `edit` applied to its gaplab.toml.
+fn workspace(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let ws = dir.join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let text = std::fs::read_to_string(fixture("ws-tiny/gaplab.toml")).unwrap();
+    let text = text
+        .replace("\"../tiny-llama\"", &format!("{:?}", fixture("tiny-llama")))
+        .replace(
+            "\"../pairs.jsonl\"",
+            &format!("{:?}", fixture("pairs.jsonl")),
+        );
+    std::fs::write(ws.join("gaplab.toml"), edit(text)).unwrap();
+    ws
+}
+
+fn train(args: &[&str]) -> std::process::Output {
+    let mut all = vec!["train"];
+    all.extend_from_slice(args);
+    gaplab(&all)
+}
+
+fn runs(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            p.is_dir() && !n.starts_with('.') && !n.starts_with("init-") && !n.starts_with("sft-")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Train-split metric records by step.
+fn train_metrics(run: &Path) -> BTreeMap<u64, Value> {
+    jsonl(&run.join("metrics.jsonl"))
+        .into_iter()
+        .filter(|v| v["split"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v))
+        .collect()
+}
+
+fn status(run: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap()
+}
+
+/// Metrics that must agree between two runs (wall-clock ones excluded).
+fn comparable(v: &Value) -> BTreeMap<String, f64> {
+    v.as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| !["time", "tokens_per_s"].contains(&k.as_str()))
+        .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+        .collect()
+}
+
+fn assert_close(a: &Value, b: &Value, tol: f64, what: &str) {
+    let (a, b) = (comparable(a), comparable(b));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (k, x) in &a {
+        let y = b[k];
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}: {k} {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn trains_every_variant_into_run_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), |t| t);
+    let out = train(&[ws.to_str().unwrap(), "--headless"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root = ws.join("runs");
+    let rs = runs(&root);
+    assert_eq!(rs.len(), 2);
+    let names: Vec<String> = rs
+        .iter()
+        .map(|r| r.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names[0].starts_with("dpo-2") && names[1].starts_with("dpo-poet-2"),
+        "{names:?}"
+    );
+    let mut first_batches = Vec::new();
+    for run in &rs {
+        // Resolved config, finished status, every step's TRL metrics, evals at 0, 3 and 6.
+        let cfg: toml::Value =
+            toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+        assert!(cfg["variant"].as_str().unwrap().starts_with("dpo"));
+        assert_eq!(status(run)["state"], "finished");
+        let m = train_metrics(run);
+        assert_eq!(
+            m.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        for k in [
+            "loss",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+            "logits/chosen",
+            "logits/rejected",
+            "grad_norm",
+            "learning_rate",
+            "tokens_per_s",
+            "poet/k",
+            "poet/kept_frac",
+        ] {
+            assert!(m[&1][k].is_number(), "{k}");
+        }
+        let evals: Vec<u64> = jsonl(&run.join("metrics.jsonl"))
+            .iter()
+            .filter(|v| v["split"] == "eval")
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(evals, vec![0, 3, 6]);
+        let prefix = jsonl(&run.join("prefix.jsonl"));
+        assert_eq!(prefix.len(), 3);
+        assert_eq!(prefix[0]["prefix"]["j"][0], 1);
+        assert!(!prefix[0]["token_diffs"].as_array().unwrap().is_empty());
+        assert!(!prefix[0]["entropy"].as_array().unwrap().is_empty());
+        let samples = jsonl(&run.join("samples.jsonl"));
+        assert!(samples.iter().any(|s| s["source"] == "reference"));
+        assert!(samples
+            .iter()
+            .any(|s| s["source"] == "policy" && s["step"] == 6));
+        // Keep 2: steps 4 and 6 remain; each is a loadable HF folder with optimizer state.
+        let ckpts: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(ckpts, vec!["step-4", "step-6"]);
+        let c = run.join("checkpoints/step-6");
+        for f in [
+            "optimizer.safetensors",
+            "trainer_state.json",
+            "tokenizer.json",
+        ] {
+            assert!(c.join(f).exists(), "{f}");
+        }
+        gaplab::model::io::load_dir(&c, &Device::Cpu, DType::F32).unwrap();
+        first_batches.push(m[&1]["num_tokens"].as_f64().unwrap());
+        // POET's share of tokens kept is below 1 only with POET.
+        let kept = m[&1]["poet/kept_frac"].as_f64().unwrap();
+        assert_eq!(kept < 1.0, run.to_string_lossy().contains("poet"));
+    }
+    // Same initial policy and data order: both variants start with loss ln 2 on the same batch.
+    assert_eq!(first_batches[0], first_batches[1]);
+    for run in &rs {
+        let l = train_metrics(run)[&1]["loss"].as_f64().unwrap();
+        assert!((l - std::f64::consts::LN_2).abs() < 1e-5);
+    }
+}
+
+/// Keeps only the checkpoint at `step` of a finished run, as if it had been killed then.
+fn cut_back(run: &Path, step: usize) {
+    for e in std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy() != format!("step-{step}") {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), |t| t);
+    let out_dir = tmp.path().join("out");
+    let out = train(&[
+        ws.to_str().unwrap(),
+        "--variant",
+        "dpo-poet",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let full = runs(&out_dir).pop().unwrap();
+    let interrupted = tmp.path().join("copy").join(full.file_name().unwrap());
+    copy_dir(&full, &interrupted);
+    cut_back(&interrupted, 4);
+    // A leftover of a checkpoint write killed halfway must be ignored.
+    let leftover = interrupted.join("checkpoints/.tmp-step-5");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("model.safetensors"), "partial").unwrap();
+
+    let out = train(&[
+        ws.to_str().unwrap(),
+        "--resume",
+        interrupted.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!leftover.exists());
+    let (a, b) = (train_metrics(&full), train_metrics(&interrupted));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for step in 1..=6 {
+        assert_close(&a[&step], &b[&step], 1e-6, &format!("step {step}"));
+    }
+    let evals = |r: &Path| -> Vec<Value> {
+        jsonl(&r.join("metrics.jsonl"))
+            .into_iter()
+            .filter(|v| v["split"] == "eval")
+            .collect()
+    };
+    let (ea, eb) = (evals(&full), evals(&interrupted));
+    assert_eq!(ea.len(), eb.len(), "no duplicated records after resuming");
+    for (x, y) in ea.iter().zip(&eb) {
+        assert_close(x, y, 1e-6, "eval");
+    }
+    let samples = |r: &Path| -> Vec<Value> {
+        jsonl(&r.join("samples.jsonl"))
+            .into_iter()
+            .map(|mut v| {
+                v.as_object_mut().unwrap().remove("time");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(samples(&full), samples(&interrupted));
+    assert_eq!(status(&interrupted)["state"], "finished");
+}
+
+#[test]
+fn non_finite_steps_never_reach_the_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), |t| {
+        t.replace("interval = 2\nkeep = 2", "interval = 1\nkeep = 10")
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_gaplab"))
+        .args(["train", ws.to_str().unwrap(), "--variant", "dpo"])
+        .env(gaplab::train::trainer::FAULT_NAN_ENV, "2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = runs(&ws.join("runs")).pop().unwrap();
+    let records = jsonl(&run.join("metrics.jsonl"));
+    assert!(records
+        .iter()
+        .any(|v| v["event"] == "skipped" && v["step"] == 2));
+    assert!(!train_metrics(&run).contains_key(&2));
+    assert!(stderr(&out).contains("step 2 skipped"));
+    let weights = |s: usize| {
+        std::fs::read(run.join(format!("checkpoints/step-{s}/model.safetensors"))).unwrap()
+    };
+    assert_eq!(
+        weights(1),
+        weights(2),
+        "the skipped step left the weights alone"
+    );
+    assert_ne!(weights(2), weights(3));
+    let moments = |s: usize| {
+        std::fs::read(run.join(format!("checkpoints/step-{s}/optimizer.safetensors"))).unwrap()
+    };
+    assert_eq!(moments(1), moments(2));
+}
+
+#[test]
+fn too_many_bad_steps_fail_with_the_last_checkpoint_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), |t| {
+        t.replace("seed = 3", "seed = 3\nmax_bad_steps = 2")
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_gaplab"))
+        .args(["train", ws.to_str().unwrap(), "--variant", "dpo"])
+        .env(gaplab::train::trainer::FAULT_NAN_ENV, "3,4")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("2 consecutive steps with a non-finite loss"),
+        "{err}"
+    );
+    let run = runs(&ws.join("runs")).pop().unwrap();
+    assert_eq!(status(&run)["state"], "failed");
+    let ckpts = gaplab::runlog::RunDir::open(&run)
+        .unwrap()
+        .list_checkpoints();
+    assert_eq!(ckpts.iter().map(|c| c.0).collect::<Vec<_>>(), vec![2]);
+    gaplab::model::io::load_dir(&ckpts[0].1, &Device::Cpu, DType::F32).unwrap();
+}
+
+#[test]
+fn interrupt_checkpoints_and_resume_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), |t| {
+        t.replace("steps = 6", "steps = 100000")
+            .replace("interval = 3\npairs = 4", "interval = 0\npairs = 4")
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gaplab"))
+        .args(["train", ws.to_str().unwrap(), "--variant", "dpo"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let root = ws.join("runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let done = root.exists()
+            && runs(&root)
+                .first()
+                .is_some_and(|r| train_metrics(r).len() >= 3);
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "training did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let status_code = child.wait().unwrap().code();
+    assert_eq!(status_code, Some(130));
+    let run = runs(&root).pop().unwrap();
+    let st = status(&run);
+    assert_eq!(st["state"], "stopped");
+    let stopped_at = st["step"].as_u64().unwrap() as usize;
+    let dir = gaplab::runlog::RunDir::open(&run).unwrap();
+    assert_eq!(dir.latest_checkpoint().unwrap().0, stopped_at);
+    assert_eq!(
+        *train_metrics(&run).keys().last().unwrap() as usize,
+        stopped_at
+    );
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn precomputed_reference_matches_and_is_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = workspace(&tmp.path().join("a"), |t| t);
+    let cached = workspace(&tmp.path().join("b"), |t| {
+        t.replace("seed = 3", "seed = 3\nprecompute_ref = true")
+    });
+    for ws in [&plain, &cached] {
+        let out = train(&[ws.to_str().unwrap(), "--variant", "dpo"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let (a, b) = (
+        train_metrics(&runs(&plain.join("runs"))[0]),
+        train_metrics(&runs(&cached.join("runs"))[0]),
+    );
+    for step in 1..=6 {
+        assert_close(&a[&step], &b[&step], 1e-4, &format!("step {step}"));
+    }
+    let cache: Vec<_> = std::fs::read_dir(cached.join("runs/.cache"))
+        .unwrap()
+        .flatten()
+        .collect();
+    // Train and eval are the same file here, so one cache entry serves both.
+    assert_eq!(cache.len(), 1);
+    // A second run reuses the cache files.
+    let before: Vec<_> = cache
+        .iter()
+        .map(|e| e.metadata().unwrap().modified().unwrap())
+        .collect();
+    let out = train(&[cached.to_str().unwrap(), "--variant", "dpo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after: Vec<_> = std::fs::read_dir(cached.join("runs/.cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().modified().unwrap())
+        .collect();
+    assert_eq!(before.len(), after.len());
+}
+
+#[test]
+fn sft_stage_is_shared_and_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), |t| {
+        format!("{t}\n[sft]\nsteps = 3\nlr = 1e-3\nbatch_size = 2\n")
+    });
+    let out = train(&[ws.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root = ws.join("runs");
+    let sft: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("sft-"))
+        .collect();
+    assert_eq!(sft.len(), 1);
+    let ckpt = sft[0].join("checkpoint");
+    assert!(ckpt.join("model.safetensors").exists());
+    assert_eq!(
+        jsonl(&sft[0].join("metrics.jsonl"))
+            .iter()
+            .filter(|v| v["split"] == "train")
+            .count(),
+        3
+    );
+    for run in runs(&root) {
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("checkpoints/step-6/trainer_state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(Path::new(state["initial"].as_str().unwrap()), ckpt);
+    }
+    let stamp = std::fs::metadata(ckpt.join("model.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let out = train(&[ws.to_str().unwrap(), "--variant", "dpo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = std::fs::metadata(ckpt.join("model.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(stamp, again, "the SFT checkpoint is reused, not retrained");
+}
+
+#[test]
+fn scratch_models_train_from_a_tokenizer_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), |t| {
+        t.replace(
+            &format!("path = {:?}", fixture("tiny-llama")),
+            &format!(
+                "tokenizer = {:?}\n[model.scratch]\narch = \"qwen2\"\nhidden_size = 32\nintermediate_size = 64\nnum_hidden_layers = 1\nnum_attention_heads = 4\nnum_key_value_heads = 2\nmax_position_embeddings = 128\n",
+                fixture("tiny-llama")
+            ),
+        )
+        .replace("objective = \"dpo\"", "objective = \"simpo\"\ngamma = 0.5")
+        .replace("beta = 0.1", "beta = 2.0")
+    });
+    let out = train(&[ws.to_str().unwrap(), "--variant", "dpo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = runs(&ws.join("runs")).pop().unwrap();
+    assert_eq!(train_metrics(&run).len(), 6);
+    let cfg =
+        gaplab::model::ModelConfig::load(&run.join("checkpoints/step-6/config.json")).unwrap();
+    assert_eq!(cfg.arch, gaplab::model::Arch::Qwen2);
+    assert!(cfg.tie_word_embeddings);
+}
+
+#[test]
+fn init_writes_a_workspace_that_checks_and_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("new");
+    let out = gaplab(&[
+        "init",
+        dir.to_str().unwrap(),
+        "--model",
+        fixture("tiny-llama").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = gaplab(&["check", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = common::stdout(&out);
+    assert!(
+        text.contains("config ok") && text.contains("chosen longer in"),
+        "{text}"
+    );
+    let out = train(&[dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(runs(&dir.join("runs")).len(), 2);
+    // A second init refuses to overwrite.
+    let out = gaplab(&["init", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn config_errors_name_file_line_column_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "beta = 0.1",
+            "beta = -0.5",
+            ":13:8: train.beta: expected a number > 0",
+        ),
+        (
+            "lr = 1e-3",
+            "lr = \"fast\"",
+            ":14:6: train.lr: invalid type: string \"fast\"",
+        ),
+        (
+            "batch_size = 2\nsteps",
+            "batch_sise = 2\nsteps",
+            ":15:1: train.batch_sise: unknown field `batch_sise`",
+        ),
+        (
+            "poet = true",
+            "poet = 1",
+            ":39:8: variant[1].poet: invalid type: integer `1`, expected a boolean",
+        ),
+    ];
+    for (i, (from, to, want)) in cases.iter().enumerate() {
+        let ws = workspace(&tmp.path().join(i.to_string()), |t| t.replace(from, to));
+        for cmd in ["check", "train"] {
+            let out = gaplab(&[cmd, ws.to_str().unwrap()]);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {to}");
+            let err = stderr(&out);
+            assert!(
+                err.contains("gaplab.toml") && err.contains(want),
+                "{cmd} {to}: {err}"
+            );
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        }
+        assert!(!ws.join("runs").exists(), "nothing runs on a bad config");
+    }
+}
