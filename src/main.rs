@@ -127,7 +127,7 @@ enum Command {
         response_len: usize,
         #[arg(long, default_value_t = 128)]
         new_tokens: usize,
-        /// Run only these benchmarks (dpo, sft, sample).
+        /// Run only these benchmarks (dpo, simpo, sft, sample).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         #[arg(long)]

@@ -141,6 +141,27 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             },
         )?);
     }
+    if want("simpo") {
+        // No reference forward: also the cost of a DPO step with `precompute_ref = true`.
+        let (policy, vars) = CausalLm::random(cfg.clone(), 0, dev)?.into_trainable()?;
+        let mut opt = AdamW::new(vars, opt_cfg)?;
+        let obj = Objective {
+            loss: Loss::Simpo,
+            beta: 2.0,
+            gamma: 1.0,
+            poet: false,
+        };
+        results.push(time(
+            args.iters,
+            args.warmup,
+            pair_batch.num_tokens(),
+            "simpo_step",
+            || {
+                train::preference_step(&policy, None, &pair_batch, &obj, &mut opt, Some(1.0))?;
+                Ok(())
+            },
+        )?);
+    }
     if want("sft") {
         let (policy, vars) = CausalLm::random(cfg.clone(), 0, dev)?.into_trainable()?;
         let mut opt = AdamW::new(vars, opt_cfg)?;
