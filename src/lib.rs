@@ -13,3 +13,4 @@ pub mod objective;
 pub mod rng;
 pub mod runlog;
 pub mod train;
+pub mod ui;

@@ -27,6 +27,36 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args, Clone, Default)]
+struct UiArgs {
+    /// Dashboard theme: a name (default, dark, light, mono, or themes/NAME.toml) or a path.
+    #[arg(long)]
+    theme: Option<String>,
+    /// Colour depth: truecolor, 256, 16 or none (default: detected; NO_COLOR is honoured).
+    #[arg(long)]
+    color: Option<String>,
+    /// Chart markers without Braille characters.
+    #[arg(long)]
+    ascii: bool,
+}
+
+impl UiArgs {
+    fn options(&self) -> Result<gaplab::ui::app::Options> {
+        let color = match &self.color {
+            Some(c) => Some(gaplab::ui::theme::ColorDepth::parse(c).ok_or_else(|| {
+                anyhow::anyhow!("--color: expected truecolor, 256, 16 or none, got \"{c}\"")
+            })?),
+            None => None,
+        };
+        Ok(gaplab::ui::app::Options {
+            theme: self.theme.clone(),
+            color,
+            ascii: self.ascii,
+            ..Default::default()
+        })
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum PrefObjective {
     Dpo,
@@ -49,9 +79,19 @@ enum Command {
         /// Where run directories go (default: WORKSPACE/runs).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Progress on stderr instead of the dashboard (the default for now).
+        /// Progress on stderr instead of the dashboard (the default when stdout is not a
+        /// terminal).
         #[arg(long)]
         headless: bool,
+        #[command(flatten)]
+        ui: UiArgs,
+    },
+    /// Open the dashboard on run directories (or all runs of a workspace), following them live.
+    Attach {
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        #[command(flatten)]
+        ui: UiArgs,
     },
     /// Validate a workspace (config, model, tokenizer, data) and print data statistics.
     Check { workspace: PathBuf },
@@ -149,20 +189,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             variant,
             resume,
             out,
-            headless: _,
+            headless,
+            ui,
         } => {
             let args = cmd::train::TrainArgs {
                 workspace,
                 variant,
                 resume,
                 out,
+                headless,
+                ui: ui.options()?,
             };
-            return Ok(match cmd::train::run_headless(&args)? {
+            return Ok(match cmd::train::run(&args)? {
                 gaplab::engine::Outcome::Finished => ExitCode::SUCCESS,
                 // Stopped by a signal, with a checkpoint: the shell convention for SIGINT.
                 gaplab::engine::Outcome::Stopped => ExitCode::from(130),
             });
         }
+        Command::Attach { runs, ui } => cmd::attach::run(&runs, ui.options()?)?,
         Command::Check { workspace } => print(&cmd::check::run(&workspace)?),
         Command::Init { dir, model } => print(&cmd::init::run(&dir, model.as_deref())?),
         Command::Eval {
@@ -292,7 +336,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line: the chain of contexts joined by ": ".
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::from(2)
         }
     }

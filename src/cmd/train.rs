@@ -3,10 +3,19 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+
+/// Writes to stderr, ignoring failures: after a hang-up the terminal is gone, and a progress
+/// line must never take the training down with it.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 use crate::config::Workspace;
 use crate::engine::{self, Command, Event, Outcome, Plan, RunState, Work};
@@ -16,6 +25,10 @@ pub struct TrainArgs {
     pub variant: Option<String>,
     pub resume: Option<PathBuf>,
     pub out: Option<PathBuf>,
+    /// Progress on stderr even on a terminal.
+    pub headless: bool,
+    /// Dashboard options from the command line (they override the config's `[ui]`).
+    pub ui: crate::ui::app::Options,
 }
 
 /// Builds the engine's plan from the arguments.
@@ -49,20 +62,112 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
 
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
-/// Runs training headless. The first SIGINT/SIGTERM finishes the current step, writes a
-/// checkpoint and stops; a second one exits at once.
+/// Signals while training: the first SIGINT/SIGTERM finishes the current step, writes a
+/// checkpoint and stops; a second one exits at once. SIGHUP (the terminal went away, e.g. a
+/// dropped SSH connection) never stops training: it sets `hangup` for the dashboard to detach.
+fn on_signals(
+    commands: std::sync::mpsc::Sender<Command>,
+    hangup: Arc<AtomicBool>,
+    quiet: bool,
+) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("gaplab-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    hangup.store(true, Ordering::SeqCst);
+                } else if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
+                    if !quiet {
+                        say!("\ngaplab: stopping after this step (signal again to quit at once)");
+                    }
+                    let _ = commands.send(Command::Stop);
+                } else {
+                    crate::ui::terminal::restore();
+                    std::process::exit(130);
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Run directories already in `root` (finished or earlier runs), newest first, to overlay.
+fn previous_runs(root: &std::path::Path, max: usize) -> Vec<PathBuf> {
+    let mut v: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            !n.starts_with('.')
+                && !n.starts_with("sft-")
+                && !n.starts_with("init-")
+                && p.join(crate::runlog::CONFIG).exists()
+        })
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    v.sort();
+    v.into_iter().rev().take(max).map(|x| x.1).collect()
+}
+
+/// Trains with the dashboard when stdout and stdin are a terminal (unless `--headless`),
+/// otherwise with progress on stderr.
+pub fn run(args: &TrainArgs) -> Result<Outcome> {
+    let tty = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if args.headless || !tty {
+        return run_headless(args);
+    }
+    let plan = plan(args)?;
+    let mut opts = args.ui.clone();
+    if let Ok(ws) = Workspace::load(&args.workspace) {
+        let ui = &ws.config.ui;
+        opts.theme = opts.theme.or(Some(ui.theme.clone()));
+        opts.color = opts
+            .color
+            .or(crate::ui::theme::ColorDepth::parse(&ui.color));
+        opts.ascii |= ui.markers == "dot";
+        opts.smoothing = opts.smoothing.or(Some(ui.smoothing));
+        opts.refresh_hz = opts.refresh_hz.or(Some(ui.refresh_hz));
+        if opts.theme_dirs.is_empty() {
+            opts.theme_dirs = crate::ui::app::theme_dirs(Some(&ws.dir));
+        }
+    }
+    if opts.theme_dirs.is_empty() {
+        opts.theme_dirs = crate::ui::app::theme_dirs(None);
+    }
+    let overlay = previous_runs(&plan.runs_root, 6);
+    let engine = engine::spawn(plan)?;
+    let hangup = Arc::new(AtomicBool::new(false));
+    on_signals(engine.commands.clone(), hangup.clone(), true)?;
+    let source = crate::ui::app::Source::Engine { engine, overlay };
+    let finish = crate::ui::app::run(source, opts, hangup)?;
+    for line in &finish.summary {
+        say!("{line}");
+    }
+    if finish.outcome == Some(Outcome::Stopped) {
+        say!(
+            "continue a stopped run with: gaplab train {} --resume RUN_DIR",
+            args.workspace.display()
+        );
+    }
+    Ok(finish.outcome.unwrap_or(Outcome::Finished))
+}
+
+/// Runs training with progress on stderr.
 pub fn run_headless(args: &TrainArgs) -> Result<Outcome> {
     let plan = plan(args)?;
     let engine = engine::spawn(plan)?;
-    let commands = engine.commands.clone();
-    let _ = ctrlc::set_handler(move || {
-        if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("\ngaplab: stopping after this step (signal again to quit at once)");
-            let _ = commands.send(Command::Stop);
-        } else {
-            std::process::exit(130);
-        }
-    });
+    on_signals(
+        engine.commands.clone(),
+        Arc::new(AtomicBool::new(false)),
+        false,
+    )?;
     let mut progress = Progress::new(std::io::stderr().is_terminal(), args.workspace.clone());
     for ev in engine.events.iter() {
         progress.on(&ev);
@@ -115,12 +220,12 @@ impl Progress {
 
     fn say(&mut self, text: &str) {
         self.finish_line();
-        eprintln!("{text}");
+        say!("{text}");
     }
 
     pub fn finish_line(&mut self) {
         if self.line_open {
-            eprintln!();
+            say!();
             self.line_open = false;
         }
     }
@@ -165,11 +270,11 @@ impl Progress {
                 ));
                 let line = self.step_line();
                 if self.tty {
-                    eprint!("\r\x1b[2K{line}");
+                    let _ = write!(std::io::stderr(), "\r\x1b[2K{line}");
                     let _ = std::io::stderr().flush();
                     self.line_open = true;
                 } else if m.step.is_multiple_of(self.every) || m.step == self.total {
-                    eprintln!("{line}");
+                    say!("{line}");
                 }
             }
             Event::Skipped { step, reason } => {

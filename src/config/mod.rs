@@ -226,6 +226,22 @@ section! {
     }
 }
 
+section! {
+    /// `[ui]`: the dashboard.
+    pub struct UiSection {
+        /// A theme name (built-in or themes/NAME.toml) or a path to a theme file.
+        theme: String = "default".into(), Live;
+        /// Initial chart smoothing in [0, 1).
+        smoothing: f64 = 0.6, Live;
+        /// Highest redraw rate.
+        refresh_hz: f64 = 15.0, Live;
+        /// auto | truecolor | 256 | 16 | none
+        color: String = "auto".into(), Live;
+        /// auto | braille | dot (for terminals or fonts without Braille)
+        markers: String = "auto".into(), Live;
+    }
+}
+
 /// The whole `gaplab.toml`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,6 +260,8 @@ pub struct WorkspaceConfig {
     pub checkpoint: CheckpointSection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sft: Option<SftSection>,
+    #[serde(default)]
+    pub ui: UiSection,
     #[serde(default, rename = "variant", skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<Variant>,
 }
@@ -263,6 +281,8 @@ pub struct RunConfig {
     pub checkpoint: CheckpointSection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sft: Option<SftSection>,
+    #[serde(default)]
+    pub ui: UiSection,
 }
 
 /// A config error that points at the place to edit.
@@ -439,6 +459,7 @@ impl Workspace {
             sample: self.config.sample.clone(),
             checkpoint: self.config.checkpoint.clone(),
             sft: self.config.sft.clone(),
+            ui: self.config.ui.clone(),
         })
     }
 }
@@ -723,6 +744,35 @@ impl WorkspaceConfig {
             "checkpoint.keep",
             "expected at least 1",
         );
+        let ui = &self.ui;
+        check(
+            &mut out,
+            (0.0..1.0).contains(&ui.smoothing),
+            "ui.smoothing",
+            format!("expected a number in [0, 1), got {}", ui.smoothing),
+        );
+        check(
+            &mut out,
+            ui.refresh_hz > 0.0 && ui.refresh_hz <= 60.0,
+            "ui.refresh_hz",
+            format!("expected a number in (0, 60], got {}", ui.refresh_hz),
+        );
+        check(
+            &mut out,
+            ["auto", "truecolor", "24bit", "256", "16", "none", "mono"]
+                .contains(&ui.color.as_str()),
+            "ui.color",
+            format!(
+                "expected auto, truecolor, 256, 16 or none, got \"{}\"",
+                ui.color
+            ),
+        );
+        check(
+            &mut out,
+            ["auto", "braille", "dot"].contains(&ui.markers.as_str()),
+            "ui.markers",
+            format!("expected auto, braille or dot, got \"{}\"", ui.markers),
+        );
         if let Some(s) = &self.sft {
             check(
                 &mut out,
@@ -763,6 +813,7 @@ pub fn all_fields() -> Vec<(String, Reload)> {
     add("sample", SampleSection::FIELDS);
     add("checkpoint", CheckpointSection::FIELDS);
     add("sft", SftSection::FIELDS);
+    add("ui", UiSection::FIELDS);
     v
 }
 

@@ -69,6 +69,9 @@ pub struct Sample {
     pub source: String,
     pub text: String,
     pub token_ids: Vec<u32>,
+    /// The text of each token (concatenated they give `text`), for token-level comparisons.
+    #[serde(default)]
+    pub pieces: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,10 +2,11 @@
 //! [`Event`]s out and [`Command`]s in. Every event is written to the run directory before it is
 //! sent, so a run is complete on disk whether or not anyone watches.
 
+pub mod control;
 pub mod event;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -51,6 +52,11 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Moves the event stream out (to a forwarding thread), leaving an empty one behind.
+    pub fn take_events(&mut self) -> Receiver<Event> {
+        std::mem::replace(&mut self.events, mpsc::channel().1)
+    }
+
     pub fn join(self) -> Result<Outcome> {
         match self.handle.join() {
             Ok(r) => r,
@@ -64,7 +70,10 @@ pub fn spawn(plan: Plan) -> Result<Engine> {
     let (ctx, crx) = mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("gaplab-engine".into())
-        .spawn(move || run(plan, etx, crx))
+        .spawn({
+            let ctx = ctx.clone();
+            move || run(plan, etx, crx, ctx)
+        })
         .context("cannot start the training thread")?;
     Ok(Engine {
         events: erx,
@@ -114,35 +123,24 @@ struct Control {
     rx: Receiver<Command>,
     paused: bool,
     steps_allowed: usize,
-    disconnected: bool,
+    /// Where the run's control socket forwards commands from attached viewers.
+    remote: Sender<Command>,
 }
 
 impl Control {
     fn poll(&mut self, mut t: Option<&mut Trainer>, em: &mut Emitter, step: usize) -> Result<Flow> {
         loop {
-            let cmd = if self.paused && self.steps_allowed == 0 && !self.disconnected {
+            // The engine keeps a sender itself (for the control socket), so the channel never
+            // closes: while paused it waits for the next command.
+            let cmd = if self.paused && self.steps_allowed == 0 {
                 match self.rx.recv() {
                     Ok(c) => c,
-                    Err(_) => {
-                        // Nobody is left to resume the run: go on rather than wait forever.
-                        self.disconnected = true;
-                        self.paused = false;
-                        em.log(step, Level::Warn, "controller gone; resuming".into())?;
-                        em.emit(Event::State {
-                            step,
-                            state: RunState::Running,
-                        })?;
-                        continue;
-                    }
+                    Err(_) => return Ok(Flow::Continue),
                 }
             } else {
                 match self.rx.try_recv() {
                     Ok(c) => c,
-                    Err(TryRecvError::Empty) => return Ok(Flow::Continue),
-                    Err(TryRecvError::Disconnected) => {
-                        self.disconnected = true;
-                        return Ok(Flow::Continue);
-                    }
+                    Err(_) => return Ok(Flow::Continue),
                 }
             };
             match cmd {
@@ -203,12 +201,17 @@ impl Control {
     }
 }
 
-fn run(plan: Plan, tx: Sender<Event>, rx: Receiver<Command>) -> Result<Outcome> {
+fn run(
+    plan: Plan,
+    tx: Sender<Event>,
+    rx: Receiver<Command>,
+    remote: Sender<Command>,
+) -> Result<Outcome> {
     let mut ctl = Control {
         rx,
         paused: false,
         steps_allowed: 0,
-        disconnected: false,
+        remote,
     };
     let cache = plan.runs_root.join(".cache");
     match plan.work {
@@ -263,6 +266,14 @@ fn every(interval: usize, step: usize) -> bool {
 
 /// Runs one variant to its end (or a stop), emitting everything it does.
 fn drive(mut t: Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<Outcome> {
+    // Viewers of the same user attached to the run directory may steer it too.
+    let _socket = match control::serve(&t.run.path, ctl.remote.clone()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            em.log(t.step, Level::Warn, format!("no control socket: {e:#}"))?;
+            None
+        }
+    };
     let r = drive_inner(&mut t, em, ctl);
     r.map_err(|e| em.fail(t.step, e))
 }

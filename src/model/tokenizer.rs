@@ -136,6 +136,23 @@ impl Tok {
             .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
     }
 
+    /// The text each token adds to the decoded string (concatenated they give `decode(ids)`
+    /// whenever the tokenizer decodes prefixes consistently).
+    pub fn pieces(&self, ids: &[u32]) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut prev = String::new();
+        for i in 0..ids.len() {
+            let now = self.decode(&ids[..=i])?;
+            let piece = match now.strip_prefix(prev.as_str()) {
+                Some(rest) => rest.to_string(),
+                None => self.decode(&ids[i..=i])?,
+            };
+            out.push(piece);
+            prev = now;
+        }
+        Ok(out)
+    }
+
     /// Padding id for batches (its value never matters: padded positions are masked out).
     pub fn pad_id(&self) -> u32 {
         self.pad.unwrap_or(self.eos)

@@ -12,6 +12,8 @@
 //!                        written as checkpoints/.tmp-step-N and renamed when complete
 //! ```
 
+pub mod tail;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -561,6 +561,7 @@ impl Trainer {
                 prompt,
                 source: source.to_string(),
                 text: self.tok.decode(&token_ids)?,
+                pieces: self.tok.pieces(&token_ids)?,
                 token_ids,
             });
         }

@@ -1,0 +1,62 @@
+//! `gaplab attach`: the dashboard on run directories, following them while they are written.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+use crate::runlog::CONFIG;
+use crate::ui::app::{self, Options, Source};
+
+/// Run directories named by `paths`: a run directory itself, or every run of a workspace.
+pub fn run_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.join(CONFIG).exists() {
+            out.push(p.clone());
+        } else if p.join(crate::config::FILE_NAME).exists() || p.join("runs").is_dir() {
+            let mut runs: Vec<PathBuf> = std::fs::read_dir(p.join("runs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|r| {
+                    let n = r
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
+                    !n.starts_with('.') && r.join(CONFIG).exists()
+                })
+                .collect();
+            runs.sort();
+            if runs.is_empty() {
+                bail!("{}: no runs yet", p.display());
+            }
+            out.extend(runs);
+        } else {
+            bail!(
+                "{}: not a run directory (no {CONFIG}) or a workspace",
+                p.display()
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(paths: &[PathBuf], mut opts: Options) -> Result<()> {
+    let dirs = run_dirs(paths)?;
+    if !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
+        bail!("attach draws a dashboard and needs a terminal");
+    }
+    if opts.theme_dirs.is_empty() {
+        let ws = dirs.first().and_then(|d| d.parent()).and_then(Path::parent);
+        opts.theme_dirs = app::theme_dirs(ws);
+    }
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone())?;
+    app::run(Source::Runs(dirs), opts, hangup)?;
+    Ok(())
+}

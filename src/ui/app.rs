@@ -1,0 +1,353 @@
+//! The dashboard's main loop: events from a live engine or from followed run directories,
+//! keys from the terminal, a frame only when something changed (at most `refresh_hz` a second).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ratatui::crossterm::event::{self as term, KeyCode, KeyEvent, KeyEventKind};
+
+use super::keymap::{self, Action};
+use super::state::{App, Mode};
+use super::terminal::{self, TerminalGuard};
+use super::theme::{self, ColorDepth, Theme};
+use super::view;
+use crate::engine::control::{ControlClient, Remote};
+use crate::engine::event::{Command, Event, Level};
+use crate::engine::{Engine, Outcome};
+use crate::runlog::tail;
+
+/// Where the dashboard's events come from.
+pub enum Source {
+    /// A training engine this process runs (quitting stops it), plus finished runs to overlay.
+    Engine {
+        engine: Engine,
+        overlay: Vec<PathBuf>,
+    },
+    /// Run directories followed from disk; each may be controllable through its socket.
+    Runs(Vec<PathBuf>),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Theme name or path (default: the config's `[ui] theme`, else "default").
+    pub theme: Option<String>,
+    /// Colour depth (default: detected from the environment).
+    pub color: Option<ColorDepth>,
+    /// Markers without Braille.
+    pub ascii: bool,
+    pub smoothing: Option<f64>,
+    pub refresh_hz: Option<f64>,
+    /// Folders searched for `NAME.toml` themes.
+    pub theme_dirs: Vec<PathBuf>,
+}
+
+enum Msg {
+    Key(KeyEvent),
+    Resize,
+    Event(usize, Event),
+    EngineGone,
+}
+
+/// Default theme folders: the workspace's and the current directory's `themes/`, and the
+/// source tree's when run from it.
+pub fn theme_dirs(workspace: Option<&std::path::Path>) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(w) = workspace {
+        v.push(w.join("themes"));
+    }
+    v.push(PathBuf::from("themes"));
+    v.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("themes"));
+    v
+}
+
+pub fn resolve_theme(name: &str, depth: ColorDepth, dirs: &[PathBuf]) -> Result<Theme> {
+    Ok(theme::find(name, dirs)?.0.resolve(depth))
+}
+
+/// Resident memory of this process (Linux), for the status bar.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn spawn_input(tx: Sender<Msg>) {
+    std::thread::Builder::new()
+        .name("gaplab-input".into())
+        .spawn(move || loop {
+            match term::read() {
+                Ok(term::Event::Key(k)) if k.kind != KeyEventKind::Release => {
+                    if tx.send(Msg::Key(k)).is_err() {
+                        break;
+                    }
+                }
+                Ok(term::Event::Resize(..)) => {
+                    if tx.send(Msg::Resize).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                // The terminal is gone (hang-up): no more keys.
+                Err(_) => break,
+            }
+        })
+        .expect("input thread");
+}
+
+/// Forwards followed run directories' events, shifted to source numbers from `first`.
+fn spawn_follow(dirs: Vec<PathBuf>, first: usize, tx: Sender<Msg>, stop: Arc<AtomicBool>) {
+    if dirs.is_empty() {
+        return;
+    }
+    let (ttx, trx) = mpsc::channel();
+    tail::follow(dirs, Duration::from_millis(250), ttx, stop);
+    std::thread::spawn(move || {
+        for (i, ev) in trx {
+            if tx.send(Msg::Event(first + i, ev)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// How the dashboard ended.
+pub struct Finish {
+    /// The engine's outcome when the dashboard owned one.
+    pub outcome: Option<Outcome>,
+    /// One line per run trained, for the shell once the screen is restored.
+    pub summary: Vec<String>,
+}
+
+/// Runs the dashboard until the user quits (or, for an engine, the terminal hangs up and the
+/// engine finishes).
+pub fn run(source: Source, opts: Options, hangup: Arc<AtomicBool>) -> Result<Finish> {
+    let depth = opts.color.unwrap_or_else(ColorDepth::detect);
+    let theme_name = opts.theme.clone().unwrap_or_else(|| "default".into());
+    let (theme, theme_error) = match resolve_theme(&theme_name, depth, &opts.theme_dirs) {
+        Ok(t) => (t, None),
+        Err(e) => (
+            resolve_theme("default", depth, &[])?,
+            Some(format!("theme: {e:#}; using the default")),
+        ),
+    };
+    let (tx, rx) = mpsc::channel();
+    let stop_follow = Arc::new(AtomicBool::new(false));
+    let (mut engine, mode, mut controls) = match source {
+        Source::Engine { engine, overlay } => {
+            spawn_follow(overlay, 1, tx.clone(), stop_follow.clone());
+            (Some(engine), Mode::Owner, Vec::new())
+        }
+        Source::Runs(dirs) => {
+            let controls: Vec<Option<ControlClient>> = dirs
+                .iter()
+                .map(|d| ControlClient::connect(d).ok())
+                .collect();
+            let controllable = controls.iter().any(Option::is_some);
+            spawn_follow(dirs, 0, tx.clone(), stop_follow.clone());
+            (None, Mode::Attached { controllable }, controls)
+        }
+    };
+    let commands = engine.as_ref().map(|e| e.commands.clone());
+    if let Some(engine) = &mut engine {
+        let events = engine.take_events();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for ev in events.iter() {
+                if tx.send(Msg::Event(0, ev)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Msg::EngineGone);
+        });
+    }
+    let mut app = App::new(mode, theme);
+    app.theme_names = theme::available(&opts.theme_dirs);
+    app.braille = !opts.ascii;
+    if let Some(s) = opts.smoothing {
+        app.smoothing = s;
+    }
+    if let Some(e) = theme_error {
+        app.reload = Some((false, e));
+    }
+    let frame = Duration::from_secs_f64(1.0 / opts.refresh_hz.unwrap_or(15.0).clamp(0.5, 60.0));
+    let mut guard = TerminalGuard::enter()?;
+    spawn_input(tx.clone());
+    drop(tx);
+    let mut last_draw = Instant::now() - frame;
+    let mut last_mem = Instant::now() - Duration::from_secs(10);
+    let mut hung_up = false;
+    loop {
+        if hangup.load(Ordering::SeqCst) {
+            hung_up = true;
+            break;
+        }
+        let wait = if app.dirty {
+            frame.saturating_sub(last_draw.elapsed())
+        } else {
+            Duration::from_millis(250)
+        };
+        match rx.recv_timeout(wait) {
+            Ok(msg) => {
+                handle(msg, &mut app, &commands, &mut controls, depth, &opts);
+                // Take everything already queued before drawing.
+                while let Ok(msg) = rx.try_recv() {
+                    handle(msg, &mut app, &commands, &mut controls, depth, &opts);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        for p in terminal::take_panics() {
+            app.on_failure(format!("internal error: {p}"));
+        }
+        if engine.is_some() && last_mem.elapsed() > Duration::from_secs(1) {
+            let m = rss_bytes();
+            if m != app.memory {
+                app.memory = m;
+                app.dirty = true;
+            }
+            last_mem = Instant::now();
+        }
+        if app.dirty && last_draw.elapsed() >= frame {
+            if guard.terminal.draw(|f| view::draw(f, &mut app)).is_err() {
+                // The terminal is gone (an I/O error before the hang-up signal arrived).
+                hung_up = true;
+                break;
+            }
+            app.dirty = false;
+            last_draw = Instant::now();
+        }
+        if app.quit || (app.quitting && app.engine_done) {
+            break;
+        }
+    }
+    stop_follow.store(true, Ordering::SeqCst);
+    if hung_up {
+        // Nothing can be written to a vanished terminal (and ratatui would complain on stderr
+        // when it fails to show the cursor again).
+        terminal::abandon();
+        std::mem::forget(guard);
+    } else {
+        drop(guard);
+    }
+    let summary = app.summary();
+    let Some(engine) = engine else {
+        return Ok(Finish {
+            outcome: None,
+            summary,
+        });
+    };
+    if hung_up {
+        // The terminal is gone: training goes on (resumed if it was paused), writing its run
+        // directory, until it ends.
+        let _ = engine.commands.send(Command::Resume);
+        for msg in rx.iter() {
+            if let Msg::EngineGone = msg {
+                break;
+            }
+        }
+    } else if !app.engine_done {
+        // Quit without stopping can only happen once training is over; wait for the engine.
+        let _ = engine.commands.send(Command::Stop);
+    }
+    let outcome = engine.join()?;
+    Ok(Finish {
+        outcome: Some(outcome),
+        summary,
+    })
+}
+
+fn handle(
+    msg: Msg,
+    app: &mut App,
+    commands: &Option<Sender<Command>>,
+    controls: &mut [Option<ControlClient>],
+    depth: ColorDepth,
+    opts: &Options,
+) {
+    match msg {
+        Msg::Event(source, ev) => app.on_event(source, ev),
+        Msg::EngineGone => {
+            app.engine_done = true;
+            app.dirty = true;
+        }
+        Msg::Resize => app.dirty = true,
+        Msg::Key(k) => {
+            if app.confirm_quit {
+                let yes = matches!(k.code, KeyCode::Char('y') | KeyCode::Char('Y'));
+                if let Some(cmd) = app.confirm(yes) {
+                    send(app, cmd, commands, controls);
+                }
+                return;
+            }
+            if k.code == KeyCode::Esc {
+                app.help = false;
+                app.dirty = true;
+                return;
+            }
+            let Some(action) = keymap::action_for(&k) else {
+                if app.help {
+                    app.help = false;
+                    app.dirty = true;
+                }
+                return;
+            };
+            if action == Action::ThemeCycle && !app.help {
+                cycle_theme(app, depth, opts);
+                return;
+            }
+            if let Some(cmd) = app.on_action(action) {
+                send(app, cmd, commands, controls);
+            }
+        }
+    }
+}
+
+fn cycle_theme(app: &mut App, depth: ColorDepth, opts: &Options) {
+    app.dirty = true;
+    let names = &app.theme_names;
+    if names.is_empty() {
+        return;
+    }
+    let i = names
+        .iter()
+        .position(|n| *n == app.theme.name)
+        .map_or(0, |i| (i + 1) % names.len());
+    match resolve_theme(&names[i], depth, &opts.theme_dirs) {
+        Ok(t) => {
+            app.theme = t;
+            app.reload = Some((true, format!("theme {}", names[i])));
+        }
+        Err(e) => app.reload = Some((false, format!("theme {}: {e:#}", names[i]))),
+    }
+}
+
+/// Sends a command to the engine this process owns, or over the selected run's socket.
+fn send(
+    app: &mut App,
+    cmd: Command,
+    commands: &Option<Sender<Command>>,
+    controls: &mut [Option<ControlClient>],
+) {
+    if let Some(tx) = commands {
+        let _ = tx.send(cmd);
+        return;
+    }
+    let Some(remote) = Remote::from_command(&cmd) else {
+        return;
+    };
+    let (name, step) = app
+        .selected_run()
+        .map_or((String::new(), 0), |r| (r.name.clone(), r.step));
+    let result = match controls.get_mut(app.selected).and_then(Option::as_mut) {
+        Some(c) => c.send(remote).map_err(|e| format!("{e:#}")),
+        None => Err("this run is read-only (not running, or on another machine)".into()),
+    };
+    if let Err(e) = result {
+        app.note(Level::Warn, format!("{name} at step {step}: {e}"));
+    }
+}

@@ -1,0 +1,304 @@
+//! Line charts: loss, rewards and accuracy, every visible run overlaid in its own colour.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::symbols::Marker;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
+use ratatui::Frame;
+
+use crate::ui::math;
+use crate::ui::state::App;
+
+/// One curve to draw: points, colour, legend name (None: not in the legend), and whether
+/// to draw points only.
+struct Curve {
+    points: Vec<(f64, f64)>,
+    color: Color,
+    name: Option<String>,
+    scatter: bool,
+}
+
+pub fn loss_title(app: &App) -> String {
+    let mut t = format!("Loss · smoothing {:.2}", app.smoothing);
+    if app.log_scale {
+        t += " · log";
+    }
+    if app.outliers {
+        t += " · no outliers";
+    }
+    if app.y_locked {
+        t += " · y locked";
+    }
+    t
+}
+
+/// y -> log10(y) for the log scale (non-positive values dropped).
+fn log_points(points: Vec<(f64, f64)>, log: bool) -> Vec<(f64, f64)> {
+    if !log {
+        return points;
+    }
+    points
+        .into_iter()
+        .filter(|p| p.1 > 0.0)
+        .map(|(x, y)| (x, y.log10()))
+        .collect()
+}
+
+/// Raw (faded) and smoothed curves of one series of one run.
+fn train_curves(
+    app: &App,
+    run: usize,
+    metric: &str,
+    color: Color,
+    faded: Color,
+    name: Option<String>,
+    log: bool,
+) -> Vec<Curve> {
+    let raw = log_points(app.runs[run].series(false, metric), log);
+    if raw.is_empty() {
+        return vec![];
+    }
+    let smoothed = math::smooth(&raw, app.smoothing);
+    let mut out = Vec::new();
+    if app.smoothing > 0.0 {
+        out.push(Curve {
+            points: raw,
+            color: faded,
+            name: None,
+            scatter: false,
+        });
+    }
+    out.push(Curve {
+        points: smoothed,
+        color,
+        name,
+        scatter: false,
+    });
+    out
+}
+
+fn eval_curve(app: &App, run: usize, metric: &str, color: Color, log: bool) -> Option<Curve> {
+    let points = log_points(app.runs[run].series(true, metric), log);
+    (!points.is_empty()).then_some(Curve {
+        points,
+        color,
+        name: None,
+        scatter: true,
+    })
+}
+
+/// Draws curves with shared bounds; `fixed` pins the y-range (accuracy), `key` names the chart
+/// for y-range locking.
+fn chart(
+    f: &mut Frame,
+    app: &mut App,
+    area: Rect,
+    key: &'static str,
+    mut curves: Vec<Curve>,
+    fixed: Option<(f64, f64)>,
+    log: bool,
+) {
+    if area.width < 8 || area.height < 3 {
+        return;
+    }
+    if curves.iter().all(|c| c.points.is_empty()) {
+        f.render_widget(Paragraph::new("no data yet").style(app.theme.dim), area);
+        return;
+    }
+    let xs = curves.iter().flat_map(|c| c.points.iter().map(|p| p.0));
+    let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
+    let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
+    let ys: Vec<f64> = curves
+        .iter()
+        .filter(|c| !c.scatter || fixed.is_none())
+        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .collect();
+    let computed = fixed
+        .or_else(|| math::y_range(&ys, app.outliers))
+        .unwrap_or((0.0, 1.0));
+    let (y0, y1) = if app.y_locked && fixed.is_none() {
+        *app.locked_ranges.entry(key).or_insert(computed)
+    } else {
+        computed
+    };
+    // Steps where live settings changed: vertical marks.
+    let applied: Vec<Vec<(f64, f64)>> = app
+        .visible_runs()
+        .iter()
+        .flat_map(|&r| {
+            app.runs[r]
+                .applied
+                .iter()
+                .map(|&s| vec![(s as f64, y0), (s as f64, y1)])
+        })
+        .collect();
+    let max_points = (area.width as usize * 2).max(16);
+    for c in &mut curves {
+        if !c.scatter {
+            c.points = math::downsample(&c.points, max_points);
+        }
+    }
+    let marker = if app.braille {
+        Marker::Braille
+    } else {
+        Marker::Dot
+    };
+    let mut datasets: Vec<Dataset> = applied
+        .iter()
+        .map(|pts| {
+            Dataset::default()
+                .data(pts)
+                .graph_type(GraphType::Line)
+                .marker(marker)
+                .style(Style::default().fg(app.theme.axis))
+        })
+        .collect();
+    for c in &curves {
+        let mut d = Dataset::default()
+            .data(&c.points)
+            .marker(if c.scatter { Marker::Block } else { marker })
+            .graph_type(if c.scatter {
+                GraphType::Scatter
+            } else {
+                GraphType::Line
+            })
+            .style(Style::default().fg(c.color));
+        if let Some(n) = &c.name {
+            d = d.name(n.clone());
+        }
+        datasets.push(d);
+    }
+    let label = |v: f64| -> String {
+        if log {
+            math::compact(10f64.powf(v))
+        } else {
+            math::compact(v)
+        }
+    };
+    let axis_style = Style::default().fg(app.theme.axis);
+    let chart = Chart::new(datasets)
+        .x_axis(
+            Axis::default()
+                .bounds([x0, x1])
+                .style(axis_style)
+                .labels([Span::raw(math::compact(x0)), Span::raw(math::compact(x1))]),
+        )
+        .y_axis(Axis::default().bounds([y0, y1]).style(axis_style).labels([
+            Span::raw(label(y0)),
+            Span::raw(label((y0 + y1) / 2.0)),
+            Span::raw(label(y1)),
+        ]))
+        .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(60)));
+    f.render_widget(chart, area);
+}
+
+pub fn loss(f: &mut Frame, app: &mut App, area: Rect) {
+    let mut curves = Vec::new();
+    let runs = app.visible_runs();
+    for (i, &r) in runs.iter().enumerate() {
+        let (c, faded) = (app.theme.series(r), app.theme.series_faded(r));
+        let name = (runs.len() > 1 || i == 0).then(|| app.runs[r].name.clone());
+        curves.extend(train_curves(app, r, "loss", c, faded, name, app.log_scale));
+        curves.extend(eval_curve(
+            app,
+            r,
+            "eval_loss",
+            app.theme.eval,
+            app.log_scale,
+        ));
+    }
+    let log = app.log_scale;
+    chart(f, app, area, "loss", curves, None, log);
+}
+
+pub fn rewards(f: &mut Frame, app: &mut App, area: Rect) {
+    let [top, bottom] =
+        Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(area);
+    let runs = app.visible_runs();
+    let th = app.theme.clone();
+    let mut curves = Vec::new();
+    if runs.len() == 1 {
+        let r = runs[0];
+        for (metric, color, name) in [
+            ("rewards/chosen", th.chosen, "chosen"),
+            ("rewards/rejected", th.rejected, "rejected"),
+            ("rewards/margins", th.margin, "margin"),
+        ] {
+            curves.extend(train_curves(
+                app,
+                r,
+                metric,
+                color,
+                th.axis,
+                Some(name.into()),
+                false,
+            ));
+        }
+        curves.extend(eval_curve(app, r, "eval_rewards/margins", th.eval, false));
+    } else {
+        for &r in &runs {
+            let name = Some(format!("{} margin", app.runs[r].name));
+            curves.extend(train_curves(
+                app,
+                r,
+                "rewards/margins",
+                th.series(r),
+                th.series_faded(r),
+                name,
+                false,
+            ));
+            curves.extend(eval_curve(
+                app,
+                r,
+                "eval_rewards/margins",
+                th.series(r),
+                false,
+            ));
+        }
+    }
+    chart(f, app, top, "rewards", curves, None, false);
+    let mut acc = Vec::new();
+    for &r in &runs {
+        let name = Some(if runs.len() == 1 {
+            "accuracy".to_string()
+        } else {
+            format!("{} acc", app.runs[r].name)
+        });
+        let color = if runs.len() == 1 {
+            th.accuracy
+        } else {
+            th.series(r)
+        };
+        acc.extend(train_curves(
+            app,
+            r,
+            "rewards/accuracies",
+            color,
+            th.axis,
+            name,
+            false,
+        ));
+        acc.extend(eval_curve(
+            app,
+            r,
+            "eval_rewards/accuracies",
+            th.eval,
+            false,
+        ));
+    }
+    if bottom.height >= 3 {
+        chart(f, app, bottom, "accuracy", acc, Some((0.0, 1.0)), false);
+    } else if let Some(v) = runs
+        .first()
+        .and_then(|&r| app.runs[r].train.get("rewards/accuracies"))
+        .and_then(|s| s.values().last())
+    {
+        f.render_widget(
+            Paragraph::new(Line::raw(format!("accuracy {v:.2}"))),
+            bottom,
+        );
+    }
+}

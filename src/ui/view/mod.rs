@@ -1,0 +1,297 @@
+//! Drawing: the dashboard is a pure function of the [`App`] state (plus the y-ranges it
+//! remembers while they are locked).
+
+mod charts;
+mod heatmap;
+mod samples;
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, BorderType, Clear, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::keymap;
+use super::math;
+use super::state::{state_name, App, Pane};
+use crate::engine::event::{Level, RunState};
+
+/// Below this the dashboard shows a notice instead of panes.
+pub const MIN_WIDTH: u16 = 50;
+pub const MIN_HEIGHT: u16 = 12;
+
+pub fn draw(f: &mut Frame, app: &mut App) {
+    let area = f.area();
+    if area.width == 0 || area.height == 0 {
+        return;
+    }
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        let text = format!(
+            "terminal too small ({}x{}); gaplab needs {MIN_WIDTH}x{MIN_HEIGHT}",
+            area.width, area.height
+        );
+        f.render_widget(
+            Paragraph::new(text)
+                .style(app.theme.warn)
+                .wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    }
+    let [main, status] = Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(area);
+    if app.expanded {
+        pane(f, app, app.focus, main);
+    } else {
+        let [top, middle, bottom] = Layout::vertical([
+            Constraint::Percentage(42),
+            Constraint::Percentage(38),
+            Constraint::Min(3),
+        ])
+        .areas(main);
+        let [loss, rewards] =
+            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(top);
+        let [heat, samples] =
+            Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)])
+                .areas(middle);
+        pane(f, app, Pane::Loss, loss);
+        pane(f, app, Pane::Rewards, rewards);
+        pane(f, app, Pane::Heatmap, heat);
+        pane(f, app, Pane::Samples, samples);
+        pane(f, app, Pane::Log, bottom);
+    }
+    status_bar(f, app, status);
+    if app.help {
+        help(f, app, area);
+    }
+    if app.confirm_quit {
+        confirm(f, app, area);
+    }
+}
+
+/// A bordered pane with its title; focus shows in the border.
+fn pane(f: &mut Frame, app: &mut App, which: Pane, area: Rect) {
+    let focused = app.focus == which;
+    let th = &app.theme;
+    let title = match which {
+        Pane::Loss => charts::loss_title(app),
+        Pane::Heatmap => heatmap::title(app),
+        _ => which.title().to_string(),
+    };
+    let block = Block::bordered()
+        .border_type(if focused {
+            BorderType::Thick
+        } else {
+            BorderType::Plain
+        })
+        .border_style(if focused {
+            th.border_focused
+        } else {
+            th.border
+        })
+        .title(Span::styled(
+            format!(" {title} "),
+            if focused { th.title_focused } else { th.title },
+        ));
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    if inner.width == 0 || inner.height == 0 {
+        return;
+    }
+    match which {
+        Pane::Loss => charts::loss(f, app, inner),
+        Pane::Rewards => charts::rewards(f, app, inner),
+        Pane::Heatmap => heatmap::draw(f, app, inner),
+        Pane::Samples => samples::draw(f, app, inner),
+        Pane::Log => log(f, app, inner),
+    }
+}
+
+fn level_style(app: &App, level: Level) -> Style {
+    match level {
+        Level::Info => app.theme.text,
+        Level::Warn => app.theme.warn,
+        Level::Error => app.theme.error,
+    }
+}
+
+fn log(f: &mut Frame, app: &App, area: Rect) {
+    let h = area.height as usize;
+    let end = app.log.len().saturating_sub(app.log_scroll as usize);
+    let start = end.saturating_sub(h);
+    let lines: Vec<Line> = app
+        .log
+        .range(start..end)
+        .map(|l| {
+            Line::from(vec![
+                Span::styled(format!("{:>6} ", l.step), app.theme.dim),
+                Span::styled(format!("{} ", l.run), app.theme.dim),
+                Span::styled(
+                    math::sanitize(&l.text).replace('\n', " "),
+                    level_style(app, l.level),
+                ),
+            ])
+        })
+        .collect();
+    if lines.is_empty() {
+        f.render_widget(
+            Paragraph::new("waiting for the first events…").style(app.theme.dim),
+            area,
+        );
+    } else {
+        f.render_widget(Paragraph::new(lines), area);
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    let mb = b as f64 / (1024.0 * 1024.0);
+    if mb >= 1024.0 {
+        format!("{:.1} GB", mb / 1024.0)
+    } else {
+        format!("{mb:.0} MB")
+    }
+}
+
+fn status_bar(f: &mut Frame, app: &App, area: Rect) {
+    let th = &app.theme;
+    let sep = Span::styled(" │ ", th.status);
+    let mut spans = Vec::new();
+    match app.selected_run() {
+        Some(r) => {
+            spans.push(Span::styled(format!(" {} ", r.name), th.status_accent));
+            spans.push(Span::styled(
+                format!(" step {}/{}", r.step, r.total_steps),
+                th.status,
+            ));
+            spans.push(sep.clone());
+            spans.push(Span::styled(
+                format!("ETA {}", math::duration(r.eta())),
+                th.status,
+            ));
+            spans.push(sep.clone());
+            let tps = if r.tokens_per_s.is_finite() {
+                format!("{:.0} tok/s", r.tokens_per_s)
+            } else {
+                "- tok/s".into()
+            };
+            spans.push(Span::styled(tps, th.status));
+            spans.push(sep.clone());
+            let dev = if r.device.is_empty() { "-" } else { &r.device };
+            spans.push(Span::styled(dev.to_string(), th.status));
+            spans.push(sep.clone());
+            let mem = app.memory.map_or("mem -".to_string(), human_bytes);
+            spans.push(Span::styled(mem, th.status));
+            spans.push(sep.clone());
+            let (text, style) = if app.quitting && !r.state.is_over() {
+                ("stopping…".to_string(), th.warn)
+            } else {
+                match &r.state {
+                    RunState::Running => ("● running".into(), th.ok),
+                    RunState::Paused => ("❚❚ paused".into(), th.warn),
+                    RunState::Failed(_) => ("✖ failed".into(), th.error),
+                    s => (state_name(s).to_string(), th.status),
+                }
+            };
+            spans.push(Span::styled(
+                text,
+                style.patch(Style::default().bg(th.status.bg.unwrap_or_default())),
+            ));
+        }
+        None => spans.push(Span::styled(" waiting for a run… ", th.status)),
+    }
+    if let Some((ok, msg)) = &app.reload {
+        spans.push(sep.clone());
+        let style = if *ok { th.status } else { th.error };
+        spans.push(Span::styled(
+            format!("config: {}", math::sanitize(msg).replace('\n', " ")),
+            style,
+        ));
+    }
+    if let Mode::Attached {
+        controllable: false,
+    } = app.mode
+    {
+        spans.push(sep.clone());
+        spans.push(Span::styled("read-only", th.status));
+    }
+    let mut line = Line::from(spans);
+    let help = " ? help ";
+    let used: usize = line.width();
+    let fill = (area.width as usize).saturating_sub(used + help.len());
+    line.push_span(Span::styled(" ".repeat(fill), th.status));
+    line.push_span(Span::styled(help, th.status_accent));
+    f.render_widget(Paragraph::new(line).style(th.status), area);
+}
+
+use super::state::Mode;
+
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+fn help(f: &mut Frame, app: &App, area: Rect) {
+    let th = &app.theme;
+    let entries = keymap::help_entries();
+    let key_w = entries
+        .iter()
+        .map(|e| e.1.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut lines = Vec::new();
+    let mut group = "";
+    for (g, keys, text) in &entries {
+        if *g != group {
+            if !group.is_empty() {
+                lines.push(Line::raw(""));
+            }
+            lines.push(Line::styled(g.to_string(), th.title_focused));
+            group = g;
+        }
+        lines.push(Line::from(vec![
+            Span::styled(format!("  {keys:<key_w$}  "), th.key),
+            Span::styled(text.to_string(), th.text),
+        ]));
+    }
+    let w = (key_w + 52) as u16;
+    let h = lines.len() as u16 + 2;
+    let r = centered(area, w, h);
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines).block(
+            Block::bordered()
+                .border_style(th.border_focused)
+                .title(Span::styled(" keys (any key closes) ", th.title_focused)),
+        ),
+        r,
+    );
+}
+
+fn confirm(f: &mut Frame, app: &App, area: Rect) {
+    let th = &app.theme;
+    let r = centered(area, 58, 5);
+    f.render_widget(Clear, r);
+    let text = vec![
+        Line::styled("Stop training and quit?", th.title_focused),
+        Line::styled(
+            "The current step finishes and a checkpoint is written.",
+            th.text,
+        ),
+        Line::from(vec![
+            Span::styled(" y ", th.status_accent),
+            Span::styled(" stop and quit   ", th.text),
+            Span::styled(" n ", th.status_accent),
+            Span::styled(" keep training", th.text),
+        ]),
+    ];
+    f.render_widget(
+        Paragraph::new(text)
+            .block(Block::bordered().border_style(th.warn.add_modifier(Modifier::BOLD))),
+        r,
+    );
+}

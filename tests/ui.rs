@@ -1,0 +1,241 @@
+//! The dashboard drawn into a test backend from recorded events: buffer snapshots of every pane
+//! and of the whole app at common terminal sizes, plus tiny and zero sizes.
+//!
+//! tests/fixtures/ui-events.jsonl holds the events of the two variants of the tiny workspace
+//! (times normalised so the snapshots do not depend on the machine). Re-record it with
+//! `cargo test --release --test ui -- --ignored record_events`.
+
+mod common;
+
+use std::path::Path;
+
+use gaplab::engine::event::Event;
+use gaplab::ui::keymap::Action;
+use gaplab::ui::state::{App, HeatMetric, HeatmapMode, Mode, Pane};
+use gaplab::ui::theme::{ColorDepth, ThemeFile, BUILTIN};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+fn events() -> Vec<(usize, Event)> {
+    std::fs::read_to_string(common::fixture("ui-events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["source"].as_u64().unwrap() as usize,
+                serde_json::from_value(v["event"].clone()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn app() -> App {
+    let theme = ThemeFile::parse(BUILTIN[0].1, "default")
+        .unwrap()
+        .resolve(ColorDepth::C16);
+    let mut app = App::new(Mode::Owner, theme);
+    for (source, ev) in events() {
+        app.on_event(source, ev);
+    }
+    app
+}
+
+fn render(app: &mut App, w: u16, h: u16) -> String {
+    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+    term.draw(|f| gaplab::ui::view::draw(f, app)).unwrap();
+    let buf = term.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        let line: String = (0..buf.area.width)
+            .map(|x| buf[(x, y)].symbol().to_string())
+            .collect();
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn whole_app_at_common_sizes() {
+    let mut a = app();
+    insta::assert_snapshot!("app_80x24", render(&mut a, 80, 24));
+    insta::assert_snapshot!("app_120x40", render(&mut a, 120, 40));
+}
+
+#[test]
+fn each_pane_expanded() {
+    for pane in [
+        Pane::Loss,
+        Pane::Rewards,
+        Pane::Heatmap,
+        Pane::Samples,
+        Pane::Log,
+    ] {
+        let mut a = app();
+        a.focus = pane;
+        a.expanded = true;
+        insta::assert_snapshot!(format!("pane_{pane:?}_80x24"), render(&mut a, 80, 24));
+    }
+}
+
+#[test]
+fn views_switched_by_keys() {
+    let mut a = app();
+    a.focus = Pane::Heatmap;
+    a.expanded = true;
+    a.on_action(Action::HeatmapMetric);
+    assert_eq!(a.heat_metric, HeatMetric::Accuracy);
+    insta::assert_snapshot!("heatmap_accuracy", render(&mut a, 80, 24));
+    a.on_action(Action::HeatmapMode);
+    assert_eq!(a.heatmap_mode, HeatmapMode::PerPair);
+    insta::assert_snapshot!("heatmap_per_pair", render(&mut a, 80, 24));
+
+    let mut a = app();
+    a.focus = Pane::Samples;
+    a.expanded = true;
+    a.on_action(Action::SwapCompare); // the other variant instead of the reference
+    a.on_action(Action::PrevSampleStep);
+    insta::assert_snapshot!("samples_vs_variant_earlier", render(&mut a, 100, 20));
+
+    let mut a = app();
+    a.on_action(Action::LogScale);
+    a.on_action(Action::Outliers);
+    a.on_action(Action::SmoothLess);
+    a.focus = Pane::Loss;
+    a.expanded = true;
+    insta::assert_snapshot!("loss_log_outliers", render(&mut a, 80, 24));
+}
+
+#[test]
+fn overlays_help_and_quit_question() {
+    let mut a = app();
+    a.engine_done = false;
+    a.on_action(Action::Help);
+    insta::assert_snapshot!("help_120x40", render(&mut a, 120, 40));
+    a.on_action(Action::Help);
+    a.on_action(Action::Quit);
+    assert!(a.confirm_quit);
+    insta::assert_snapshot!("confirm_80x24", render(&mut a, 80, 24));
+}
+
+#[test]
+fn tiny_and_zero_sizes_never_panic() {
+    let mut a = app();
+    insta::assert_snapshot!("too_small_40x10", render(&mut a, 40, 10));
+    for (w, h) in [
+        (0, 0),
+        (1, 1),
+        (0, 10),
+        (10, 0),
+        (50, 12),
+        (200, 3),
+        (3, 200),
+    ] {
+        render(&mut a, w, h);
+    }
+    // Every pane at the smallest size that shows panes.
+    for pane in [
+        Pane::Loss,
+        Pane::Rewards,
+        Pane::Heatmap,
+        Pane::Samples,
+        Pane::Log,
+    ] {
+        a.focus = pane;
+        a.expanded = true;
+        render(&mut a, 50, 12);
+        a.expanded = false;
+    }
+    // An empty dashboard (nothing received yet).
+    let theme = ThemeFile::parse(BUILTIN[0].1, "default")
+        .unwrap()
+        .resolve(ColorDepth::Mono);
+    let mut empty = App::new(
+        Mode::Attached {
+            controllable: false,
+        },
+        theme,
+    );
+    insta::assert_snapshot!("empty_80x24", render(&mut empty, 80, 24));
+}
+
+#[test]
+fn every_theme_and_depth_draws() {
+    let mut a = app();
+    for (name, text) in BUILTIN {
+        for depth in [
+            ColorDepth::TrueColor,
+            ColorDepth::C256,
+            ColorDepth::C16,
+            ColorDepth::Mono,
+        ] {
+            a.theme = ThemeFile::parse(text, name).unwrap().resolve(depth);
+            a.braille = depth != ColorDepth::Mono;
+            render(&mut a, 120, 40);
+        }
+    }
+}
+
+/// Records the events of the tiny workspace's two variants into the fixture.
+#[test]
+#[ignore]
+fn record_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = common::fixture("ws-tiny");
+    let out = common::gaplab(&[
+        "train",
+        ws.to_str().unwrap(),
+        "--headless",
+        "--out",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let mut runs: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("config.toml").exists())
+        .collect();
+    runs.sort();
+    let mut lines = Vec::new();
+    for (source, run) in runs.iter().enumerate() {
+        for ev in gaplab::runlog::tail::replay(run).unwrap() {
+            let mut v = serde_json::to_value(&ev).unwrap();
+            normalise(&mut v, Path::new(run), source);
+            lines.push(serde_json::json!({"source": source, "event": v}).to_string());
+        }
+    }
+    std::fs::write(common::fixture("ui-events.jsonl"), lines.join("\n") + "\n").unwrap();
+}
+
+/// Machine-independent times, throughput and paths.
+fn normalise(v: &mut serde_json::Value, run: &Path, source: usize) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(step) = m.get("step").and_then(|s| s.as_f64()) {
+                if m.contains_key("time") {
+                    m.insert("time".into(), (1000.0 * source as f64 + step).into());
+                }
+            }
+            if let Some(t) = m.get_mut("tokens_per_s") {
+                *t = 10000.0.into();
+            }
+            for (_, x) in m.iter_mut() {
+                normalise(x, run, source);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| normalise(x, run, source)),
+        serde_json::Value::String(s) => {
+            let from = run.parent().unwrap().to_string_lossy().into_owned();
+            if s.contains(&from) {
+                *s = s.replace(&from, "/runs");
+            }
+            let ws = common::fixture("").to_string_lossy().into_owned();
+            if s.contains(&ws) {
+                *s = s.replace(&ws, "/fixtures/");
+            }
+        }
+        _ => {}
+    }
+}
