@@ -239,3 +239,36 @@ fn normalise(v: &mut serde_json::Value, run: &Path, source: usize) {
         _ => {}
     }
 }
+
+/// How long a frame takes to draw (printed; not asserted).
+#[test]
+#[ignore]
+fn frame_cost() {
+    let mut a = app();
+    // Stretch the recorded run to 3000 steps of train metrics.
+    for s in 7..3000 {
+        a.on_event(
+            0,
+            Event::Step(gaplab::engine::event::StepMetrics {
+                step: s,
+                time: s as f64,
+                metrics: [
+                    ("loss".to_string(), 1.0 / s as f64),
+                    ("rewards/margins".to_string(), (s as f64).sin()),
+                    ("rewards/accuracies".to_string(), 0.5),
+                ]
+                .into_iter()
+                .collect(),
+            }),
+        );
+    }
+    let mut term = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..50 {
+        term.draw(|f| gaplab::ui::view::draw(f, &mut a)).unwrap();
+    }
+    eprintln!(
+        "draw 120x40: {:.2} ms per frame",
+        t.elapsed().as_secs_f64() * 1000.0 / 50.0
+    );
+}

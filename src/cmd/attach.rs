@@ -2,8 +2,6 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
@@ -55,8 +53,11 @@ pub fn run(paths: &[PathBuf], mut opts: Options) -> Result<()> {
         let ws = dirs.first().and_then(|d| d.parent()).and_then(Path::parent);
         opts.theme_dirs = app::theme_dirs(ws);
     }
-    let hangup = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone())?;
-    app::run(Source::Runs(dirs), opts, hangup)?;
+    let signals = app::Signals::default();
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, signals.hangup.clone())?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, signals.terminate.clone())?;
+    }
+    app::run(Source::Runs(dirs), opts, signals)?;
     Ok(())
 }

@@ -68,6 +68,7 @@ static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 fn on_signals(
     commands: std::sync::mpsc::Sender<Command>,
     hangup: Arc<AtomicBool>,
+    terminate: Arc<AtomicBool>,
     quiet: bool,
 ) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -79,6 +80,7 @@ fn on_signals(
                 if sig == SIGHUP {
                     hangup.store(true, Ordering::SeqCst);
                 } else if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
+                    terminate.store(true, Ordering::SeqCst);
                     if !quiet {
                         say!("\ngaplab: stopping after this step (signal again to quit at once)");
                     }
@@ -143,10 +145,15 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
     }
     let overlay = previous_runs(&plan.runs_root, 6);
     let engine = engine::spawn(plan)?;
-    let hangup = Arc::new(AtomicBool::new(false));
-    on_signals(engine.commands.clone(), hangup.clone(), true)?;
+    let signals = crate::ui::app::Signals::default();
+    on_signals(
+        engine.commands.clone(),
+        signals.hangup.clone(),
+        signals.terminate.clone(),
+        true,
+    )?;
     let source = crate::ui::app::Source::Engine { engine, overlay };
-    let finish = crate::ui::app::run(source, opts, hangup)?;
+    let finish = crate::ui::app::run(source, opts, signals)?;
     for line in &finish.summary {
         say!("{line}");
     }
@@ -163,11 +170,9 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
 pub fn run_headless(args: &TrainArgs) -> Result<Outcome> {
     let plan = plan(args)?;
     let engine = engine::spawn(plan)?;
-    on_signals(
-        engine.commands.clone(),
-        Arc::new(AtomicBool::new(false)),
-        false,
-    )?;
+    // Headless runs ignore SIGHUP (training goes on when the shell that started it closes).
+    let unused = Arc::new(AtomicBool::new(false));
+    on_signals(engine.commands.clone(), unused.clone(), unused, false)?;
     let mut progress = Progress::new(std::io::stderr().is_terminal(), args.workspace.clone());
     for ev in engine.events.iter() {
         progress.on(&ev);

@@ -45,6 +45,9 @@ pub struct Options {
     pub theme_dirs: Vec<PathBuf>,
 }
 
+/// The shortest interval between frames that only show new training data.
+const DATA_FRAME: Duration = Duration::from_millis(500);
+
 enum Msg {
     Key(KeyEvent),
     Resize,
@@ -75,10 +78,25 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-fn spawn_input(tx: Sender<Msg>) {
+/// Gives the dashboard's threads (this one and those it spawns from now on) a lower priority
+/// than training: on a machine whose cores training keeps busy, every wake-up of the dashboard
+/// would otherwise preempt a compute thread that the others then wait for.
+fn lower_priority() {
+    // SAFETY: plain system calls on the calling thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+fn spawn_input(tx: Sender<Msg>, hangup: Arc<AtomicBool>) {
     std::thread::Builder::new()
         .name("gaplab-input".into())
         .spawn(move || loop {
+            // A vanished terminal can keep answering reads: stop at the hang-up.
+            if hangup.load(Ordering::SeqCst) {
+                break;
+            }
             match term::read() {
                 Ok(term::Event::Key(k)) if k.kind != KeyEventKind::Release => {
                     if tx.send(Msg::Key(k)).is_err() {
@@ -114,6 +132,15 @@ fn spawn_follow(dirs: Vec<PathBuf>, first: usize, tx: Sender<Msg>, stop: Arc<Ato
     });
 }
 
+/// Flags the process's signal handlers set for the dashboard.
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// SIGHUP: the terminal is gone; detach and let training go on.
+    pub hangup: Arc<AtomicBool>,
+    /// SIGINT/SIGTERM: leave once training has stopped (the handler asked the engine to stop).
+    pub terminate: Arc<AtomicBool>,
+}
+
 /// How the dashboard ended.
 pub struct Finish {
     /// The engine's outcome when the dashboard owned one.
@@ -124,7 +151,8 @@ pub struct Finish {
 
 /// Runs the dashboard until the user quits (or, for an engine, the terminal hangs up and the
 /// engine finishes).
-pub fn run(source: Source, opts: Options, hangup: Arc<AtomicBool>) -> Result<Finish> {
+pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
+    let hangup = signals.hangup;
     let depth = opts.color.unwrap_or_else(ColorDepth::detect);
     let theme_name = opts.theme.clone().unwrap_or_else(|| "default".into());
     let (theme, theme_error) = match resolve_theme(&theme_name, depth, &opts.theme_dirs) {
@@ -164,6 +192,7 @@ pub fn run(source: Source, opts: Options, hangup: Arc<AtomicBool>) -> Result<Fin
             let _ = tx.send(Msg::EngineGone);
         });
     }
+    lower_priority();
     let mut app = App::new(mode, theme);
     app.theme_names = theme::available(&opts.theme_dirs);
     app.braille = !opts.ascii;
@@ -173,9 +202,14 @@ pub fn run(source: Source, opts: Options, hangup: Arc<AtomicBool>) -> Result<Fin
     if let Some(e) = theme_error {
         app.reload = Some((false, e));
     }
+    // Keys redraw within one frame at most `refresh_hz` times a second; training events only
+    // every DATA_FRAME at most: a live chart needs no more, and on a small machine every frame
+    // (and the terminal emulator parsing it) takes time from training.
     let frame = Duration::from_secs_f64(1.0 / opts.refresh_hz.unwrap_or(15.0).clamp(0.5, 60.0));
+    let data_frame = frame.max(DATA_FRAME);
+    let mut urgent = true;
     let mut guard = TerminalGuard::enter()?;
-    spawn_input(tx.clone());
+    spawn_input(tx.clone(), hangup.clone());
     drop(tx);
     let mut last_draw = Instant::now() - frame;
     let mut last_mem = Instant::now() - Duration::from_secs(10);
@@ -185,16 +219,26 @@ pub fn run(source: Source, opts: Options, hangup: Arc<AtomicBool>) -> Result<Fin
             hung_up = true;
             break;
         }
+        if signals.terminate.load(Ordering::SeqCst) && !app.quitting {
+            app.quitting = true;
+            app.dirty = true;
+            if engine.is_none() {
+                break;
+            }
+        }
+        let due = if urgent { frame } else { data_frame };
         let wait = if app.dirty {
-            frame.saturating_sub(last_draw.elapsed())
+            due.saturating_sub(last_draw.elapsed())
         } else {
             Duration::from_millis(250)
         };
         match rx.recv_timeout(wait) {
             Ok(msg) => {
+                urgent |= matches!(msg, Msg::Key(_) | Msg::Resize);
                 handle(msg, &mut app, &commands, &mut controls, depth, &opts);
                 // Take everything already queued before drawing.
                 while let Ok(msg) = rx.try_recv() {
+                    urgent |= matches!(msg, Msg::Key(_) | Msg::Resize);
                     handle(msg, &mut app, &commands, &mut controls, depth, &opts);
                 }
             }
@@ -212,13 +256,14 @@ pub fn run(source: Source, opts: Options, hangup: Arc<AtomicBool>) -> Result<Fin
             }
             last_mem = Instant::now();
         }
-        if app.dirty && last_draw.elapsed() >= frame {
+        if app.dirty && last_draw.elapsed() >= if urgent { frame } else { data_frame } {
             if guard.terminal.draw(|f| view::draw(f, &mut app)).is_err() {
                 // The terminal is gone (an I/O error before the hang-up signal arrived).
                 hung_up = true;
                 break;
             }
             app.dirty = false;
+            urgent = false;
             last_draw = Instant::now();
         }
         if app.quit || (app.quitting && app.engine_done) {
@@ -242,12 +287,15 @@ pub fn run(source: Source, opts: Options, hangup: Arc<AtomicBool>) -> Result<Fin
         });
     };
     if hung_up {
+        hangup.store(true, Ordering::SeqCst);
         // The terminal is gone: training goes on (resumed if it was paused), writing its run
         // directory, until it ends.
         let _ = engine.commands.send(Command::Resume);
-        for msg in rx.iter() {
-            if let Msg::EngineGone = msg {
-                break;
+        if !app.engine_done {
+            for msg in rx.iter() {
+                if let Msg::EngineGone = msg {
+                    break;
+                }
             }
         }
     } else if !app.engine_done {
