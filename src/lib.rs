@@ -7,6 +7,7 @@
 pub mod cmd;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod engine;
 pub mod model;
 pub mod objective;
@@ -14,3 +15,4 @@ pub mod rng;
 pub mod runlog;
 pub mod train;
 pub mod ui;
+pub mod watch;

@@ -38,6 +38,13 @@ struct UiArgs {
     /// Chart markers without Braille characters.
     #[arg(long)]
     ascii: bool,
+    /// Do not reload gaplab.toml and the theme when they are edited.
+    #[arg(long)]
+    no_watch: bool,
+    /// Watch edited files by polling (for file systems without change events, e.g. some
+    /// network mounts; used automatically when native events are unavailable).
+    #[arg(long, conflicts_with = "no_watch")]
+    watch_poll: bool,
 }
 
 impl UiArgs {
@@ -52,6 +59,11 @@ impl UiArgs {
             theme: self.theme.clone(),
             color,
             ascii: self.ascii,
+            watch: match (self.no_watch, self.watch_poll) {
+                (true, _) => None,
+                (false, true) => Some(gaplab::watch::Mode::Poll),
+                (false, false) => Some(gaplab::watch::Mode::Native),
+            },
             ..Default::default()
         })
     }
@@ -95,6 +107,17 @@ enum Command {
     },
     /// Validate a workspace (config, model, tokenizer, data) and print data statistics.
     Check { workspace: PathBuf },
+    /// Write the demo task's data into DIR: train and held-out eval pairs, a word-level
+    /// tokenizer built from the task's text, and task.json (deterministic for a seed).
+    DemoData {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        train_pairs: Option<usize>,
+        #[arg(long)]
+        eval_pairs: Option<usize>,
+    },
     /// Write a commented starter workspace.
     Init {
         dir: PathBuf,
@@ -208,6 +231,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Attach { runs, ui } => cmd::attach::run(&runs, ui.options()?)?,
         Command::Check { workspace } => print(&cmd::check::run(&workspace)?),
+        Command::DemoData {
+            dir,
+            seed,
+            train_pairs,
+            eval_pairs,
+        } => {
+            let defaults = gaplab::demo::TaskConfig::default();
+            let cfg = gaplab::demo::TaskConfig {
+                seed,
+                train_pairs: train_pairs.unwrap_or(defaults.train_pairs),
+                eval_pairs: eval_pairs.unwrap_or(defaults.eval_pairs),
+                ..defaults
+            };
+            gaplab::demo::write_data(&dir, &cfg)?;
+            print(&format!(
+                "wrote {} train and {} eval pairs, tokenizer/ and task.json to {}\n",
+                cfg.train_pairs,
+                cfg.eval_pairs,
+                dir.display()
+            ));
+        }
         Command::Init { dir, model } => print(&cmd::init::run(&dir, model.as_deref())?),
         Command::Eval {
             model,

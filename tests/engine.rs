@@ -96,11 +96,17 @@ fn commands_are_taken_between_steps_and_acknowledged() {
     assert_eq!(step, paused_at + 2);
     assert!(path.join("model.safetensors").exists());
 
-    let mut edited = cfg.clone();
-    edited.train.lr = 5e-4;
-    edited.train.beta = 0.25;
-    edited.train.batch_size = 3; // needs a restart: reported, not applied
-    tx.send(Command::Apply(Box::new(edited))).unwrap();
+    // An invalid edit is reported and changes nothing.
+    tx.send(Command::ConfigError("gaplab.toml:3:8: bad".into()))
+        .unwrap();
+    let (ev, _) = until(rx, |e| matches!(e, Event::ConfigRejected { .. }));
+    assert!(matches!(ev, Event::ConfigRejected { step, .. } if step == paused_at + 2));
+    // batch_size needs a restart: reported, not applied.
+    let mut edited = ws.clone();
+    edited.config.train.lr = 5e-4;
+    edited.config.train.beta = 0.25;
+    edited.config.train.batch_size = 3;
+    tx.send(Command::Reload(Box::new(edited))).unwrap();
     let (ev, _) = until(rx, |e| matches!(e, Event::Applied { .. }));
     let Event::Applied {
         changes, ignored, ..

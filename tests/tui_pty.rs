@@ -62,6 +62,26 @@ fn spawn(args: &[&str], cwd: &Path) -> Term {
     }
 }
 
+/// A child process killed when the test ends, passed or failed.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Term {
+    // A failed test must not leave a trainer behind: gaplab survives its terminal going away
+    // by design.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+    }
+}
+
 impl Term {
     fn screen(&self) -> String {
         self.parser.lock().unwrap().screen().contents()
@@ -232,17 +252,19 @@ fn training_survives_a_hang_up_and_attach_brings_it_back() {
 fn attach_steers_a_live_run_over_its_socket() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = workspace(tmp.path(), 1_000_000);
-    let mut trainer = std::process::Command::new(env!("CARGO_BIN_EXE_gaplab"))
-        .args([
-            "train",
-            ws.to_str().unwrap(),
-            "--variant",
-            "dpo",
-            "--headless",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut trainer = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_gaplab"))
+            .args([
+                "train",
+                ws.to_str().unwrap(),
+                "--variant",
+                "dpo",
+                "--headless",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until("the run to start", || {
         run_dirs(&ws)
             .first()
@@ -268,11 +290,92 @@ fn attach_steers_a_live_run_over_its_socket() {
     assert_eq!(a.wait_exit(), 0);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(status(&run), "running");
-    unsafe { kill(trainer.id() as i32, 2) };
-    assert_eq!(trainer.wait().unwrap().code(), Some(130));
+    unsafe { kill(trainer.0.id() as i32, 2) };
+    assert_eq!(trainer.0.wait().unwrap().code(), Some(130));
     assert_eq!(status(&run), "stopped");
 }
 
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Whether some cell of the screen has this background colour.
+fn has_background(t: &Term, rgb: (u8, u8, u8)) -> bool {
+    let parser = t.parser.lock().unwrap();
+    let screen = parser.screen();
+    let (rows, cols) = screen.size();
+    (0..rows).any(|r| {
+        (0..cols).any(|c| {
+            screen
+                .cell(r, c)
+                .is_some_and(|cell| cell.bgcolor() == vt100::Color::Rgb(rgb.0, rgb.1, rgb.2))
+        })
+    })
+}
+
+#[test]
+fn edits_of_the_config_and_the_theme_show_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), 1_000_000);
+    // Evaluations and checkpoints only at the ends: the log keeps what this test looks for.
+    let file = ws.join("gaplab.toml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("interval = 50", "interval = 0")
+        .replace("interval = 100\n", "interval = 0\n");
+    std::fs::write(&file, &text).unwrap();
+    let theme = tmp.path().join("mine.toml");
+    let dark =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("themes/dark.toml"))
+            .unwrap();
+    std::fs::write(&theme, dark.replace("name = \"dark\"", "name = \"mine\"")).unwrap();
+    let mut t = spawn(
+        &[
+            "train",
+            ws.to_str().unwrap(),
+            "--variant",
+            "dpo",
+            "--theme",
+            theme.to_str().unwrap(),
+            "--color",
+            "truecolor",
+        ],
+        tmp.path(),
+    );
+    t.wait_for("the dashboard", |s| {
+        s.contains("Loss") && s.contains("running")
+    });
+    assert!(has_background(&t, (0x26, 0x26, 0x26)), "the status bar");
+
+    // The theme: the status bar changes colour, no key pressed.
+    std::fs::write(
+        &theme,
+        std::fs::read_to_string(&theme)
+            .unwrap()
+            .replace("bg = \"#262626\"", "bg = \"#123456\""),
+    )
+    .unwrap();
+    wait_until("the new status bar colour", || {
+        has_background(&t, (0x12, 0x34, 0x56))
+    });
+    // A broken theme keeps the current one and says why.
+    std::fs::write(&theme, "[styles]\ntext = 3\n").unwrap();
+    t.wait_for("the theme error", |s| {
+        s.contains("theme error, keeping mine")
+    });
+    assert!(has_background(&t, (0x12, 0x34, 0x56)));
+
+    // The config: a live change is applied and shown; an invalid edit is shown with its place.
+    std::fs::write(&file, text.replace("beta = 0.1", "beta = 0.25")).unwrap();
+    t.wait_for("the applied change", |s| s.contains("train.beta 0.1→0.25"));
+    std::fs::write(&file, text.replace("beta = 0.1", "beta = \"high\"")).unwrap();
+    t.wait_for("the rejected edit", |s| {
+        s.contains("config rejected: gaplab.toml:13:8") && s.contains("train.beta: invalid type")
+    });
+    t.press("q");
+    t.wait_for("the quit question", |s| {
+        s.contains("Stop training and quit?")
+    });
+    t.press("y");
+    assert_eq!(t.wait_exit(), 130);
 }

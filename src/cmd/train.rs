@@ -60,6 +60,31 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
     })
 }
 
+/// Watches the workspace's `gaplab.toml`: each edit is parsed and validated as a whole, then
+/// sent to the engine, which applies its live settings at the next step boundary (or reports
+/// the error and keeps the config in effect).
+pub fn watch_config(
+    workspace: &std::path::Path,
+    mode: crate::watch::Mode,
+    commands: std::sync::mpsc::Sender<Command>,
+) -> Result<crate::watch::Watcher> {
+    let ws = Workspace::load(workspace)?;
+    let (dir, file) = (ws.dir, ws.file);
+    crate::watch::spawn(
+        vec![crate::watch::Target::File(file.clone())],
+        mode,
+        move |change| {
+            // Removed (or mid-save): wait for the file to come back.
+            let Some(text) = change.content else { return };
+            let cmd = match Workspace::parse(&dir, &file, &text) {
+                Ok(ws) => Command::Reload(Box::new(ws)),
+                Err(e) => Command::ConfigError(e.to_string()),
+            };
+            let _ = commands.send(cmd);
+        },
+    )
+}
+
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
 /// Signals while training: the first SIGINT/SIGTERM finishes the current step, writes a
@@ -145,6 +170,14 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
     }
     let overlay = previous_runs(&plan.runs_root, 6);
     let engine = engine::spawn(plan)?;
+    let _watch = match opts.watch {
+        Some(mode) => Some(watch_config(
+            &args.workspace,
+            mode,
+            engine.commands.clone(),
+        )?),
+        None => None,
+    };
     let signals = crate::ui::app::Signals::default();
     on_signals(
         engine.commands.clone(),
@@ -170,6 +203,14 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
 pub fn run_headless(args: &TrainArgs) -> Result<Outcome> {
     let plan = plan(args)?;
     let engine = engine::spawn(plan)?;
+    let _watch = match args.ui.watch {
+        Some(mode) => Some(watch_config(
+            &args.workspace,
+            mode,
+            engine.commands.clone(),
+        )?),
+        None => None,
+    };
     // Headless runs ignore SIGHUP (training goes on when the shell that started it closes).
     let unused = Arc::new(AtomicBool::new(false));
     on_signals(engine.commands.clone(), unused.clone(), unused, false)?;
@@ -322,12 +363,20 @@ impl Progress {
                     .iter()
                     .map(|c| format!("{} {} -> {}", c.field, c.old, c.new))
                     .collect();
-                let mut text = format!("{}: config applied at step {step}: {}", self.variant, c.join(", "));
+                let mut text = if c.is_empty() {
+                    format!("{}: config reloaded at step {step}: no live setting changed", self.variant)
+                } else {
+                    format!("{}: config applied at step {step}: {}", self.variant, c.join(", "))
+                };
                 if !ignored.is_empty() {
                     text += &format!(" (need a restart, ignored: {})", ignored.join(", "));
                 }
                 self.say(&text);
             }
+            Event::ConfigRejected { step, error } => self.say(&format!(
+                "{}: config edit rejected at step {step}, previous config kept: {error}",
+                self.variant
+            )),
             Event::State { step, state } => match state {
                 RunState::Finished => {
                     let took = fmt_duration(self.started.elapsed().as_secs_f64());

@@ -227,6 +227,23 @@ section! {
 }
 
 section! {
+    /// `[judge]`: a programmatic judge of the policy's generations for held-out eval prompts,
+    /// run at every evaluation next to the implicit-reward metrics (for synthetic tasks whose
+    /// answers a program can check, such as the demo's).
+    pub struct JudgeSection {
+        /// "" (no judge) or "sort" (the demo task of `gaplab demo-data`).
+        task: String = String::new(), Restart;
+        /// Eval prompts judged (the first N of the eval set).
+        prompts: usize = 64, Live;
+        /// Sampled generations per prompt judged besides the greedy one (0: greedy only).
+        samples: usize = 1, Live;
+        /// Temperature of the sampled generations.
+        temperature: f64 = 1.0, Live;
+        max_new_tokens: usize = 32, Live;
+    }
+}
+
+section! {
     /// `[ui]`: the dashboard.
     pub struct UiSection {
         /// A theme name (built-in or themes/NAME.toml) or a path to a theme file.
@@ -261,6 +278,8 @@ pub struct WorkspaceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sft: Option<SftSection>,
     #[serde(default)]
+    pub judge: JudgeSection,
+    #[serde(default)]
     pub ui: UiSection,
     #[serde(default, rename = "variant", skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<Variant>,
@@ -281,6 +300,8 @@ pub struct RunConfig {
     pub checkpoint: CheckpointSection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sft: Option<SftSection>,
+    #[serde(default)]
+    pub judge: JudgeSection,
     #[serde(default)]
     pub ui: UiSection,
 }
@@ -309,7 +330,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// A loaded and validated workspace.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Workspace {
     pub dir: PathBuf,
     pub file: PathBuf,
@@ -459,6 +480,7 @@ impl Workspace {
             sample: self.config.sample.clone(),
             checkpoint: self.config.checkpoint.clone(),
             sft: self.config.sft.clone(),
+            judge: self.config.judge.clone(),
             ui: self.config.ui.clone(),
         })
     }
@@ -607,6 +629,25 @@ impl WorkspaceConfig {
     /// Every out-of-range or inconsistent value, as (field path, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        let j = &self.judge;
+        check(
+            &mut out,
+            j.task.is_empty() || j.task == "sort",
+            "judge.task",
+            format!("expected \"\" (no judge) or \"sort\", got \"{}\"", j.task),
+        );
+        check(
+            &mut out,
+            j.temperature > 0.0 && j.temperature.is_finite(),
+            "judge.temperature",
+            format!("expected a number > 0, got {}", j.temperature),
+        );
+        check(
+            &mut out,
+            j.max_new_tokens >= 1,
+            "judge.max_new_tokens",
+            "expected at least 1",
+        );
         let m = &self.model;
         check(
             &mut out,
@@ -813,6 +854,7 @@ pub fn all_fields() -> Vec<(String, Reload)> {
     add("sample", SampleSection::FIELDS);
     add("checkpoint", CheckpointSection::FIELDS);
     add("sft", SftSection::FIELDS);
+    add("judge", JudgeSection::FIELDS);
     add("ui", UiSection::FIELDS);
     v
 }

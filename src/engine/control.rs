@@ -74,7 +74,7 @@ impl Remote {
             Command::Step => Some(Remote::Step),
             Command::SampleNow => Some(Remote::SampleNow),
             Command::Checkpoint => Some(Remote::Checkpoint),
-            Command::Apply(_) | Command::Stop => None,
+            Command::Reload(_) | Command::ConfigError(_) | Command::Stop => None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, Workspace};
 use crate::objective::prefix::PrefixCurve;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,16 +127,22 @@ pub enum Event {
         level: Level,
         message: String,
     },
-    /// Live settings changed at `step` (acknowledges `Command::Apply`).
+    /// An edited workspace config was taken at `step` (acknowledges `Command::Reload`): the
+    /// live settings changed and the restart-only fields that differ and were ignored.
     Applied {
         step: usize,
         changes: Vec<Change>,
         ignored: Vec<String>,
     },
+    /// An edited workspace config was invalid (or lost this run's variant): nothing changed.
+    ConfigRejected {
+        step: usize,
+        error: String,
+    },
 }
 
 /// What a watcher may ask of a running engine; taken between optimizer steps and acknowledged
-/// by an event (`State`, `Samples`, `Checkpoint`, `Applied`).
+/// by an event (`State`, `Samples`, `Checkpoint`, `Applied`, `ConfigRejected`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     Pause,
@@ -145,8 +151,12 @@ pub enum Command {
     Step,
     SampleNow,
     Checkpoint,
-    /// Apply the live fields of an edited config.
-    Apply(Box<RunConfig>),
+    /// The workspace config was edited and is valid: apply its live fields to the running
+    /// variant (and to the variants still to run, when they start).
+    Reload(Box<Workspace>),
+    /// The workspace config was edited and is invalid (the message says where): keep going
+    /// with the config in effect and say so.
+    ConfigError(String),
     /// Finish the current step, checkpoint, stop.
     Stop,
 }

@@ -15,7 +15,7 @@ use candle_core::{DType, Device};
 
 pub use event::{Command, Event, RunState};
 
-use crate::config::{RunConfig, SftSection};
+use crate::config::{RunConfig, SftSection, Workspace};
 use crate::data::SeqBatch;
 use crate::model::{io, select_device, CausalLm, ModelConfig, ScratchSpec, Tok};
 use crate::runlog::{self, RunDir, Writer};
@@ -125,6 +125,29 @@ struct Control {
     steps_allowed: usize,
     /// Where the run's control socket forwards commands from attached viewers.
     remote: Sender<Command>,
+    /// The latest valid edit of the workspace config, applied to each variant as it starts.
+    latest: Option<Box<Workspace>>,
+}
+
+/// Applies an edited workspace config to the running variant at a step boundary.
+fn reload(t: &mut Trainer, ws: &Workspace, em: &mut Emitter, step: usize) -> Result<()> {
+    let cfg = match ws.run_config(&t.cfg.variant) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            return em.emit(Event::ConfigRejected {
+                step,
+                error: format!("{e:#}"),
+            })
+        }
+    };
+    // Also when nothing changed for this variant: the viewer learns that the file is valid
+    // again after a rejected edit.
+    let (changes, ignored) = t.apply(&cfg)?;
+    em.emit(Event::Applied {
+        step,
+        changes,
+        ignored,
+    })
 }
 
 impl Control {
@@ -181,16 +204,13 @@ impl Control {
                         em.emit(Event::Checkpoint { step, path })?;
                     }
                 }
-                Command::Apply(cfg) => {
+                Command::Reload(ws) => {
                     if let Some(t) = t.as_deref_mut() {
-                        let (changes, ignored) = t.apply(&cfg)?;
-                        em.emit(Event::Applied {
-                            step,
-                            changes,
-                            ignored,
-                        })?;
+                        reload(t, &ws, em, step)?;
                     }
+                    self.latest = Some(ws);
                 }
+                Command::ConfigError(error) => em.emit(Event::ConfigRejected { step, error })?,
             }
         }
     }
@@ -212,6 +232,7 @@ fn run(
         paused: false,
         steps_allowed: 0,
         remote,
+        latest: None,
     };
     let cache = plan.runs_root.join(".cache");
     match plan.work {
@@ -292,6 +313,10 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
         step: t.step,
         state: RunState::Running,
     })?;
+    // Edits made while earlier variants (or the SFT stage) ran count for this one too.
+    if let Some(ws) = ctl.latest.clone() {
+        reload(t, &ws, em, t.step)?;
+    }
     if t.data.truncated > 0 {
         em.log(
             t.step,

@@ -391,11 +391,18 @@ impl Writer {
                     .iter()
                     .map(|c| format!("{} {} -> {}", c.field, c.old, c.new))
                     .collect();
-                self.log(
-                    *step,
-                    "info",
-                    &format!("config applied: {}", desc.join(", ")),
+                let mut text = format!("config applied: {}", desc.join(", "));
+                if !ignored.is_empty() {
+                    text += &format!(" (need a restart, ignored: {})", ignored.join(", "));
+                }
+                self.log(*step, "info", &text)?;
+            }
+            Event::ConfigRejected { step, error } => {
+                line(
+                    &mut self.metrics,
+                    &json!({"step": step, "time": time, "event": "config_rejected", "error": error}),
                 )?;
+                self.log(*step, "warn", &format!("config rejected: {error}"))?;
             }
         }
         Ok(())

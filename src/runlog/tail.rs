@@ -11,10 +11,10 @@
 //! What each file gives:
 //! - `status.json`: `State` whenever (state, step) changes.
 //! - `metrics.jsonl`: `Step`, `Eval` (joined with the `prefix.jsonl` record of its step),
-//!   `Skipped`, `Applied`.
+//!   `Skipped`, `Applied`, `ConfigRejected`.
 //! - `samples.jsonl`: `Samples`, one per run of consecutive lines with the same step.
 //! - `log.txt`: `Log`, except the lines the writer adds on behalf of other events (started,
-//!   state, skipped, checkpoint, config applied), which come back as those events instead.
+//!   state, skipped, checkpoint, config applied or rejected), which come back as those events instead.
 //! - `checkpoints/step-N` with a `trainer_state.json`: `Checkpoint`, once each, in step order.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -268,7 +268,9 @@ fn is_echo(level: Level, message: &str) -> bool {
                 })
                 || message.starts_with("config applied: ")
         }
-        Level::Warn => message.starts_with("step skipped: "),
+        Level::Warn => {
+            message.starts_with("step skipped: ") || message.starts_with("config rejected: ")
+        }
         Level::Error => false,
     }
 }
@@ -563,6 +565,10 @@ impl Tail {
                         (Err(e), _) | (_, Err(e)) => self.warn_bad(out, METRICS, n, &e.to_string()),
                     }
                 }
+                (_, Some("config_rejected")) => out.push(Event::ConfigRejected {
+                    step,
+                    error: field("error").unwrap_or_default().to_string(),
+                }),
                 // Records of a kind this version does not know.
                 _ => {}
             }
@@ -865,6 +871,10 @@ mod tests {
             }],
             ignored: vec!["train.batch_size".into()],
         };
+        let rejected = Event::ConfigRejected {
+            step: 3,
+            error: "ws/gaplab.toml:3:8: train.beta: expected a number > 0, got -1".into(),
+        };
         let log = Event::Log {
             step: 2,
             level: Level::Warn,
@@ -897,6 +907,7 @@ mod tests {
             log.clone(),
             skipped.clone(),
             applied.clone(),
+            rejected.clone(),
             Event::Step(step(3)),
             Event::Checkpoint {
                 step: 3,
@@ -942,7 +953,8 @@ mod tests {
         let of_kind = |events: &[Event], kind: fn(&Event) -> bool| -> Vec<Event> {
             events.iter().filter(|e| kind(e)).cloned().collect()
         };
-        let kinds: [fn(&Event) -> bool; 7] = [
+        let kinds: [fn(&Event) -> bool; 8] = [
+            |e| matches!(e, Event::ConfigRejected { .. }),
             |e| matches!(e, Event::Step(_)),
             |e| matches!(e, Event::Eval(_)),
             |e| matches!(e, Event::Samples { .. }),

@@ -15,7 +15,8 @@ use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
 use super::{accumulate, logit_sums, preference_grads, reference_logps, schedule};
 use crate::config::{
-    CheckpointSection, EvalSection, Reload, RunConfig, SampleSection, TrainSettings,
+    CheckpointSection, DataSection, EvalSection, JudgeSection, ModelSection, Reload, RunConfig,
+    SampleSection, SftSection, TrainSettings, UiSection,
 };
 use crate::data::{self, LengthLimits, SeqBatch, TokenizedPair};
 use crate::engine::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
@@ -117,6 +118,8 @@ pub struct TrainerState {
     pub eval: EvalSection,
     pub sample: SampleSection,
     pub checkpoint: CheckpointSection,
+    #[serde(default)]
+    pub judge: JudgeSection,
 }
 
 enum Reference {
@@ -180,6 +183,7 @@ impl Trainer {
         cfg.eval = state.eval.clone();
         cfg.sample = state.sample.clone();
         cfg.checkpoint = state.checkpoint.clone();
+        cfg.judge = state.judge.clone();
         run.truncate_after(step)?;
         let initial = state.initial.clone();
         Self::build(cfg, run, &initial, Some((ckpt, state)), cache_dir)
@@ -498,6 +502,7 @@ impl Trainer {
             .collect();
         metrics.insert("eval_logits/chosen".into(), lc.0 / lc.1.max(1) as f64);
         metrics.insert("eval_logits/rejected".into(), lr.0 / lr.1.max(1) as f64);
+        self.judge_metrics(&policy, &mut metrics)?;
         Ok(Some(EvalReport {
             step: self.step,
             time: now(),
@@ -525,6 +530,72 @@ impl Trainer {
         }))
     }
 
+    /// The judge's verdicts on the policy's generations for the first eval prompts, greedy and
+    /// sampled, as `eval_judge/*` metrics: what the policy generates, next to what its implicit
+    /// reward prefers.
+    fn judge_metrics(&self, model: &CausalLm, metrics: &mut BTreeMap<String, f64>) -> Result<()> {
+        let j = &self.cfg.judge;
+        if j.task.is_empty() {
+            return Ok(());
+        }
+        let n = j.prompts.min(self.data.eval_prompts.len());
+        let greedy = sample::SampleParams {
+            max_new_tokens: j.max_new_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+        };
+        let sampled = sample::SampleParams {
+            temperature: j.temperature,
+            ..greedy
+        };
+        // Seeded by the step, apart from the sampling prompts' stream.
+        let mut rng = Rng::new(
+            self.cfg.train.seed ^ 0x6a75_6467_6500 ^ (self.step as u64).wrapping_mul(0x9e37_79b9),
+        );
+        let (mut g, mut s) = (Vec::new(), Vec::new());
+        for (i, prompt) in self.data.eval_prompts[..n].iter().enumerate() {
+            let ids = self.prompt_ids(prompt)?;
+            let verdict = |params: &sample::SampleParams, rng: &mut Rng| -> Result<_> {
+                let out = sample::generate(model, &ids, &self.tok.stop, params, rng)?;
+                crate::demo::judge::judge(prompt, &self.tok.decode(&out)?).with_context(|| {
+                    format!(
+                        "judge.task = \"{}\": eval prompt {} is not one of the task's prompts",
+                        j.task,
+                        i + 1
+                    )
+                })
+            };
+            g.push(verdict(&greedy, &mut rng)?);
+            for _ in 0..j.samples {
+                s.push(verdict(&sampled, &mut rng)?);
+            }
+        }
+        for (suffix, verdicts) in [("", &g), ("_sampled", &s)] {
+            if verdicts.is_empty() {
+                continue;
+            }
+            let sum = crate::demo::judge::summarize(verdicts);
+            for (name, v) in [
+                ("score", sum.score),
+                ("correct", sum.correct),
+                ("length", sum.length),
+                ("tail", sum.tail),
+            ] {
+                metrics.insert(format!("eval_judge/{name}{suffix}"), v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prompt ids as generation sees them: cut from the left to `data.max_prompt_len`.
+    fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tok.encode_prompt(prompt)?;
+        if ids.len() > self.cfg.data.max_prompt_len {
+            ids.drain(..ids.len() - self.cfg.data.max_prompt_len);
+        }
+        Ok(ids)
+    }
+
     /// The sampling prompts: `sample.prompts`, else the prompts of the first eval pairs.
     pub fn sample_prompts(&self) -> Vec<String> {
         if !self.cfg.sample.prompts.is_empty() {
@@ -550,10 +621,7 @@ impl Trainer {
         let mut rng = Rng::new(self.cfg.train.seed ^ (self.step as u64).wrapping_mul(0x2545_f491));
         let mut out = Vec::new();
         for (prompt_id, prompt) in self.sample_prompts().into_iter().enumerate() {
-            let mut ids = self.tok.encode_prompt(&prompt)?;
-            if ids.len() > self.cfg.data.max_prompt_len {
-                ids.drain(..ids.len() - self.cfg.data.max_prompt_len);
-            }
+            let ids = self.prompt_ids(&prompt)?;
             let token_ids = sample::generate(model, &ids, &self.tok.stop, &params, &mut rng)?;
             out.push(Sample {
                 step: self.step,
@@ -581,6 +649,7 @@ impl Trainer {
             eval: self.cfg.eval.clone(),
             sample: self.cfg.sample.clone(),
             checkpoint: self.cfg.checkpoint.clone(),
+            judge: self.cfg.judge.clone(),
         };
         self.run
             .write_checkpoint(self.step, self.cfg.checkpoint.keep, |dir| {
@@ -593,53 +662,51 @@ impl Trainer {
             })
     }
 
-    /// Applies the live fields of `new` (an edited config of this run's variant). Returns the
-    /// changes made and the restart-only fields that changed and were ignored.
+    /// Applies the live fields of `new` (an edited config of this run's variant), all or
+    /// nothing. Returns the changes made and the restart-only fields that differ and were
+    /// ignored.
     pub fn apply(&mut self, new: &RunConfig) -> Result<(Vec<Change>, Vec<String>)> {
         let mut changes = Vec::new();
         let mut ignored = Vec::new();
-        self.cfg.train = merge_live(
-            "train",
-            &self.cfg.train,
-            &new.train,
-            TrainSettings::FIELDS,
-            &mut changes,
-            &mut ignored,
-        )?;
-        self.cfg.eval = merge_live(
-            "eval",
-            &self.cfg.eval,
-            &new.eval,
-            EvalSection::FIELDS,
-            &mut changes,
-            &mut ignored,
-        )?;
-        self.cfg.sample = merge_live(
+        let (c, i) = (&mut changes, &mut ignored);
+        let cur = &self.cfg;
+        let train = merge_live("train", &cur.train, &new.train, TrainSettings::FIELDS, c, i)?;
+        let eval = merge_live("eval", &cur.eval, &new.eval, EvalSection::FIELDS, c, i)?;
+        let sample = merge_live(
             "sample",
-            &self.cfg.sample,
+            &cur.sample,
             &new.sample,
             SampleSection::FIELDS,
-            &mut changes,
-            &mut ignored,
+            c,
+            i,
         )?;
-        self.cfg.checkpoint = merge_live(
+        let checkpoint = merge_live(
             "checkpoint",
-            &self.cfg.checkpoint,
+            &cur.checkpoint,
             &new.checkpoint,
             CheckpointSection::FIELDS,
-            &mut changes,
-            &mut ignored,
+            c,
+            i,
         )?;
-        for (name, same) in [
-            ("model", self.cfg.model == new.model),
-            ("data", self.cfg.data == new.data),
-            ("sft", self.cfg.sft == new.sft),
-        ] {
-            if !same {
-                ignored.push(name.to_string());
+        let judge = merge_live("judge", &cur.judge, &new.judge, JudgeSection::FIELDS, c, i)?;
+        let ui = merge_live("ui", &cur.ui, &new.ui, UiSection::FIELDS, c, i)?;
+        // Restart-only sections: merged only to name the fields that changed.
+        merge_live("model", &cur.model, &new.model, ModelSection::FIELDS, c, i)?;
+        merge_live("data", &cur.data, &new.data, DataSection::FIELDS, c, i)?;
+        match (&cur.sft, &new.sft) {
+            (Some(a), Some(b)) => {
+                merge_live("sft", a, b, SftSection::FIELDS, c, i)?;
             }
+            (a, b) if a != b => i.push("sft".into()),
+            _ => {}
         }
-        if changes.iter().any(|c| c.field == "train.steps") {
+        let cfg = &mut self.cfg;
+        (cfg.train, cfg.eval, cfg.sample, cfg.checkpoint) = (train, eval, sample, checkpoint);
+        (cfg.judge, cfg.ui) = (judge, ui);
+        if changes
+            .iter()
+            .any(|c| c.field == "train.steps" || c.field == "train.epochs")
+        {
             let per = self.pairs_per_step();
             self.total_steps = if self.cfg.train.steps > 0 {
                 self.cfg.train.steps

@@ -16,9 +16,10 @@ use super::terminal::{self, TerminalGuard};
 use super::theme::{self, ColorDepth, Theme};
 use super::view;
 use crate::engine::control::{ControlClient, Remote};
-use crate::engine::event::{Command, Event, Level};
+use crate::engine::event::{Change, Command, Event, Level};
 use crate::engine::{Engine, Outcome};
 use crate::runlog::tail;
+use crate::watch;
 
 /// Where the dashboard's events come from.
 pub enum Source {
@@ -43,6 +44,8 @@ pub struct Options {
     pub refresh_hz: Option<f64>,
     /// Folders searched for `NAME.toml` themes.
     pub theme_dirs: Vec<PathBuf>,
+    /// Reload the theme file when it is edited (None: do not watch).
+    pub watch: Option<watch::Mode>,
 }
 
 /// The shortest interval between frames that only show new training data.
@@ -53,6 +56,101 @@ enum Msg {
     Resize,
     Event(usize, Event),
     EngineGone,
+    /// A theme file was edited.
+    ThemeFile(watch::Change),
+}
+
+/// How the dashboard looks, as chosen (and changed by keys, config edits and theme edits).
+struct Looks {
+    depth: ColorDepth,
+    /// The theme as named by the user (a name or a path).
+    spec: String,
+    dirs: Vec<PathBuf>,
+    frame: Duration,
+}
+
+impl Looks {
+    fn resolve(&self, spec: &str) -> Result<Theme> {
+        resolve_theme(spec, self.depth, &self.dirs)
+    }
+
+    /// Switches to theme `spec` (or reloads it); on failure the current theme stays and the
+    /// status bar says why.
+    fn set_theme(&mut self, app: &mut App, spec: &str, why: &str) {
+        app.dirty = true;
+        match self.resolve(spec) {
+            Ok(t) => {
+                app.theme = t;
+                self.spec = spec.to_string();
+                app.reload = Some((true, format!("theme {spec} {why}")));
+            }
+            Err(e) => {
+                let keep = &app.theme.name;
+                app.reload = Some((false, format!("theme error, keeping {keep}: {e:#}")));
+                app.note(Level::Warn, format!("theme {spec}: {e:#}; keeping {keep}"));
+            }
+        }
+    }
+
+    /// Takes a `ui.*` setting changed by an edit of the workspace config.
+    fn apply(&mut self, app: &mut App, c: &Change) {
+        let value = c.new.trim_matches('"');
+        app.dirty = true;
+        match c.field.as_str() {
+            "ui.theme" => self.set_theme(app, value, "(config)"),
+            "ui.smoothing" => {
+                if let Ok(v) = value.parse::<f64>() {
+                    app.smoothing = v.clamp(0.0, 0.999);
+                }
+            }
+            "ui.refresh_hz" => {
+                if let Ok(v) = value.parse::<f64>() {
+                    self.frame = frame_for(v);
+                }
+            }
+            "ui.color" => {
+                self.depth = ColorDepth::parse(value).unwrap_or_else(ColorDepth::detect);
+                let spec = self.spec.clone();
+                self.set_theme(app, &spec, "(colour depth changed)");
+            }
+            "ui.markers" => app.braille = value != "dot",
+            _ => {}
+        }
+    }
+
+    /// Whether an edited file is (or may now be) the active theme's.
+    fn is_active(&self, path: &std::path::Path) -> bool {
+        let stem = |p: &std::path::Path| p.file_stem().map(|s| s.to_os_string());
+        stem(path) == stem(std::path::Path::new(&self.spec))
+    }
+}
+
+fn frame_for(refresh_hz: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / refresh_hz.clamp(0.5, 60.0))
+}
+
+/// Watches the theme folders (and the folder of a theme given by path) for edits.
+fn watch_themes(opts: &Options, spec: &str, tx: Sender<Msg>) -> Option<watch::Watcher> {
+    let mode = opts.watch?;
+    let mut targets: Vec<watch::Target> = opts
+        .theme_dirs
+        .iter()
+        .filter(|d| d.is_dir())
+        .map(|d| watch::Target::Dir {
+            dir: d.clone(),
+            ext: "toml".into(),
+        })
+        .collect();
+    if spec.contains('/') || spec.ends_with(".toml") {
+        targets.push(watch::Target::File(PathBuf::from(spec)));
+    }
+    if targets.is_empty() {
+        return None;
+    }
+    watch::spawn(targets, mode, move |c| {
+        let _ = tx.send(Msg::ThemeFile(c));
+    })
+    .ok()
 }
 
 /// Default theme folders: the workspace's and the current directory's `themes/`, and the
@@ -162,7 +260,14 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
             Some(format!("theme: {e:#}; using the default")),
         ),
     };
+    let mut looks = Looks {
+        depth,
+        spec: theme_name.clone(),
+        dirs: opts.theme_dirs.clone(),
+        frame: frame_for(opts.refresh_hz.unwrap_or(15.0)),
+    };
     let (tx, rx) = mpsc::channel();
+    let _theme_watch = watch_themes(&opts, &theme_name, tx.clone());
     let stop_follow = Arc::new(AtomicBool::new(false));
     let (mut engine, mode, mut controls) = match source {
         Source::Engine { engine, overlay } => {
@@ -205,13 +310,11 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
     // Keys redraw within one frame at most `refresh_hz` times a second; training events only
     // every DATA_FRAME at most: a live chart needs no more, and on a small machine every frame
     // (and the terminal emulator parsing it) takes time from training.
-    let frame = Duration::from_secs_f64(1.0 / opts.refresh_hz.unwrap_or(15.0).clamp(0.5, 60.0));
-    let data_frame = frame.max(DATA_FRAME);
     let mut urgent = true;
     let mut guard = TerminalGuard::enter()?;
     spawn_input(tx.clone(), hangup.clone());
     drop(tx);
-    let mut last_draw = Instant::now() - frame;
+    let mut last_draw = Instant::now() - looks.frame;
     let mut last_mem = Instant::now() - Duration::from_secs(10);
     let mut hung_up = false;
     loop {
@@ -226,6 +329,7 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
                 break;
             }
         }
+        let (frame, data_frame) = (looks.frame, looks.frame.max(DATA_FRAME));
         let due = if urgent { frame } else { data_frame };
         let wait = if app.dirty {
             due.saturating_sub(last_draw.elapsed())
@@ -235,11 +339,15 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
         match rx.recv_timeout(wait) {
             Ok(msg) => {
                 urgent |= matches!(msg, Msg::Key(_) | Msg::Resize);
-                handle(msg, &mut app, &commands, &mut controls, depth, &opts);
+                handle(msg, &mut app, &commands, &mut controls, &mut looks);
                 // Take everything already queued before drawing.
                 while let Ok(msg) = rx.try_recv() {
                     urgent |= matches!(msg, Msg::Key(_) | Msg::Resize);
-                    handle(msg, &mut app, &commands, &mut controls, depth, &opts);
+                    handle(msg, &mut app, &commands, &mut controls, &mut looks);
+                }
+                for c in std::mem::take(&mut app.ui_changes) {
+                    looks.apply(&mut app, &c);
+                    urgent = true;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -314,11 +422,17 @@ fn handle(
     app: &mut App,
     commands: &Option<Sender<Command>>,
     controls: &mut [Option<ControlClient>],
-    depth: ColorDepth,
-    opts: &Options,
+    looks: &mut Looks,
 ) {
     match msg {
         Msg::Event(source, ev) => app.on_event(source, ev),
+        Msg::ThemeFile(c) => {
+            // A file removed mid-save comes back with the next event.
+            if c.content.is_some() && looks.is_active(&c.path) {
+                let spec = looks.spec.clone();
+                looks.set_theme(app, &spec, "reloaded");
+            }
+        }
         Msg::EngineGone => {
             app.engine_done = true;
             app.dirty = true;
@@ -345,7 +459,7 @@ fn handle(
                 return;
             };
             if action == Action::ThemeCycle && !app.help {
-                cycle_theme(app, depth, opts);
+                cycle_theme(app, looks);
                 return;
             }
             if let Some(cmd) = app.on_action(action) {
@@ -355,7 +469,7 @@ fn handle(
     }
 }
 
-fn cycle_theme(app: &mut App, depth: ColorDepth, opts: &Options) {
+fn cycle_theme(app: &mut App, looks: &mut Looks) {
     app.dirty = true;
     let names = &app.theme_names;
     if names.is_empty() {
@@ -365,13 +479,8 @@ fn cycle_theme(app: &mut App, depth: ColorDepth, opts: &Options) {
         .iter()
         .position(|n| *n == app.theme.name)
         .map_or(0, |i| (i + 1) % names.len());
-    match resolve_theme(&names[i], depth, &opts.theme_dirs) {
-        Ok(t) => {
-            app.theme = t;
-            app.reload = Some((true, format!("theme {}", names[i])));
-        }
-        Err(e) => app.reload = Some((false, format!("theme {}: {e:#}", names[i]))),
-    }
+    let name = names[i].clone();
+    looks.set_theme(app, &name, "");
 }
 
 /// Sends a command to the engine this process owns, or over the selected run's socket.

@@ -355,4 +355,21 @@ mod tests {
             None
         );
     }
+
+    /// The README's key table is the keymap's, row for row, so the docs cannot drift.
+    #[test]
+    fn readme_lists_every_binding() {
+        let readme = include_str!("../../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| *l != "| keys | action |")
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        let expected: Vec<String> = help_entries()
+            .into_iter()
+            .map(|(_, keys, help)| format!("| `{keys}` | {help} |"))
+            .collect();
+        assert_eq!(rows, expected, "README.md's key table differs from KEYMAP");
+    }
 }

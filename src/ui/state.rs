@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
-use crate::engine::event::{Command, EvalReport, Event, Level, RunState, Sample, StepMetrics};
+use crate::engine::event::{
+    Change, Command, EvalReport, Event, Level, RunState, Sample, StepMetrics,
+};
 use crate::ui::keymap::Action;
 use crate::ui::theme::Theme;
 
@@ -221,6 +223,9 @@ pub struct App {
     pub memory: Option<u64>,
     /// Last config or theme reload: (ok, message).
     pub reload: Option<(bool, String)>,
+    /// `ui.*` settings changed by config edits, for the main loop to take (theme, colour
+    /// depth, smoothing, refresh rate, markers).
+    pub ui_changes: Vec<Change>,
     /// The engine this dashboard owns has ended (every variant done, stopped or failed).
     pub engine_done: bool,
     /// Something changed since the last frame.
@@ -262,6 +267,7 @@ impl App {
             braille: true,
             memory: None,
             reload: None,
+            ui_changes: Vec::new(),
             engine_done: false,
             dirty: true,
         }
@@ -415,17 +421,48 @@ impl App {
                 changes,
                 ignored,
             } => {
-                r.applied.push(step);
+                if !changes.is_empty() {
+                    r.applied.push(step);
+                }
+                if let Some(c) = changes.iter().find(|c| c.field == "train.steps") {
+                    if let Ok(n) = c.new.parse::<usize>() {
+                        r.total_steps = n.max(r.step);
+                    }
+                }
+                // Dashboard settings follow the live run's config (not a finished run's
+                // history).
+                if !r.state.is_over() {
+                    self.ui_changes.extend(
+                        changes
+                            .iter()
+                            .filter(|c| c.field.starts_with("ui."))
+                            .cloned(),
+                    );
+                }
                 let c: Vec<String> = changes
                     .iter()
                     .map(|c| format!("{} {}→{}", c.field, c.old, c.new))
                     .collect();
-                let mut text = format!("applied: {}", c.join(", "));
+                let mut text = if c.is_empty() {
+                    "config reloaded: no live setting changed".to_string()
+                } else {
+                    format!("config applied: {}", c.join(", "))
+                };
                 if !ignored.is_empty() {
                     text += &format!("; needs restart, ignored: {}", ignored.join(", "));
                 }
                 self.reload = Some((true, text.clone()));
                 self.log_line(name, step, Level::Info, text);
+            }
+            Event::ConfigRejected { step, error } => {
+                // The status bar is narrow: the file name says enough there, the log has all.
+                self.reload = Some((false, format!("config rejected: {}", short_path(&error))));
+                self.log_line(
+                    name,
+                    step,
+                    Level::Warn,
+                    format!("config rejected, previous kept: {error}"),
+                );
             }
         }
     }
@@ -658,6 +695,18 @@ pub fn state_name(s: &RunState) -> &'static str {
     }
 }
 
+/// `error` with a leading `/some/dir/file:line:col` shortened to `file:line:col`.
+pub fn short_path(error: &str) -> String {
+    let Some(colon) = error.find(':') else {
+        return error.to_string();
+    };
+    let (path, rest) = error.split_at(colon);
+    match path.rsplit_once(['/', '\\']) {
+        Some((_, file)) if !file.is_empty() && !path.contains(' ') => format!("{file}{rest}"),
+        _ => error.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -789,5 +838,99 @@ mod tests {
             a.on_action(Action::SmoothLess);
         }
         assert_eq!(a.smoothing, 0.0);
+    }
+
+    fn change(field: &str, old: &str, new: &str) -> Change {
+        Change {
+            field: field.into(),
+            old: old.into(),
+            new: new.into(),
+        }
+    }
+
+    #[test]
+    fn config_edits_reach_the_status_bar_and_the_dashboard_settings() {
+        let mut a = app();
+        a.on_event(0, started("/r/dpo-1", "dpo"));
+        a.on_event(
+            0,
+            Event::State {
+                step: 0,
+                state: RunState::Running,
+            },
+        );
+        a.on_event(
+            0,
+            Event::Applied {
+                step: 4,
+                changes: vec![
+                    change("train.steps", "10", "50"),
+                    change("ui.theme", "\"default\"", "\"dark\""),
+                ],
+                ignored: vec!["train.batch_size".into()],
+            },
+        );
+        assert_eq!(a.runs[0].total_steps, 50);
+        assert_eq!(a.runs[0].applied, vec![4]);
+        assert_eq!(
+            a.ui_changes.len(),
+            1,
+            "only ui.* settings go to the main loop"
+        );
+        let (ok, text) = a.reload.clone().unwrap();
+        assert!(
+            ok && text.contains("train.steps 10→50") && text.contains("ignored: train.batch_size")
+        );
+
+        a.on_event(
+            0,
+            Event::ConfigRejected {
+                step: 5,
+                error: "/home/me/ws/gaplab.toml:3:8: train.beta: expected a number > 0".into(),
+            },
+        );
+        let (ok, text) = a.reload.clone().unwrap();
+        assert!(!ok);
+        assert_eq!(
+            text,
+            "config rejected: gaplab.toml:3:8: train.beta: expected a number > 0"
+        );
+        assert!(a
+            .log
+            .back()
+            .unwrap()
+            .text
+            .contains("/home/me/ws/gaplab.toml:3:8"));
+
+        // A finished run's history (read back by attach) does not restyle the dashboard.
+        let mut b = app();
+        b.on_event(0, started("/r/dpo-1", "dpo"));
+        b.on_event(
+            0,
+            Event::State {
+                step: 10,
+                state: RunState::Finished,
+            },
+        );
+        b.on_event(
+            0,
+            Event::Applied {
+                step: 4,
+                changes: vec![change("ui.smoothing", "0.6", "0.9")],
+                ignored: vec![],
+            },
+        );
+        assert!(b.ui_changes.is_empty());
+    }
+
+    #[test]
+    fn error_paths_shorten_to_the_file_name() {
+        assert_eq!(short_path("/a/b/gaplab.toml:1:2: x"), "gaplab.toml:1:2: x");
+        assert_eq!(short_path("gaplab.toml:1:2: x"), "gaplab.toml:1:2: x");
+        assert_eq!(
+            short_path("variant `x`: not found"),
+            "variant `x`: not found"
+        );
+        assert_eq!(short_path("no colon here"), "no colon here");
     }
 }

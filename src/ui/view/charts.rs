@@ -214,6 +214,44 @@ pub fn loss(f: &mut Frame, app: &mut App, area: Rect) {
     chart(f, app, area, "loss", curves, None, log);
 }
 
+/// The judge's score of greedy generations (a task with a programmatic judge).
+const JUDGE_SCORE: &str = "eval_judge/score";
+
+/// The gap chart: at each eval, how often the implicit reward prefers the chosen response
+/// (dots) next to how good the policy's own generations are by the judge (lines), per run.
+/// A reward accuracy that climbs while the judge's score stays flat is the gap.
+fn gap_curves(app: &App, runs: &[usize]) -> Vec<Curve> {
+    let th = &app.theme;
+    let mut out = Vec::new();
+    for &r in runs {
+        let (judge_color, acc_color) = if runs.len() == 1 {
+            (th.chosen, th.accuracy)
+        } else {
+            (th.series(r), th.series(r))
+        };
+        let name = |what: &str| {
+            Some(if runs.len() == 1 {
+                what.to_string()
+            } else {
+                format!("{} {what}", app.runs[r].name)
+            })
+        };
+        out.push(Curve {
+            points: app.runs[r].series(true, JUDGE_SCORE),
+            color: judge_color,
+            name: name("judge"),
+            scatter: false,
+        });
+        out.push(Curve {
+            points: app.runs[r].series(true, "eval_rewards/accuracies"),
+            color: acc_color,
+            name: name("reward acc ·"),
+            scatter: true,
+        });
+    }
+    out
+}
+
 pub fn rewards(f: &mut Frame, app: &mut App, area: Rect) {
     let [top, bottom] =
         Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(area);
@@ -289,7 +327,13 @@ pub fn rewards(f: &mut Frame, app: &mut App, area: Rect) {
             false,
         ));
     }
-    if bottom.height >= 3 {
+    let judged = runs
+        .iter()
+        .any(|&r| !app.runs[r].series(true, JUDGE_SCORE).is_empty());
+    if judged && bottom.height >= 3 {
+        let gap = gap_curves(app, &runs);
+        chart(f, app, bottom, "gap", gap, Some((0.0, 1.0)), false);
+    } else if bottom.height >= 3 {
         chart(f, app, bottom, "accuracy", acc, Some((0.0, 1.0)), false);
     } else if let Some(v) = runs
         .first()

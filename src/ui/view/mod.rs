@@ -201,10 +201,7 @@ fn status_bar(f: &mut Frame, app: &App, area: Rect) {
     if let Some((ok, msg)) = &app.reload {
         spans.push(sep.clone());
         let style = if *ok { th.status } else { th.error };
-        spans.push(Span::styled(
-            format!("config: {}", math::sanitize(msg).replace('\n', " ")),
-            style,
-        ));
+        spans.push(Span::styled(math::sanitize(msg).replace('\n', " "), style));
     }
     if let Mode::Attached {
         controllable: false,
