@@ -117,6 +117,9 @@ enum Command {
         train_pairs: Option<usize>,
         #[arg(long)]
         eval_pairs: Option<usize>,
+        /// Rejected responses never drop a number: their lists are as long as the chosen ones.
+        #[arg(long)]
+        same_length: bool,
     },
     /// Write a commented starter workspace.
     Init {
@@ -236,10 +239,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             train_pairs,
             eval_pairs,
+            same_length,
         } => {
             let defaults = gaplab::demo::TaskConfig::default();
             let cfg = gaplab::demo::TaskConfig {
                 seed,
+                drop_first: !same_length,
                 train_pairs: train_pairs.unwrap_or(defaults.train_pairs),
                 eval_pairs: eval_pairs.unwrap_or(defaults.eval_pairs),
                 ..defaults

@@ -79,6 +79,32 @@ fn each_pane_expanded() {
     }
 }
 
+/// With a judge (the demo task), the rewards pane's lower chart becomes the gap chart: reward
+/// accuracy (dots) against the judge's score of the policy's generations (lines), per run.
+#[test]
+fn gap_chart_with_a_judge() {
+    let theme = ThemeFile::parse(BUILTIN[0].1, "default")
+        .unwrap()
+        .resolve(ColorDepth::C16);
+    let mut a = App::new(Mode::Owner, theme);
+    for (source, mut ev) in events() {
+        if let Event::Eval(r) = &mut ev {
+            // A judge score that falls while reward accuracy rises: the gap.
+            let score = 0.8 - 0.05 * r.step as f64 - 0.1 * source as f64;
+            r.metrics.insert("eval_judge/score".into(), score);
+        }
+        a.on_event(source, ev);
+    }
+    a.focus = Pane::Rewards;
+    a.expanded = true;
+    let screen = render(&mut a, 80, 24);
+    assert!(
+        screen.contains("lines: judge score · dots: reward accuracy"),
+        "{screen}"
+    );
+    insta::assert_snapshot!("rewards_gap_80x24", screen);
+}
+
 #[test]
 fn views_switched_by_keys() {
     let mut a = app();
@@ -113,6 +139,23 @@ fn overlays_help_and_quit_question() {
     a.engine_done = false;
     a.on_action(Action::Help);
     insta::assert_snapshot!("help_120x40", render(&mut a, 120, 40));
+    // Taller than 80x24: it scrolls, down to its last line and no further.
+    let top = render(&mut a, 80, 24);
+    assert!(
+        top.contains("keys 1/") && top.contains("focus next pane"),
+        "{top}"
+    );
+    for _ in 0..40 {
+        a.on_action(Action::ScrollDown);
+    }
+    assert!(a.help, "scrolling keeps the help open");
+    let bottom = render(&mut a, 80, 24);
+    insta::assert_snapshot!("help_80x24_scrolled", bottom.clone());
+    assert!(
+        bottom.contains("quit (asks first while training runs)"),
+        "{bottom}"
+    );
+    assert!(!bottom.contains("focus next pane"), "{bottom}");
     a.on_action(Action::Help);
     a.on_action(Action::Quit);
     assert!(a.confirm_quit);

@@ -76,6 +76,20 @@ top_p = 1.0
 interval = 50               # 0: only at the end
 keep = 2
 
+# A programmatic judge of the policy's generations at every eval, for tasks a program can
+# grade (see workspaces/demo).
+# [judge]
+# task = "sort"
+# prompts = 64
+
+# The dashboard; these (and most settings above) may be edited while a run trains.
+# [ui]
+# theme = "default"         # default | dark | light | mono | a themes/NAME.toml | a path
+# smoothing = 0.6
+# refresh_hz = 15
+# color = "auto"            # auto | truecolor | 256 | 16 | none
+# markers = "auto"          # auto | braille | dot
+
 # Variants override any [train] setting; every variant starts from the same initial policy,
 # reference and data order.
 [[variant]]

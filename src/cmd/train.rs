@@ -60,14 +60,17 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
     })
 }
 
-/// Watches the workspace's `gaplab.toml`: each edit is parsed and validated as a whole, then
-/// sent to the engine, which applies its live settings at the next step boundary (or reports
-/// the error and keeps the config in effect).
+/// Watches the workspace's `gaplab.toml` (unless `mode` is None: `--no-watch`): each edit is
+/// parsed and validated as a whole, then sent to the engine, which applies its live settings at
+/// the next step boundary (or reports the error and keeps the config in effect).
 pub fn watch_config(
     workspace: &std::path::Path,
-    mode: crate::watch::Mode,
+    mode: Option<crate::watch::Mode>,
     commands: std::sync::mpsc::Sender<Command>,
-) -> Result<crate::watch::Watcher> {
+) -> Result<Option<crate::watch::Watcher>> {
+    let Some(mode) = mode else {
+        return Ok(None);
+    };
     let ws = Workspace::load(workspace)?;
     let (dir, file) = (ws.dir, ws.file);
     crate::watch::spawn(
@@ -83,6 +86,7 @@ pub fn watch_config(
             let _ = commands.send(cmd);
         },
     )
+    .map(Some)
 }
 
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
@@ -170,14 +174,7 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
     }
     let overlay = previous_runs(&plan.runs_root, 6);
     let engine = engine::spawn(plan)?;
-    let _watch = match opts.watch {
-        Some(mode) => Some(watch_config(
-            &args.workspace,
-            mode,
-            engine.commands.clone(),
-        )?),
-        None => None,
-    };
+    let _watch = watch_config(&args.workspace, opts.watch, engine.commands.clone())?;
     let signals = crate::ui::app::Signals::default();
     on_signals(
         engine.commands.clone(),
@@ -203,14 +200,7 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
 pub fn run_headless(args: &TrainArgs) -> Result<Outcome> {
     let plan = plan(args)?;
     let engine = engine::spawn(plan)?;
-    let _watch = match args.ui.watch {
-        Some(mode) => Some(watch_config(
-            &args.workspace,
-            mode,
-            engine.commands.clone(),
-        )?),
-        None => None,
-    };
+    let _watch = watch_config(&args.workspace, args.ui.watch, engine.commands.clone())?;
     // Headless runs ignore SIGHUP (training goes on when the shell that started it closes).
     let unused = Arc::new(AtomicBool::new(false));
     on_signals(engine.commands.clone(), unused.clone(), unused, false)?;
@@ -235,17 +225,6 @@ pub struct Progress {
     every: usize,
     line_open: bool,
     last: Option<(usize, f64, f64, f64, f64)>,
-}
-
-fn fmt_duration(s: f64) -> String {
-    let s = s.max(0.0) as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s / 60 % 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
 }
 
 impl Progress {
@@ -379,7 +358,7 @@ impl Progress {
             )),
             Event::State { step, state } => match state {
                 RunState::Finished => {
-                    let took = fmt_duration(self.started.elapsed().as_secs_f64());
+                    let took = crate::ui::math::duration(self.started.elapsed().as_secs_f64());
                     let summary = match self.last {
                         Some((_, loss, margin, acc, _)) => format!(
                             " (last step: loss {loss:.4}, margin {margin:+.4}, accuracy {acc:.3})"
@@ -427,7 +406,7 @@ impl Progress {
             margin,
             acc,
             tps,
-            fmt_duration(eta),
+            crate::ui::math::duration(eta),
             w = self.total.to_string().len()
         )
     }

@@ -25,6 +25,8 @@ pub struct Verdict {
     pub tail: bool,
     /// The list is non-empty and is followed by nothing or by exactly one tail phrase.
     pub well_formed: bool,
+    /// The list has more numbers than the prompt: the model did not stop.
+    pub overrun: bool,
 }
 
 /// The numbers of a prompt `sort : 7 3 12 1 =`, in prompt order. The closing `=` may be left
@@ -77,6 +79,7 @@ pub fn judge(prompt: &str, response: &str) -> Result<Verdict> {
         length: words.len(),
         tail: !rest.is_empty(),
         well_formed: !list.is_empty() && (rest.is_empty() || is_tail_phrase(rest)),
+        overrun: list.len() > target.len(),
     })
 }
 
@@ -98,6 +101,8 @@ pub struct JudgeSummary {
     pub tail: f64,
     /// Share of well-formed responses.
     pub well_formed: f64,
+    /// Share of lists longer than the prompt's.
+    pub overrun: f64,
     pub n: usize,
 }
 
@@ -116,6 +121,7 @@ pub fn summarize(v: &[Verdict]) -> JudgeSummary {
         length: mean(|x| x.length as f64),
         tail: mean(|x| f64::from(u8::from(x.tail))),
         well_formed: mean(|x| f64::from(u8::from(x.well_formed))),
+        overrun: mean(|x| f64::from(u8::from(x.overrun))),
         n: v.len(),
     }
 }
@@ -141,6 +147,7 @@ mod tests {
             length,
             tail,
             well_formed,
+            overrun: false,
         }
     }
 
@@ -174,8 +181,20 @@ mod tests {
                 verdict(0.0, false, 0, 5, true, false),
             ),
             ("1 3 banana 7", verdict(0.25, false, 2, 4, true, false)),
-            ("1 3 7 12 12", verdict(0.5, false, 4, 5, false, true)),
-            ("1 3 7 12 4", verdict(0.5, false, 4, 5, false, true)),
+            (
+                "1 3 7 12 12",
+                Verdict {
+                    overrun: true,
+                    ..verdict(0.5, false, 4, 5, false, true)
+                },
+            ),
+            (
+                "1 3 7 12 4",
+                Verdict {
+                    overrun: true,
+                    ..verdict(0.5, false, 4, 5, false, true)
+                },
+            ),
             ("1 3 7 12 <eos>", verdict(1.0, true, 4, 4, false, true)),
             ("1 3 7 12<eos>", verdict(1.0, true, 4, 4, false, true)),
             (

@@ -78,6 +78,10 @@ pub struct TaskConfig {
     pub tail_chosen: f64,
     /// Probability that the rejected response carries a tail.
     pub tail_rejected: f64,
+    /// Whether a rejected response may drop the first number (a list one shorter). Without it,
+    /// every rejected list is as long as the chosen one and the pair's lengths differ only by
+    /// the tail.
+    pub drop_first: bool,
 }
 
 impl Default for TaskConfig {
@@ -91,6 +95,7 @@ impl Default for TaskConfig {
             max_value: 20,
             tail_chosen: 0.7,
             tail_rejected: 0.2,
+            drop_first: true,
         }
     }
 }
@@ -228,7 +233,7 @@ fn sorted(xs: &[u32]) -> Vec<u32> {
 
 fn make_pair(numbers: &[u32], cfg: &TaskConfig, rng: &mut Rng) -> DemoPair {
     let target = sorted(numbers);
-    let wrong = corrupt(&target, cfg.max_value, rng);
+    let wrong = corrupt(&target, cfg.max_value, cfg.drop_first, rng);
     let chosen_tail = draw_tail(rng, cfg.tail_chosen);
     let rejected_tail = draw_tail(rng, cfg.tail_rejected);
     DemoPair {
@@ -269,10 +274,10 @@ impl Corruption {
 
 /// A wrong response list for the sorted `target` (at least two numbers, and some value in
 /// 0..max_value missing from it, as validate() guarantees).
-fn corrupt(target: &[u32], max_value: u32, rng: &mut Rng) -> Vec<u32> {
+fn corrupt(target: &[u32], max_value: u32, drop_first: bool, rng: &mut Rng) -> Vec<u32> {
     let kinds: Vec<Corruption> = Corruption::ALL
         .into_iter()
-        .filter(|k| k.applies(target))
+        .filter(|k| k.applies(target) && (drop_first || *k != Corruption::DropFirst))
         .collect();
     let mut list = target.to_vec();
     match kinds[rng.below(kinds.len())] {
@@ -619,11 +624,29 @@ mod tests {
             vec![1, 1, 1, 1, 1],
         ] {
             for _ in 0..200 {
-                let wrong = corrupt(&target, 6, &mut rng);
+                let wrong = corrupt(&target, 6, true, &mut rng);
                 assert_ne!(sorted(&wrong), target, "{target:?} -> {wrong:?}");
                 let split = first_divergence(&target, &wrong).unwrap();
                 assert!(split <= LAST_ERROR_POSITION, "{target:?} -> {wrong:?}");
             }
+        }
+    }
+
+    #[test]
+    fn without_drops_rejected_lists_keep_the_chosen_length() {
+        let g = generate(&TaskConfig {
+            drop_first: false,
+            train_pairs: 300,
+            ..TaskConfig::default()
+        });
+        let list_len = |text: &str| {
+            text.split(' ')
+                .take_while(|w| w.parse::<u32>().is_ok())
+                .count()
+        };
+        for p in &g.train {
+            assert_eq!(list_len(&p.chosen), list_len(&p.rejected), "{p:?}");
+            assert!(!judge(&p.prompt, &p.rejected).unwrap().correct, "{p:?}");
         }
     }
 

@@ -580,6 +580,7 @@ impl Trainer {
                 ("correct", sum.correct),
                 ("length", sum.length),
                 ("tail", sum.tail),
+                ("overrun", sum.overrun),
             ] {
                 metrics.insert(format!("eval_judge/{name}{suffix}"), v);
             }

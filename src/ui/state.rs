@@ -211,6 +211,8 @@ pub struct App {
     pub log: VecDeque<LogLine>,
     pub log_scroll: u16,
     pub help: bool,
+    /// First line of the help overlay shown (when it is taller than the terminal).
+    pub help_scroll: u16,
     pub confirm_quit: bool,
     pub quitting: bool,
     pub quit: bool,
@@ -257,6 +259,7 @@ impl App {
             log: VecDeque::new(),
             log_scroll: 0,
             help: false,
+            help_scroll: 0,
             confirm_quit: false,
             quitting: false,
             quit: false,
@@ -521,9 +524,17 @@ impl App {
             self.confirm_quit = false;
             return None;
         }
-        if self.help && a != Action::Help && a != Action::Quit {
-            self.help = false;
-            return None;
+        if self.help {
+            match a {
+                // The help may be taller than the terminal: scrolling keys scroll it.
+                Action::ScrollDown => self.help_scroll = self.help_scroll.saturating_add(1),
+                Action::ScrollUp => self.help_scroll = self.help_scroll.saturating_sub(1),
+                Action::Help | Action::Quit => {}
+                _ => self.help = false,
+            }
+            if !matches!(a, Action::Help | Action::Quit) {
+                return None;
+            }
         }
         let controllable = matches!(
             self.mode,
@@ -647,7 +658,10 @@ impl App {
                 };
             }
             Action::ThemeCycle => {} // handled by the app loop (it owns theme files)
-            Action::Help => self.help = !self.help,
+            Action::Help => {
+                self.help = !self.help;
+                self.help_scroll = 0;
+            }
             Action::Quit => {
                 if self.mode == Mode::Owner && self.training() {
                     self.confirm_quit = true;

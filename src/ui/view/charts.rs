@@ -254,7 +254,7 @@ fn gap_curves(app: &App, runs: &[usize]) -> Vec<Curve> {
 
 pub fn rewards(f: &mut Frame, app: &mut App, area: Rect) {
     let [top, bottom] =
-        Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(area);
+        Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
     let runs = app.visible_runs();
     let th = app.theme.clone();
     let mut curves = Vec::new();
@@ -330,9 +330,19 @@ pub fn rewards(f: &mut Frame, app: &mut App, area: Rect) {
     let judged = runs
         .iter()
         .any(|&r| !app.runs[r].series(true, JUDGE_SCORE).is_empty());
-    if judged && bottom.height >= 3 {
+    if judged && bottom.height >= 4 {
+        // The legend does not fit a chart this short: one caption line says what is what.
+        let [caption, rest] =
+            Layout::vertical([Constraint::Length(1), Constraint::Min(3)]).areas(bottom);
+        f.render_widget(
+            Paragraph::new(Line::from(vec![
+                Span::styled("gap", th.title),
+                Span::styled(" · lines: judge score · dots: reward accuracy", th.dim),
+            ])),
+            caption,
+        );
         let gap = gap_curves(app, &runs);
-        chart(f, app, bottom, "gap", gap, Some((0.0, 1.0)), false);
+        chart(f, app, rest, "gap", gap, Some((0.0, 1.0)), false);
     } else if bottom.height >= 3 {
         chart(f, app, bottom, "accuracy", acc, Some((0.0, 1.0)), false);
     } else if let Some(v) = runs

@@ -258,12 +258,24 @@ fn help(f: &mut Frame, app: &App, area: Rect) {
     let w = (key_w + 52) as u16;
     let h = lines.len() as u16 + 2;
     let r = centered(area, w, h);
+    // Taller than the terminal: j/k scroll, and the title says so.
+    let overflow = (lines.len() as u16).saturating_sub(r.height.saturating_sub(2));
+    let scroll = app.help_scroll.min(overflow);
+    let title = if overflow > 0 {
+        format!(
+            " keys {}/{} (j/k scroll, other keys close) ",
+            scroll + 1,
+            overflow + 1
+        )
+    } else {
+        " keys (any key closes) ".to_string()
+    };
     f.render_widget(Clear, r);
     f.render_widget(
-        Paragraph::new(lines).block(
+        Paragraph::new(lines).scroll((scroll, 0)).block(
             Block::bordered()
                 .border_style(th.border_focused)
-                .title(Span::styled(" keys (any key closes) ", th.title_focused)),
+                .title(Span::styled(title, th.title_focused)),
         ),
         r,
     );
