@@ -136,7 +136,8 @@ enum Command {
         /// Checkpoint folder of the reference model (DPO/IPO); default: the policy itself.
         #[arg(long = "ref")]
         reference: Option<PathBuf>,
-        /// JSONL file with string fields prompt, chosen, rejected.
+        /// JSONL file of pairs: string fields prompt, chosen, rejected, or conversational
+        /// (message lists, rendered with the model's chat template).
         #[arg(long)]
         data: PathBuf,
         #[arg(long, value_enum)]

@@ -119,11 +119,11 @@ fn tokenizer_matches_huggingface() {
     // The convention: prompt with BOS, response without special tokens plus EOS.
     let pairs = read_json(&fixture("pairs_expected.json"));
     for p in pairs["pairs"].as_array().unwrap() {
-        let pair = gaplab::data::PreferencePair {
-            prompt: p["prompt"].as_str().unwrap().into(),
-            chosen: p["chosen"].as_str().unwrap().into(),
-            rejected: p["rejected"].as_str().unwrap().into(),
-        };
+        let pair = gaplab::data::PreferencePair::standard(
+            p["prompt"].as_str().unwrap(),
+            p["chosen"].as_str().unwrap(),
+            p["rejected"].as_str().unwrap(),
+        );
         let t = gaplab::data::tokenize_pair(&tok, &pair).unwrap();
         assert_eq!(t.prompt, u32s(&p["prompt_ids"]));
         assert_eq!(t.chosen, u32s(&p["chosen_ids"]));

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::Workspace;
 use crate::data::stats::{self, DataStats, Spread};
+use crate::data::FileKind;
 use crate::model::{io, ModelConfig, Tok};
 use crate::train::trainer::load_dataset;
 
@@ -48,6 +49,17 @@ fn render_stats(out: &mut String, title: &str, s: &DataStats) {
         .map(|(b, n)| format!("<={b}: {n}"))
         .collect();
     let _ = writeln!(out, "  k distribution: {}", hist.join(", "));
+}
+
+/// `s` quoted with escapes; a long one shows its start and its end.
+fn preview(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return format!("{s:?}");
+    }
+    let head: String = s.chars().take(max * 2 / 3).collect();
+    let tail: String = s.chars().skip(n - max / 3).collect();
+    format!("{head:?} ... {tail:?} ({n} characters)")
 }
 
 pub fn run(path: &Path) -> Result<String> {
@@ -104,6 +116,19 @@ pub fn run(path: &Path) -> Result<String> {
     let data = load_dataset(cfg, &tok, vocab)?;
     if data.train.is_empty() {
         bail!("{}: no training pairs", cfg.data.train.display());
+    }
+    for f in &data.files {
+        let _ = writeln!(out, "data {}: {f}", f.path.display());
+        if let FileKind::Conversational { first, .. } = &f.kind {
+            // The first pair as the model sees it, to eyeball the template's output.
+            for (name, text) in [
+                ("prompt", &first.prompt),
+                ("chosen", &first.chosen),
+                ("rejected", &first.rejected),
+            ] {
+                let _ = writeln!(out, "  first {name:<9} {}", preview(text, 240));
+            }
+        }
     }
     for c in &cfgs {
         let per = c.train.batch_size * c.train.grad_accum;

@@ -96,7 +96,16 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
         }
         _ => None,
     };
-    let pairs = data::read_pairs_jsonl(&args.data)?;
+    // Standard or conversational (the format detected from the first row, default field
+    // names); conversations are rendered with the model's chat template.
+    let mut templates = data::chat::TemplateResolver::new(
+        data::chat::TemplateSetting::Tokenizer,
+        &tok,
+    )
+    .with_hint(
+        "add a `chat_template` to its tokenizer_config.json (or a chat_template.jinja beside it)",
+    );
+    let (pairs, _) = data::load_pairs(&args.data, &data::DataFormat::default(), &mut templates)?;
     let pairs = data::tokenize_pairs(&tok, &pairs, &args.data, policy.cfg.vocab_size)?;
     let (stats, tokens) = score(&policy, reference.as_ref(), &tok, &pairs, &obj, args)?;
     Ok(report(&obj, stats, &tokens))

@@ -27,11 +27,18 @@ path = "{MODEL}"
 # seed = 0
 
 [data]
-# JSONL, one object a line with string fields "prompt", "chosen", "rejected".
+# JSONL, one object a line with string fields "prompt", "chosen", "rejected" (standard), or
+# conversational: "chosen"/"rejected" lists of {"role", "content"} messages with a "prompt"
+# list, or without one (the messages chosen and rejected share are the prompt).
 train = "data/train.jsonl"
 eval = "data/eval.jsonl"
 max_prompt_len = {MAX_PROMPT}        # prompts longer than this keep their end (TRL's keep_end)
 max_len = {MAX_LEN}               # prompt + longer response; longer responses are cut
+# format = "auto"            # auto (per file, from its first row) | standard | conversational
+# prompt_field = "prompt"    # field names; other fields are ignored
+# chosen_field = "chosen"
+# rejected_field = "rejected"
+# chat_template = ""         # conversational data: "" = the checkpoint's, a .jinja file, or inline
 
 # Optional supervised stage on the chosen responses; its result is the initial policy and the
 # reference of every variant.

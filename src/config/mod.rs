@@ -127,7 +127,8 @@ section! {
 }
 
 section! {
-    /// `[data]`: preference pairs (JSONL with prompt/chosen/rejected) and length limits.
+    /// `[data]`: preference pairs (JSONL: standard strings or conversational message lists),
+    /// their field names, the chat template of conversational data, and length limits.
     pub struct DataSection {
         train: PathBuf = PathBuf::new(), Restart;
         eval: Option<PathBuf> = None, Restart;
@@ -135,6 +136,14 @@ section! {
         eval_holdout: usize = 0, Restart;
         max_prompt_len: usize = 256, Restart;
         max_len: usize = 512, Restart;
+        /// auto | standard | conversational (auto: per file, from its first row).
+        format: String = "auto".into(), Restart;
+        prompt_field: String = "prompt".into(), Restart;
+        chosen_field: String = "chosen".into(), Restart;
+        rejected_field: String = "rejected".into(), Restart;
+        /// "" (the tokenizer's chat template), a .jinja file (relative to the workspace) or an
+        /// inline template (text containing `{%`).
+        chat_template: String = String::new(), Restart;
     }
 }
 
@@ -470,6 +479,11 @@ impl Workspace {
         let mut data = self.config.data.clone();
         data.train = abs(&data.train);
         data.eval = data.eval.as_deref().map(abs);
+        if let crate::data::chat::TemplateSetting::File(p) =
+            crate::data::chat::TemplateSetting::parse(&data.chat_template, &self.dir)
+        {
+            data.chat_template = normalize(&p).display().to_string();
+        }
         Ok(RunConfig {
             variant: variant.to_string(),
             workspace: self.dir.clone(),
@@ -723,6 +737,42 @@ impl WorkspaceConfig {
                 self.data.max_len
             ),
         );
+        check(
+            &mut out,
+            crate::data::Format::parse(&self.data.format).is_some(),
+            "data.format",
+            format!(
+                "expected \"auto\", \"standard\" or \"conversational\", got \"{}\"",
+                self.data.format
+            ),
+        );
+        let d = &self.data;
+        let fields = [
+            ("prompt_field", &d.prompt_field, "prompt"),
+            ("chosen_field", &d.chosen_field, "chosen"),
+            ("rejected_field", &d.rejected_field, "rejected"),
+        ];
+        for (f, v, _) in fields {
+            check(
+                &mut out,
+                !v.trim().is_empty(),
+                format!("data.{f}"),
+                "expected a field name",
+            );
+        }
+        for i in 0..3 {
+            for j in i + 1..3 {
+                let (a, b) = (fields[i], fields[j]);
+                // Point at the one that was changed from its default.
+                let (at, other) = if b.1 != b.2 { (b, a) } else { (a, b) };
+                check(
+                    &mut out,
+                    a.1.trim().is_empty() || a.1 != b.1,
+                    format!("data.{}", at.0),
+                    format!("\"{}\" is also data.{}", at.1, other.0),
+                );
+            }
+        }
         out.extend(self.train.problems("train", None));
         let mut names = std::collections::HashSet::new();
         for (i, v) in self.variants.iter().enumerate() {
@@ -929,6 +979,22 @@ mod tests {
             (
                 "[eval]\npairs = 0\n",
                 "ws/gaplab.toml:6:9: eval.pairs: expected at least 1",
+            ),
+            (
+                "format = \"sharegpt\"\n",
+                "ws/gaplab.toml:5:10: data.format: expected \"auto\", \"standard\" or \"conversational\", got \"sharegpt\"",
+            ),
+            (
+                "rejected_field = \"chosen\"\n",
+                "ws/gaplab.toml:5:18: data.rejected_field: \"chosen\" is also data.chosen_field",
+            ),
+            (
+                "prompt_field = \"chosen\"\n",
+                "ws/gaplab.toml:5:16: data.prompt_field: \"chosen\" is also data.chosen_field",
+            ),
+            (
+                "prompt_field = \"\"\n",
+                "ws/gaplab.toml:5:16: data.prompt_field: expected a field name",
             ),
             (
                 "[surprise]\nx = 1\n",

@@ -1,35 +1,302 @@
 //! Preference data: reading pairs, tokenizing them by gaplab's convention, and packing rows into
 //! right-padded batches with the positions whose predictions score each response token.
 
+pub mod chat;
 pub mod stats;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use serde::Deserialize;
+use serde_json::Value as Json;
 
 use crate::model::Tok;
+use chat::{ChatTemplate, TemplateResolver};
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A preference pair as text. `templated`: a chat template rendered it, writing the special
+/// tokens the model wants, so its prompt is encoded without the tokenizer's (no extra BOS).
+#[derive(Clone, Debug, PartialEq)]
 pub struct PreferencePair {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    pub templated: bool,
+}
+
+impl PreferencePair {
+    /// A pair of plain strings (standard format).
+    pub fn standard(prompt: &str, chosen: &str, rejected: &str) -> Self {
+        Self {
+            prompt: prompt.into(),
+            chosen: chosen.into(),
+            rejected: rejected.into(),
+            templated: false,
+        }
+    }
+
+    pub fn prompt(&self) -> Prompt {
+        Prompt {
+            text: self.prompt.clone(),
+            templated: self.templated,
+        }
+    }
+}
+
+/// A prompt to generate from: plain text, or text rendered by a chat template.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prompt {
+    pub text: String,
+    pub templated: bool,
+}
+
+/// `data.format`: how the rows of a file are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Per file, from the first row: a string `chosen` is standard, a list conversational.
+    #[default]
+    Auto,
+    /// String prompt, chosen and rejected.
+    Standard,
+    /// Lists of `{"role", "content"}` messages, with a `prompt` list or an implicit prompt
+    /// (the leading messages chosen and rejected share).
+    Conversational,
+}
+
+impl Format {
+    pub const NAMES: [&'static str; 3] = ["auto", "standard", "conversational"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "standard" => Some(Self::Standard),
+            "conversational" => Some(Self::Conversational),
+            _ => None,
+        }
+    }
+}
+
+/// The names of the fields holding the prompt, the chosen and the rejected response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fields {
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
 }
 
-/// Reads a JSONL file of `{"prompt", "chosen", "rejected"}` objects; blank lines are skipped.
-/// Errors name the file and line.
-pub fn read_pairs_jsonl(path: &Path) -> Result<Vec<PreferencePair>> {
+impl Default for Fields {
+    fn default() -> Self {
+        Self {
+            prompt: "prompt".into(),
+            chosen: "chosen".into(),
+            rejected: "rejected".into(),
+        }
+    }
+}
+
+/// How to read a preference file: `data.format` and the field names.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DataFormat {
+    pub format: Format,
+    pub fields: Fields,
+}
+
+impl DataFormat {
+    pub fn from_config(d: &crate::config::DataSection) -> Result<Self> {
+        let format = Format::parse(&d.format).with_context(|| {
+            format!(
+                "data.format: expected {}, got \"{}\"",
+                Format::NAMES.join(", "),
+                d.format
+            )
+        })?;
+        Ok(Self {
+            format,
+            fields: Fields {
+                prompt: d.prompt_field.clone(),
+                chosen: d.chosen_field.clone(),
+                rejected: d.rejected_field.clone(),
+            },
+        })
+    }
+}
+
+/// One conversational row split as TRL splits it: the prompt messages and each completion.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conversation {
+    /// 1-based line in the file.
+    pub line: usize,
+    pub prompt: Vec<Json>,
+    pub chosen: Vec<Json>,
+    pub rejected: Vec<Json>,
+    /// The prompt was implicit: the leading messages chosen and rejected share.
+    pub implicit: bool,
+}
+
+/// The rows of one file, in the format detected (or configured) for it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rows {
+    Standard(Vec<PreferencePair>),
+    Conversational(Vec<Conversation>),
+}
+
+/// Prompt messages, chosen completion, rejected completion.
+pub type SplitConversation = (Vec<Json>, Vec<Json>, Vec<Json>);
+
+/// Splits full conversations into the prompt (their shared leading messages) and the two
+/// completions, like TRL's `extract_prompt`. Errors when nothing is shared or when a
+/// completion would be empty.
+pub fn extract_prompt(
+    chosen: &[Json],
+    rejected: &[Json],
+) -> std::result::Result<SplitConversation, String> {
+    let shared = chosen
+        .iter()
+        .zip(rejected)
+        .take_while(|(a, b)| a == b)
+        .count();
+    if shared == 0 {
+        return Err(
+            "chosen and rejected share no leading messages, so there is no prompt to extract (give the prompt messages in a separate prompt field)".into(),
+        );
+    }
+    for (name, msgs) in [("chosen", chosen), ("rejected", rejected)] {
+        if msgs.len() == shared {
+            return Err(format!(
+                "{name} has no messages after the {shared} it shares with the other response (an empty completion)"
+            ));
+        }
+    }
+    Ok((
+        chosen[..shared].to_vec(),
+        chosen[shared..].to_vec(),
+        rejected[shared..].to_vec(),
+    ))
+}
+
+fn kind_of(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// A list of chat messages: objects with a string `role`.
+fn messages(v: Option<&Json>, field: &str) -> std::result::Result<Vec<Json>, String> {
+    let list = match v {
+        Some(Json::Array(a)) => a,
+        Some(other) => {
+            return Err(format!(
+                "`{field}` is {}, expected a list of {{\"role\", \"content\"}} messages",
+                kind_of(other)
+            ))
+        }
+        None => return Err(format!("missing field `{field}`")),
+    };
+    for (i, m) in list.iter().enumerate() {
+        if !m.get("role").is_some_and(Json::is_string) {
+            return Err(format!(
+                "`{field}`[{i}]: expected a message object with a string `role`"
+            ));
+        }
+    }
+    Ok(list.clone())
+}
+
+fn standard_row(v: &Json, f: &Fields) -> std::result::Result<PreferencePair, String> {
+    let Json::Object(o) = v else {
+        return Err(format!("got {}", kind_of(v)));
+    };
+    let mut texts = Vec::with_capacity(3);
+    for field in [&f.prompt, &f.chosen, &f.rejected] {
+        match o.get(field.as_str()) {
+            Some(Json::String(s)) => texts.push(s.clone()),
+            Some(other) => return Err(format!("`{field}` is {}", kind_of(other))),
+            None => return Err(format!("missing field `{field}`")),
+        }
+    }
+    let rejected = texts.pop().unwrap_or_default();
+    let chosen = texts.pop().unwrap_or_default();
+    let prompt = texts.pop().unwrap_or_default();
+    Ok(PreferencePair {
+        prompt,
+        chosen,
+        rejected,
+        templated: false,
+    })
+}
+
+/// A conversational row. A `prompt` list is the prompt and chosen/rejected are the
+/// completions; without one (or with a string prompt beside full conversations, as in
+/// UltraFeedback), the prompt is extracted (TRL's `maybe_extract_prompt`).
+fn conversational_row(
+    v: &Json,
+    f: &Fields,
+    line: usize,
+) -> std::result::Result<Conversation, String> {
+    if !v.is_object() {
+        return Err(format!("got {}", kind_of(v)));
+    }
+    let chosen = messages(v.get(&f.chosen), &f.chosen)?;
+    let rejected = messages(v.get(&f.rejected), &f.rejected)?;
+    match v.get(&f.prompt) {
+        Some(p @ Json::Array(_)) => {
+            let prompt = messages(Some(p), &f.prompt)?;
+            for (name, msgs) in [(&f.chosen, &chosen), (&f.rejected, &rejected)] {
+                if msgs.is_empty() {
+                    return Err(format!("`{name}` has no messages"));
+                }
+            }
+            if prompt.is_empty() {
+                return Err(format!("`{}` has no messages", f.prompt));
+            }
+            Ok(Conversation {
+                line,
+                prompt,
+                chosen,
+                rejected,
+                implicit: false,
+            })
+        }
+        None | Some(Json::Null) | Some(Json::String(_)) => {
+            let (prompt, chosen, rejected) = extract_prompt(&chosen, &rejected)
+                .map_err(|e| format!("implicit prompt: {e}"))?;
+            Ok(Conversation {
+                line,
+                prompt,
+                chosen,
+                rejected,
+                implicit: true,
+            })
+        }
+        Some(other) => Err(format!(
+            "`{}` is {}, expected a list of messages (or no `{}`: the prompt is then the messages `{}` and `{}` share)",
+            f.prompt,
+            kind_of(other),
+            f.prompt,
+            f.chosen,
+            f.rejected
+        )),
+    }
+}
+
+/// Reads a JSONL file of preference pairs, standard or conversational (`fmt`); blank lines are
+/// skipped, fields other than the three named ones are ignored. Errors name the file and line.
+pub fn read_rows(path: &Path, fmt: &DataFormat) -> Result<Rows> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut pairs = Vec::new();
+    let f = &fmt.fields;
+    let mut format = fmt.format;
+    let mut standard = Vec::new();
+    let mut conversations = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+        let v: Json = serde_json::from_str(line).map_err(|e| {
             anyhow::anyhow!(
                 "{}:{}:{}: invalid JSON: {e}",
                 path.display(),
@@ -37,19 +304,172 @@ pub fn read_pairs_jsonl(path: &Path) -> Result<Vec<PreferencePair>> {
                 e.column()
             )
         })?;
-        let pair = PreferencePair::deserialize(&v).map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{}: expected an object with string fields `prompt`, `chosen`, `rejected`: {e}",
-                path.display(),
-                i + 1
-            )
-        })?;
-        pairs.push(pair);
+        if format == Format::Auto {
+            format = match v.get(&f.chosen) {
+                Some(Json::Array(_)) => Format::Conversational,
+                _ => Format::Standard,
+            };
+        }
+        match format {
+            Format::Conversational => {
+                let c = conversational_row(&v, f, i + 1).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}:{}: expected a conversational pair (`{}` and `{}` lists of messages): {e}",
+                        path.display(),
+                        i + 1,
+                        f.chosen,
+                        f.rejected
+                    )
+                })?;
+                conversations.push(c);
+            }
+            _ => {
+                let p = standard_row(&v, f).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}:{}: expected an object with string fields `{}`, `{}`, `{}`: {e}",
+                        path.display(),
+                        i + 1,
+                        f.prompt,
+                        f.chosen,
+                        f.rejected
+                    )
+                })?;
+                standard.push(p);
+            }
+        }
     }
-    if pairs.is_empty() {
+    if standard.is_empty() && conversations.is_empty() {
         bail!("{}: no preference pairs", path.display());
     }
-    Ok(pairs)
+    Ok(if format == Format::Conversational {
+        Rows::Conversational(conversations)
+    } else {
+        Rows::Standard(standard)
+    })
+}
+
+/// Reads a JSONL file of `{"prompt", "chosen", "rejected"}` strings (the standard format with
+/// the default field names); blank lines are skipped. Errors name the file and line.
+pub fn read_pairs_jsonl(path: &Path) -> Result<Vec<PreferencePair>> {
+    let fmt = DataFormat {
+        format: Format::Standard,
+        ..Default::default()
+    };
+    match read_rows(path, &fmt)? {
+        Rows::Standard(p) => Ok(p),
+        Rows::Conversational(_) => unreachable!("the format is standard"),
+    }
+}
+
+/// Renders a conversation as TRL's `maybe_apply_chat_template` does: the prompt with the
+/// generation prompt, each completion as the full conversation's rendering without the
+/// prompt's (which it must start with). A prompt that ends with an assistant message is continued instead (transformers'
+/// `continue_final_message`, as TRL does).
+pub fn render_conversation(tpl: &ChatTemplate, c: &Conversation) -> Result<PreferencePair> {
+    let continues = c.prompt.last().and_then(|m| m.get("role")) == Some(&Json::from("assistant"));
+    let prompt = if continues {
+        tpl.render_continuing(&c.prompt)?
+    } else {
+        tpl.render(&c.prompt, true)?
+    };
+    let completion = |msgs: &[Json], name: &str| -> Result<String> {
+        let all: Vec<Json> = c.prompt.iter().chain(msgs).cloned().collect();
+        let full = tpl.render(&all, false)?;
+        match full.strip_prefix(prompt.as_str()) {
+            Some(rest) => Ok(rest.to_string()),
+            None => bail!(
+                "the chat template's rendering of prompt + {name} does not start with its rendering of the prompt with add_generation_prompt ({}), so the completion cannot be cut from it",
+                tpl.origin
+            ),
+        }
+    };
+    Ok(PreferencePair {
+        chosen: completion(&c.chosen, "chosen")?,
+        rejected: completion(&c.rejected, "rejected")?,
+        prompt,
+        templated: true,
+    })
+}
+
+/// What a data file held, for `gaplab check`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSummary {
+    pub path: PathBuf,
+    pub pairs: usize,
+    pub kind: FileKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FileKind {
+    Standard,
+    Conversational {
+        /// Rows with a prompt list, and rows whose prompt was extracted.
+        with_prompt: usize,
+        implicit: usize,
+        /// Where the chat template came from.
+        template: String,
+        /// The first pair as rendered.
+        first: Box<PreferencePair>,
+    },
+}
+
+impl std::fmt::Display for FileSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            FileKind::Standard => write!(f, "standard, {} pairs", self.pairs),
+            FileKind::Conversational {
+                with_prompt,
+                implicit,
+                template,
+                ..
+            } => write!(
+                f,
+                "conversational, {} pairs ({with_prompt} with a prompt list, {implicit} with the prompt implicit in chosen/rejected), chat template {template}",
+                self.pairs
+            ),
+        }
+    }
+}
+
+/// Reads a file of pairs in `fmt`, rendering conversational rows with the chat template of
+/// `templates`. Errors name the file and line.
+pub fn load_pairs(
+    path: &Path,
+    fmt: &DataFormat,
+    templates: &mut TemplateResolver,
+) -> Result<(Vec<PreferencePair>, FileSummary)> {
+    match read_rows(path, fmt)? {
+        Rows::Standard(pairs) => {
+            let summary = FileSummary {
+                path: path.to_path_buf(),
+                pairs: pairs.len(),
+                kind: FileKind::Standard,
+            };
+            Ok((pairs, summary))
+        }
+        Rows::Conversational(convs) => {
+            let tpl = templates.get(path)?;
+            let pairs = convs
+                .iter()
+                .map(|c| {
+                    render_conversation(&tpl, c)
+                        .with_context(|| format!("{}:{}", path.display(), c.line))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let implicit = convs.iter().filter(|c| c.implicit).count();
+            let summary = FileSummary {
+                path: path.to_path_buf(),
+                pairs: pairs.len(),
+                kind: FileKind::Conversational {
+                    with_prompt: convs.len() - implicit,
+                    implicit,
+                    template: tpl.origin.clone(),
+                    first: Box::new(pairs[0].clone()),
+                },
+            };
+            Ok((pairs, summary))
+        }
+    }
 }
 
 /// A pair in token ids: responses end with EOS.
@@ -67,8 +487,11 @@ impl TokenizedPair {
     }
 }
 
+/// Tokenizes a pair by the convention (see the README): a plain prompt with the tokenizer's
+/// special tokens, a templated one without (the template wrote them); responses without
+/// special tokens, EOS appended.
 pub fn tokenize_pair(tok: &Tok, pair: &PreferencePair) -> Result<TokenizedPair> {
-    let prompt = tok.encode_prompt(&pair.prompt)?;
+    let prompt = tok.encode_prompt_as(&pair.prompt, pair.templated)?;
     if prompt.is_empty() {
         bail!("the prompt has no tokens (the tokenizer adds no BOS and the text is empty)");
     }
@@ -289,6 +712,267 @@ mod tests {
             rejected: vec![3, 1],
         };
         assert!(!fit_lengths(&mut short, limits, Some(0)));
+    }
+
+    fn write(dir: &Path, name: &str, lines: &[serde_json::Value]) -> PathBuf {
+        let p = dir.join(name);
+        let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        std::fs::write(&p, text.join("\n") + "\n").unwrap();
+        p
+    }
+
+    fn u(t: &str) -> Json {
+        serde_json::json!({"role": "user", "content": t})
+    }
+
+    fn a(t: &str) -> Json {
+        serde_json::json!({"role": "assistant", "content": t})
+    }
+
+    fn conversations(rows: Rows) -> Vec<Conversation> {
+        match rows {
+            Rows::Conversational(c) => c,
+            Rows::Standard(p) => panic!("read as standard: {p:?}"),
+        }
+    }
+
+    #[test]
+    fn format_is_detected_per_file_from_the_first_row() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let std_file = write(
+            dir.path(),
+            "s.jsonl",
+            &[json!({"prompt": "p", "chosen": "c", "rejected": "r", "score": 3})],
+        );
+        let conv_file = write(
+            dir.path(),
+            "c.jsonl",
+            &[json!({"prompt": [u("p")], "chosen": [a("c")], "rejected": [a("r")]})],
+        );
+        let auto = DataFormat::default();
+        assert_eq!(
+            read_rows(&std_file, &auto).unwrap(),
+            Rows::Standard(vec![PreferencePair::standard("p", "c", "r")]),
+            "extra fields are ignored"
+        );
+        let c = conversations(read_rows(&conv_file, &auto).unwrap());
+        assert_eq!(
+            c,
+            vec![Conversation {
+                line: 1,
+                prompt: vec![u("p")],
+                chosen: vec![a("c")],
+                rejected: vec![a("r")],
+                implicit: false,
+            }]
+        );
+        // A forced format that does not fit is an error at the row.
+        let standard = DataFormat {
+            format: Format::Standard,
+            ..Default::default()
+        };
+        let e = format!("{:#}", read_rows(&conv_file, &standard).unwrap_err());
+        assert!(
+            e.contains("c.jsonl:1: expected an object with string fields `prompt`, `chosen`, `rejected`: `prompt` is a list"),
+            "{e}"
+        );
+        let conversational = DataFormat {
+            format: Format::Conversational,
+            ..Default::default()
+        };
+        let e = format!("{:#}", read_rows(&std_file, &conversational).unwrap_err());
+        assert!(
+            e.contains("s.jsonl:1: expected a conversational pair")
+                && e.contains("`chosen` is a string"),
+            "{e}"
+        );
+        // Rows after the first follow the first row's format.
+        let mixed = write(
+            dir.path(),
+            "m.jsonl",
+            &[
+                json!({"prompt": "p", "chosen": "c", "rejected": "r"}),
+                json!({"prompt": [u("p")], "chosen": [a("c")], "rejected": [a("r")]}),
+            ],
+        );
+        let e = format!("{:#}", read_rows(&mixed, &auto).unwrap_err());
+        assert!(
+            e.contains("m.jsonl:2: expected an object with string fields"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn standard_rows_missing_fields_keep_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "d.jsonl",
+            &[serde_json::json!({"prompt": "a", "chosen": "b"})],
+        );
+        let e = format!("{:#}", read_pairs_jsonl(&p).unwrap_err());
+        assert!(
+            e.contains("d.jsonl:1: expected an object with string fields `prompt`, `chosen`, `rejected`: missing field `rejected`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn implicit_prompt_is_the_shared_leading_messages() {
+        let sys = serde_json::json!({"role": "system", "content": "s"});
+        let chosen = [sys.clone(), u("q"), a("yes"), u("more?"), a("ok")];
+        let rejected = [sys.clone(), u("q"), a("no")];
+        let (p, c, r) = extract_prompt(&chosen, &rejected).unwrap();
+        assert_eq!(p, vec![sys.clone(), u("q")]);
+        assert_eq!(c, vec![a("yes"), u("more?"), a("ok")]);
+        assert_eq!(r, vec![a("no")]);
+        let e = extract_prompt(&[u("x"), a("y")], &[u("z"), a("y")]).unwrap_err();
+        assert!(e.contains("share no leading messages"), "{e}");
+        let e = extract_prompt(&[u("x")], &[u("x"), a("y")]).unwrap_err();
+        assert!(e.contains("chosen has no messages after"), "{e}");
+        let e = extract_prompt(&[u("x"), a("y")], &[u("x"), a("y")]).unwrap_err();
+        assert!(e.contains("empty completion"), "{e}");
+
+        // Through a file: no `prompt`, or a string prompt beside full conversations
+        // (UltraFeedback), both extract; errors name the line.
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "i.jsonl",
+            &[
+                serde_json::json!({"chosen": chosen, "rejected": rejected}),
+                serde_json::json!({"prompt": "q", "chosen": [u("q"), a("y")], "rejected": [u("q"), a("n")], "messages": [], "score_chosen": 8.0, "score_rejected": 2.0, "prompt_id": "ab"}),
+            ],
+        );
+        let c = conversations(read_rows(&f, &DataFormat::default()).unwrap());
+        assert!(c.iter().all(|c| c.implicit));
+        assert_eq!((c[0].prompt.len(), c[1].prompt.clone()), (2, vec![u("q")]));
+        let bad = write(
+            dir.path(),
+            "b.jsonl",
+            &[
+                serde_json::json!({"chosen": [u("q"), a("y")], "rejected": [u("q"), a("n")]}),
+                serde_json::json!({"chosen": [u("q"), a("y")], "rejected": [u("r"), a("n")]}),
+            ],
+        );
+        let e = format!("{:#}", read_rows(&bad, &DataFormat::default()).unwrap_err());
+        assert!(
+            e.contains("b.jsonl:2:")
+                && e.contains("implicit prompt: chosen and rejected share no leading messages"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn field_names_can_be_overridden() {
+        let dir = tempfile::tempdir().unwrap();
+        let fmt = DataFormat {
+            format: Format::Auto,
+            fields: Fields {
+                prompt: "question".into(),
+                chosen: "good".into(),
+                rejected: "bad".into(),
+            },
+        };
+        let s = write(
+            dir.path(),
+            "s.jsonl",
+            &[serde_json::json!({"question": "q", "good": "g", "bad": "b", "prompt": 1})],
+        );
+        assert_eq!(
+            read_rows(&s, &fmt).unwrap(),
+            Rows::Standard(vec![PreferencePair::standard("q", "g", "b")])
+        );
+        let c = write(
+            dir.path(),
+            "c.jsonl",
+            &[serde_json::json!({"good": [u("q"), a("g")], "bad": [u("q"), a("b")]})],
+        );
+        let conv = conversations(read_rows(&c, &fmt).unwrap());
+        assert_eq!(conv[0].chosen, vec![a("g")]);
+        let e = format!("{:#}", read_rows(&c, &DataFormat::default()).unwrap_err());
+        assert!(e.contains("missing field `prompt`"), "{e}");
+        // A message without a role is an error naming the field and index.
+        let m = write(
+            dir.path(),
+            "m.jsonl",
+            &[serde_json::json!({"good": [u("q"), {"content": "g"}], "bad": [u("q"), a("b")]})],
+        );
+        let e = format!("{:#}", read_rows(&m, &fmt).unwrap_err());
+        assert!(e.contains("m.jsonl:1:") && e.contains("`good`[1]"), "{e}");
+    }
+
+    #[test]
+    fn rendering_cuts_the_prompt_and_checks_the_prefix() {
+        const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let t = ChatTemplate::new(CHATML, "t", None, None, None).unwrap();
+        let c = Conversation {
+            line: 1,
+            prompt: vec![u("hi")],
+            chosen: vec![a("yes")],
+            rejected: vec![a("no")],
+            implicit: false,
+        };
+        let p = render_conversation(&t, &c).unwrap();
+        assert_eq!(
+            p,
+            PreferencePair {
+                prompt: "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n".into(),
+                chosen: "yes<|im_end|>\n".into(),
+                rejected: "no<|im_end|>\n".into(),
+                templated: true,
+            }
+        );
+        // A prompt ending with an assistant message is continued.
+        let cont = Conversation {
+            prompt: vec![u("hi"), a("Sure:")],
+            chosen: vec![a(" yes")],
+            ..c.clone()
+        };
+        let p = render_conversation(&t, &cont).unwrap();
+        assert!(p.prompt.ends_with("assistant\nSure:"), "{p:?}");
+        assert!(
+            p.chosen
+                .starts_with("<|im_end|>\n<|im_start|>assistant\n yes"),
+            "{p:?}"
+        );
+        // A template whose generation prompt is not a prefix of the conversation.
+        let odd = ChatTemplate::new(
+            "{% if add_generation_prompt %}GEN {% endif %}{% for m in messages %}{{ m.content }}{% endfor %}",
+            "odd.jinja",
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        let e = format!("{:#}", render_conversation(&odd, &c).unwrap_err());
+        assert!(
+            e.contains("does not start with its rendering of the prompt")
+                && e.contains("odd.jinja"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn templated_prompts_get_no_bos() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2");
+        let tok = Tok::load(&dir, None).unwrap();
+        let plain = tokenize_pair(&tok, &PreferencePair::standard("a b", "c", "d")).unwrap();
+        let templated = tokenize_pair(
+            &tok,
+            &PreferencePair {
+                templated: true,
+                ..PreferencePair::standard("a b", "c", "d")
+            },
+        )
+        .unwrap();
+        assert_eq!(plain.prompt[0], tok.bos.unwrap());
+        assert_eq!(plain.prompt[1..], templated.prompt[..]);
+        assert_eq!(
+            (plain.chosen, plain.rejected),
+            (templated.chosen, templated.rejected)
+        );
     }
 
     #[test]

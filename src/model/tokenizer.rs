@@ -2,8 +2,10 @@
 //!
 //! Convention (see README): prompt ids = encode(prompt, add_special_tokens = true), response ids
 //! = encode(response, add_special_tokens = false) + [eos]; log p(y|x) sums over response tokens.
+//! A prompt rendered by a chat template already holds the special tokens the model wants, so it
+//! is encoded with add_special_tokens = false (TRL's DPOTrainer.tokenize_row).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -11,13 +13,25 @@ use tokenizers::Tokenizer;
 
 use super::ModelConfig;
 
+/// The text of a checkpoint's chat template and the file it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TemplateSource {
+    pub text: String,
+    pub origin: String,
+}
+
 pub struct Tok {
+    /// The folder the tokenizer was loaded from.
+    pub dir: PathBuf,
     pub inner: Tokenizer,
     pub bos: Option<u32>,
     pub eos: u32,
     pub pad: Option<u32>,
     /// Tokens that end generation: eos plus any extra ids of config.json / generation_config.json.
     pub stop: Vec<u32>,
+    /// The chat template: chat_template.jinja, else chat_template.json, else the
+    /// `chat_template` of tokenizer_config.json (as transformers looks for it).
+    pub chat_template: Option<TemplateSource>,
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -56,6 +70,34 @@ fn ids_of(v: Option<&Value>) -> Vec<u32> {
             .collect(),
         _ => vec![],
     }
+}
+
+/// The chat template of the tokenizer folder `dir` (`tcfg`: its tokenizer_config.json).
+fn chat_template(dir: &Path, tcfg: Option<&Value>) -> Result<Option<TemplateSource>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        let text = std::fs::read_to_string(&jinja)
+            .with_context(|| format!("cannot read {}", jinja.display()))?;
+        return Ok(Some(TemplateSource {
+            text,
+            origin: jinja.display().to_string(),
+        }));
+    }
+    let from = |path: PathBuf, v: Option<&Value>| -> Result<Option<TemplateSource>> {
+        let Some(v) = v else { return Ok(None) };
+        match crate::data::chat::template_in_config(v) {
+            Ok(t) => Ok(t.map(|text| TemplateSource {
+                text,
+                origin: path.display().to_string(),
+            })),
+            Err(e) => bail!("{}: {e}", path.display()),
+        }
+    };
+    let json = dir.join("chat_template.json");
+    if let Some(t) = from(json.clone(), read_json(&json)?.as_ref())? {
+        return Ok(Some(t));
+    }
+    from(dir.join("tokenizer_config.json"), tcfg)
 }
 
 impl Tok {
@@ -100,13 +142,22 @@ impl Tok {
                 stop.push(id);
             }
         }
+        let chat_template = chat_template(dir, tcfg.as_ref())?;
         Ok(Self {
+            dir: dir.to_path_buf(),
             inner,
             bos,
             eos,
             pad,
             stop,
+            chat_template,
         })
+    }
+
+    /// Ids of a prompt: with the tokenizer's special tokens (BOS) for plain text; without them
+    /// for text a chat template rendered (it wrote the special tokens itself).
+    pub fn encode_prompt_as(&self, prompt: &str, templated: bool) -> Result<Vec<u32>> {
+        self.encode(prompt, !templated)
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +19,11 @@ use crate::config::{
     CheckpointSection, DataSection, EvalSection, JudgeSection, ModelSection, Reload, RunConfig,
     SampleSection, SftSection, TrainSettings, UiSection,
 };
-use crate::data::{self, LengthLimits, SeqBatch, TokenizedPair};
+use crate::data::chat::{ChatTemplate, TemplateResolver, TemplateSetting};
+use crate::data::{
+    self, DataFormat, FileKind, FileSummary, LengthLimits, PreferencePair, Prompt, SeqBatch,
+    TokenizedPair,
+};
 use crate::engine::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
 use crate::model::{io, ops, sample, select_device, CausalLm, Tok};
 use crate::objective::prefix::{self, PairTokenLogps};
@@ -34,10 +39,16 @@ pub const FAULT_NAN_ENV: &str = "GAPLAB_FAULT_NAN_STEPS";
 pub struct Dataset {
     pub train: Vec<TokenizedPair>,
     pub eval: Vec<TokenizedPair>,
-    /// Prompt text of every eval pair (default sampling prompts).
-    pub eval_prompts: Vec<String>,
+    /// Prompt of every eval pair (default sampling prompts); rendered by the chat template for
+    /// conversational data.
+    pub eval_prompts: Vec<Prompt>,
     /// Pairs cut to fit the length limits.
     pub truncated: usize,
+    /// The format and size of every file read (train, then eval).
+    pub files: Vec<FileSummary>,
+    /// The chat template of conversational train data: `sample.prompts` are rendered with it,
+    /// each as one user message with the generation prompt.
+    pub chat: Option<Arc<ChatTemplate>>,
 }
 
 /// Reads, tokenizes and length-limits the train and eval pairs of `cfg`.
@@ -46,16 +57,29 @@ pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset>
         max_prompt_len: cfg.data.max_prompt_len,
         max_len: cfg.data.max_len,
     };
-    let read = |path: &Path| -> Result<(Vec<String>, Vec<TokenizedPair>)> {
-        let pairs = data::read_pairs_jsonl(path)?;
+    let fmt = DataFormat::from_config(&cfg.data)?;
+    let mut templates = TemplateResolver::new(
+        TemplateSetting::parse(&cfg.data.chat_template, &cfg.workspace),
+        tok,
+    );
+    if templates.is_explicit() {
+        // A template set in gaplab.toml must be valid whatever the data.
+        templates.get(&cfg.data.train)?;
+    }
+    let mut files = Vec::new();
+    let mut read = |path: &Path| -> Result<(Vec<Prompt>, Vec<TokenizedPair>)> {
+        let (pairs, summary) = data::load_pairs(path, &fmt, &mut templates)?;
         let tokenized = data::tokenize_pairs(tok, &pairs, path, vocab)?;
-        Ok((pairs.into_iter().map(|p| p.prompt).collect(), tokenized))
+        files.push(summary);
+        Ok((
+            pairs.iter().map(PreferencePair::prompt).collect(),
+            tokenized,
+        ))
     };
-    let (_, mut train) = read(&cfg.data.train)?;
+    let (train_prompts, mut train) = read(&cfg.data.train)?;
     let (eval_prompts, mut eval) = match &cfg.data.eval {
         Some(p) => read(p)?,
         None if cfg.data.eval_holdout > 0 => {
-            let all = data::read_pairs_jsonl(&cfg.data.train)?;
             let n = cfg.data.eval_holdout;
             if n >= train.len() {
                 bail!(
@@ -65,13 +89,13 @@ pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset>
                 );
             }
             let eval = train.split_off(train.len() - n);
-            let prompts = all[all.len() - n..]
-                .iter()
-                .map(|p| p.prompt.clone())
-                .collect();
-            (prompts, eval)
+            (train_prompts[train_prompts.len() - n..].to_vec(), eval)
         }
         None => (vec![], vec![]),
+    };
+    let chat = match files[0].kind {
+        FileKind::Conversational { .. } => Some(templates.get(&cfg.data.train)?),
+        FileKind::Standard => None,
     };
     let mut truncated = 0;
     for p in train.iter_mut().chain(eval.iter_mut()) {
@@ -82,6 +106,8 @@ pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset>
         eval,
         eval_prompts,
         truncated,
+        files,
+        chat,
     })
 }
 
@@ -555,6 +581,7 @@ impl Trainer {
         let (mut g, mut s) = (Vec::new(), Vec::new());
         for (i, prompt) in self.data.eval_prompts[..n].iter().enumerate() {
             let ids = self.prompt_ids(prompt)?;
+            let prompt = &prompt.text;
             let verdict = |params: &sample::SampleParams, rng: &mut Rng| -> Result<_> {
                 let out = sample::generate(model, &ids, &self.tok.stop, params, rng)?;
                 crate::demo::judge::judge(prompt, &self.tok.decode(&out)?).with_context(|| {
@@ -589,21 +616,45 @@ impl Trainer {
     }
 
     /// Prompt ids as generation sees them: cut from the left to `data.max_prompt_len`.
-    fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        let mut ids = self.tok.encode_prompt(prompt)?;
+    fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let mut ids = self.tok.encode_prompt_as(&prompt.text, prompt.templated)?;
         if ids.len() > self.cfg.data.max_prompt_len {
             ids.drain(..ids.len() - self.cfg.data.max_prompt_len);
         }
         Ok(ids)
     }
 
-    /// The sampling prompts: `sample.prompts`, else the prompts of the first eval pairs.
-    pub fn sample_prompts(&self) -> Vec<String> {
+    /// The sampling prompts: `sample.prompts`, else the prompts of the first eval pairs. With
+    /// conversational train data, each of `sample.prompts` is a user message rendered by the
+    /// chat template with the generation prompt.
+    pub fn sample_prompts(&self) -> Result<Vec<Prompt>> {
         if !self.cfg.sample.prompts.is_empty() {
-            return self.cfg.sample.prompts.clone();
+            return self
+                .cfg
+                .sample
+                .prompts
+                .iter()
+                .enumerate()
+                .map(|(i, text)| match &self.data.chat {
+                    Some(t) => {
+                        let msg = serde_json::json!({"role": "user", "content": text});
+                        let text = t
+                            .render(&[msg], true)
+                            .with_context(|| format!("sample.prompts[{i}]"))?;
+                        Ok(Prompt {
+                            text,
+                            templated: true,
+                        })
+                    }
+                    None => Ok(Prompt {
+                        text: text.clone(),
+                        templated: false,
+                    }),
+                })
+                .collect();
         }
         let n = self.cfg.sample.from_eval.min(self.data.eval_prompts.len());
-        self.data.eval_prompts[..n].to_vec()
+        Ok(self.data.eval_prompts[..n].to_vec())
     }
 
     /// The policy's generations for the sampling prompts.
@@ -621,13 +672,13 @@ impl Trainer {
         // Seeded by the step: sampling never disturbs training and survives a resume.
         let mut rng = Rng::new(self.cfg.train.seed ^ (self.step as u64).wrapping_mul(0x2545_f491));
         let mut out = Vec::new();
-        for (prompt_id, prompt) in self.sample_prompts().into_iter().enumerate() {
+        for (prompt_id, prompt) in self.sample_prompts()?.into_iter().enumerate() {
             let ids = self.prompt_ids(&prompt)?;
             let token_ids = sample::generate(model, &ids, &self.tok.stop, &params, &mut rng)?;
             out.push(Sample {
                 step: self.step,
                 prompt_id,
-                prompt,
+                prompt: prompt.text,
                 source: source.to_string(),
                 text: self.tok.decode(&token_ids)?,
                 pieces: self.tok.pieces(&token_ids)?,

@@ -1,0 +1,505 @@
+//! Chat templates: the Jinja templates of Hugging Face tokenizers, rendered the way transformers'
+//! `apply_chat_template` renders them (trim_blocks, lstrip_blocks, Python string methods,
+//! `raise_exception`, `tojson` without HTML escaping), with minijinja.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use minijinja::value::{Kwargs, Value};
+use minijinja::{Environment, Error, ErrorKind};
+use serde_json::Value as Json;
+
+use crate::model::Tok;
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    /// Where the template came from (a file, or "data.chat_template (inline)"), for messages.
+    pub origin: String,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    pad_token: Option<String>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+const NAME: &str = "chat_template";
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos`/`eos`/`pad` are the texts of the tokenizer's special tokens,
+    /// passed to the template as `bos_token`, `eos_token`, `pad_token`.
+    pub fn new(
+        source: &str,
+        origin: impl Into<String>,
+        bos: Option<String>,
+        eos: Option<String>,
+        pad: Option<String>,
+    ) -> Result<Self> {
+        let origin = origin.into();
+        let mut env = Environment::new();
+        // transformers compiles chat templates with trim_blocks and lstrip_blocks.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_filter("tojson", tojson);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(|e| anyhow::anyhow!("{origin}: invalid chat template: {}", describe(&e)))?;
+        Ok(Self {
+            env,
+            origin,
+            bos_token: bos,
+            eos_token: eos,
+            pad_token: pad,
+        })
+    }
+
+    /// Compiles `source` with the special tokens of `tok`.
+    pub fn for_tok(source: &str, origin: impl Into<String>, tok: &Tok) -> Result<Self> {
+        let text = |id: Option<u32>| id.and_then(|id| tok.inner.id_to_token(id));
+        Self::new(
+            source,
+            origin,
+            text(tok.bos),
+            text(Some(tok.eos)),
+            text(tok.pad),
+        )
+    }
+
+    /// Renders `messages` (JSON objects with `role` and `content`), as
+    /// `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`.
+    pub fn render(&self, messages: &[Json], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self.env.get_template(NAME)?;
+        let mut ctx: BTreeMap<&str, Value> = BTreeMap::new();
+        // As transformers does, keys whose value is null are dropped from each message.
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| match m {
+                Json::Object(o) => to_value(&Json::Object(
+                    o.iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )),
+                other => to_value(other),
+            })
+            .collect();
+        ctx.insert("messages", Value::from(messages));
+        ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        // transformers passes these explicitly (None), so `tools is none` holds.
+        ctx.insert("tools", Value::from(()));
+        ctx.insert("documents", Value::from(()));
+        for (k, v) in [
+            ("bos_token", &self.bos_token),
+            ("eos_token", &self.eos_token),
+            ("pad_token", &self.pad_token),
+        ] {
+            if let Some(v) = v {
+                ctx.insert(k, Value::from(v.as_str()));
+            }
+        }
+        tmpl.render(Value::from(ctx))
+            .map_err(|e| anyhow::anyhow!("chat template ({}): {}", self.origin, describe(&e)))
+    }
+}
+
+impl ChatTemplate {
+    /// Renders `messages` so that generation continues the final message (transformers'
+    /// `continue_final_message`): a tag is appended to its content and the rendering is cut
+    /// there (trailing whitespace too when the template trimmed the tag's).
+    pub fn render_continuing(&self, messages: &[Json]) -> Result<String> {
+        const TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
+        let mut msgs = messages.to_vec();
+        let Some(last) = msgs.last_mut() else {
+            bail!("cannot continue the final message of an empty conversation");
+        };
+        match last.get_mut("content") {
+            Some(Json::String(s)) => s.push_str(TAG),
+            Some(Json::Array(blocks)) => {
+                let text = blocks
+                    .iter_mut()
+                    .rev()
+                    .find_map(|b| b.get_mut("text").filter(|t| t.is_string()));
+                match text {
+                    Some(Json::String(s)) => s.push_str(TAG),
+                    _ => bail!("the final message has no text to continue"),
+                }
+            }
+            _ => bail!("the final message has no `content` to continue"),
+        }
+        let out = self.render(&msgs, false)?;
+        let Some(at) = out.rfind(TAG.trim_end()) else {
+            bail!(
+                "chat template ({}): the final message does not appear in the rendering, so it cannot be continued",
+                self.origin
+            );
+        };
+        Ok(if out[at..].starts_with(TAG) {
+            out[..at].to_string()
+        } else {
+            out[..at].trim_end().to_string()
+        })
+    }
+}
+
+/// transformers' `strftime_now(format)`: the local time now, formatted by strftime.
+fn strftime_now(format: String) -> Result<String, Error> {
+    let bad = || Error::new(ErrorKind::InvalidOperation, "strftime_now: invalid format");
+    let fmt = std::ffi::CString::new(format).map_err(|_| bad())?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: `tm` is filled by localtime_r before use; strftime writes at most buf.len() bytes
+    // (including the NUL) into buf and returns the length written, 0 on overflow.
+    let n = unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return Err(bad());
+        }
+        libc::strftime(buf.as_mut_ptr().cast(), buf.len(), fmt.as_ptr(), &tm)
+    };
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|_| bad())
+}
+
+/// A minijinja error with its cause and template line on one line.
+fn describe(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    s
+}
+
+/// A JSON value as a template value (objects keep their keys, numbers their kind).
+fn to_value(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::from(()),
+        Json::Bool(b) => Value::from(*b),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                Value::from(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Json::String(s) => Value::from(s.as_str()),
+        Json::Array(a) => Value::from(a.iter().map(to_value).collect::<Vec<_>>()),
+        Json::Object(o) => Value::from(
+            o.iter()
+                .map(|(k, v)| (k.clone(), to_value(v)))
+                .collect::<BTreeMap<String, Value>>(),
+        ),
+    }
+}
+
+/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent)`, so `<`, `>`, `&`
+/// and `'` stay as they are (minijinja's own filter escapes them for HTML).
+fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent = match indent {
+        Some(i) => Some(i),
+        None => kwargs.get::<Option<Value>>("indent")?,
+    };
+    for unused in ["ensure_ascii", "separators", "sort_keys"] {
+        let _: Option<Value> = kwargs.get(unused)?;
+    }
+    kwargs.assert_all_used()?;
+    let none = Kwargs::from_iter(std::iter::empty::<(&str, Value)>());
+    let html = minijinja::filters::tojson(value, indent, none)?;
+    let html = html.as_str().unwrap_or_default();
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let esc = &rest[i..];
+        let plain = match esc.get(..6) {
+            Some("\\u003c") => Some('<'),
+            Some("\\u003e") => Some('>'),
+            Some("\\u0026") => Some('&'),
+            Some("\\u0027") => Some('\''),
+            _ => None,
+        };
+        match plain {
+            Some(c) => {
+                out.push(c);
+                rest = &esc[6..];
+            }
+            None => {
+                // Any other escape is two characters, the backslash and the next one.
+                let n = esc[1..].chars().next().map_or(0, char::len_utf8);
+                out.push_str(&esc[..1 + n]);
+                rest = &esc[1 + n..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(Value::from(out))
+}
+
+/// The `chat_template` of a tokenizer_config.json: a string, or a list of `{"name",
+/// "template"}` of which the one named "default" is used.
+pub fn template_in_config(v: &Json) -> std::result::Result<Option<String>, String> {
+    match v.get("chat_template") {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s.clone())),
+        Some(Json::Array(list)) => {
+            let mut names = Vec::new();
+            for t in list {
+                let name = t.get("name").and_then(Json::as_str);
+                let template = t.get("template").and_then(Json::as_str);
+                match (name, template) {
+                    (Some("default"), Some(tpl)) => return Ok(Some(tpl.to_string())),
+                    (Some(n), Some(_)) => names.push(n.to_string()),
+                    _ => {
+                        return Err(
+                            "`chat_template`: expected a list of {\"name\", \"template\"} objects"
+                                .into(),
+                        )
+                    }
+                }
+            }
+            Err(format!(
+                "`chat_template` has no template named \"default\" (found: {})",
+                names.join(", ")
+            ))
+        }
+        Some(_) => {
+            Err("`chat_template`: expected a string or a list of {\"name\", \"template\"}".into())
+        }
+    }
+}
+
+/// Where `data.chat_template` points: "" (the tokenizer's), an inline template (it contains
+/// `{%`) or a file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TemplateSetting {
+    Tokenizer,
+    Inline(String),
+    File(PathBuf),
+}
+
+impl TemplateSetting {
+    /// `setting` as written in gaplab.toml; a relative file is relative to `base` (the
+    /// workspace).
+    pub fn parse(setting: &str, base: &Path) -> Self {
+        if setting.trim().is_empty() {
+            Self::Tokenizer
+        } else if setting.contains("{%") {
+            Self::Inline(setting.to_string())
+        } else {
+            let p = Path::new(setting);
+            Self::File(if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            })
+        }
+    }
+}
+
+/// Finds and compiles the chat template once, when conversational data first needs it (a
+/// checkpoint's template that minijinja cannot compile never troubles standard data).
+pub struct TemplateResolver<'a> {
+    setting: TemplateSetting,
+    tok: &'a Tok,
+    compiled: Option<std::sync::Arc<ChatTemplate>>,
+    /// What to do when the tokenizer has no template.
+    hint: &'static str,
+}
+
+impl<'a> TemplateResolver<'a> {
+    pub fn new(setting: TemplateSetting, tok: &'a Tok) -> Self {
+        Self {
+            setting,
+            tok,
+            compiled: None,
+            hint: "set `data.chat_template` in gaplab.toml (a .jinja file or an inline template)",
+        }
+    }
+
+    /// Replaces the advice given when the tokenizer has no template.
+    pub fn with_hint(mut self, hint: &'static str) -> Self {
+        self.hint = hint;
+        self
+    }
+
+    /// Whether the template was set explicitly (not taken from the tokenizer).
+    pub fn is_explicit(&self) -> bool {
+        self.setting != TemplateSetting::Tokenizer
+    }
+
+    /// The template; `file` is the data file that needs it (named in the error when there is
+    /// none).
+    pub fn get(&mut self, file: &Path) -> Result<std::sync::Arc<ChatTemplate>> {
+        if let Some(t) = &self.compiled {
+            return Ok(t.clone());
+        }
+        let t = match &self.setting {
+            TemplateSetting::Tokenizer => match &self.tok.chat_template {
+                Some(src) => ChatTemplate::for_tok(&src.text, src.origin.clone(), self.tok)?,
+                None => bail!(
+                    "{}: conversational data needs a chat template, and the tokenizer ({}) has none: {}",
+                    file.display(),
+                    self.tok.dir.display(),
+                    self.hint
+                ),
+            },
+            TemplateSetting::Inline(s) => {
+                ChatTemplate::for_tok(s, "data.chat_template (inline)", self.tok)?
+            }
+            TemplateSetting::File(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| {
+                    format!("data.chat_template: cannot read {}", p.display())
+                })?;
+                ChatTemplate::for_tok(&text, p.display().to_string(), self.tok)?
+            }
+        };
+        let t = std::sync::Arc::new(t);
+        self.compiled = Some(t.clone());
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+    fn tpl(src: &str) -> ChatTemplate {
+        ChatTemplate::new(src, "test", Some("<s>".into()), Some("</s>".into()), None).unwrap()
+    }
+
+    #[test]
+    fn renders_chatml() {
+        let t = tpl(CHATML);
+        let m = [json!({"role": "user", "content": "hi"})];
+        assert_eq!(
+            t.render(&m, true).unwrap(),
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            t.render(&m, false).unwrap(),
+            "<|im_start|>user\nhi<|im_end|>\n"
+        );
+    }
+
+    #[test]
+    fn special_tokens_python_methods_and_block_trimming() {
+        let src = "{{ bos_token }}{% for m in messages %}\n  {% if m.role == 'user' %}\n[INST] {{ m.content.strip() }} [/INST]\n  {% else %}\n{{ m['content'] | trim }}{{ eos_token }}\n  {% endif %}\n{% endfor %}";
+        let t = tpl(src);
+        let m = [
+            json!({"role": "user", "content": "  a  "}),
+            json!({"role": "assistant", "content": "b"}),
+        ];
+        assert_eq!(t.render(&m, false).unwrap(), "<s>[INST] a [/INST]\nb</s>\n");
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = tpl("{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}ok");
+        let e = t
+            .render(&[json!({"role": "assistant", "content": "x"})], false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("first message must be from the user"), "{e}");
+        assert!(e.contains("chat template (test)"), "{e}");
+    }
+
+    #[test]
+    fn tools_is_none_and_tojson_is_not_html_escaped() {
+        let t = tpl("{% if tools is none %}none{% endif %}|{{ messages[0] | tojson }}");
+        let m = [json!({"role": "user", "content": "a<b & 'c' \\u003c é"})];
+        assert_eq!(
+            t.render(&m, false).unwrap(),
+            "none|{\"content\": \"a<b & 'c' \\\\u003c é\", \"role\": \"user\"}"
+        );
+    }
+
+    #[test]
+    fn continues_a_final_assistant_message() {
+        let t = tpl(CHATML);
+        let m = [
+            json!({"role": "user", "content": "hi"}),
+            json!({"role": "assistant", "content": "Sure:"}),
+        ];
+        assert_eq!(
+            t.render_continuing(&m).unwrap(),
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nSure:"
+        );
+        // A template that strips the content loses the tag's space: the cut strips too.
+        let strip = tpl("{% for m in messages %}[{{ m.content | trim }}]{% endfor %}");
+        let m = [json!({"role": "assistant", "content": "go "})];
+        assert_eq!(strip.render_continuing(&m).unwrap(), "[go");
+    }
+
+    #[test]
+    fn null_keys_are_dropped_and_strftime_now_exists() {
+        let t = tpl("{% for m in messages %}{{ m.tool_calls is defined }}{% endfor %}|{{ strftime_now('%Y') | length }}");
+        let m = [json!({"role": "assistant", "content": "x", "tool_calls": null})];
+        assert_eq!(t.render(&m, false).unwrap(), "False|4");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_origin() {
+        let e = ChatTemplate::new("{% for %}", "x.jinja", None, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("x.jinja: invalid chat template"), "{e}");
+    }
+
+    #[test]
+    fn template_from_string_or_named_list() {
+        assert_eq!(
+            template_in_config(&json!({"chat_template": "abc"})),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(template_in_config(&json!({"eos_token": "x"})), Ok(None));
+        let list = json!({"chat_template": [
+            {"name": "tool_use", "template": "T"},
+            {"name": "default", "template": "D"}
+        ]});
+        assert_eq!(template_in_config(&list), Ok(Some("D".into())));
+        let no_default = json!({"chat_template": [{"name": "rag", "template": "R"}]});
+        assert!(template_in_config(&no_default)
+            .unwrap_err()
+            .contains("no template named \"default\" (found: rag)"));
+        assert!(template_in_config(&json!({"chat_template": 3})).is_err());
+    }
+
+    #[test]
+    fn setting_is_tokenizer_inline_or_file() {
+        let base = Path::new("/ws");
+        assert_eq!(TemplateSetting::parse("", base), TemplateSetting::Tokenizer);
+        assert_eq!(
+            TemplateSetting::parse("{% for m in messages %}{% endfor %}", base),
+            TemplateSetting::Inline("{% for m in messages %}{% endfor %}".into())
+        );
+        assert_eq!(
+            TemplateSetting::parse("t/chatml.jinja", base),
+            TemplateSetting::File("/ws/t/chatml.jinja".into())
+        );
+        assert_eq!(
+            TemplateSetting::parse("/abs/c.jinja", base),
+            TemplateSetting::File("/abs/c.jinja".into())
+        );
+    }
+}
