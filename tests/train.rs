@@ -551,3 +551,93 @@ fn config_errors_name_file_line_column_and_field() {
         assert!(!ws.join("runs").exists(), "nothing runs on a bad config");
     }
 }
+
+/// The tiny workspace with one variant and tiny length limits (`extra` goes into `[data]`).
+fn limited_workspace(dir: &Path, max_prompt_len: usize, max_len: usize, extra: &str) -> PathBuf {
+    workspace(dir, |t| {
+        let t = t
+            .replace("max_len = 64", &format!("max_len = {max_len}\n{extra}"))
+            .replace(
+                "max_prompt_len = 32",
+                &format!("max_prompt_len = {max_prompt_len}"),
+            );
+        t[..t.find("[[variant]]").unwrap()].to_string()
+    })
+}
+
+#[test]
+fn check_counts_prompts_cut_responses_truncated_and_pairs_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "",
+            "length limits: max_prompt_len 12 (keep_end) / max_len 32 (overlong: truncate)",
+            "5 prompts cut, 3 pairs with responses truncated, 0 of 6 pairs dropped",
+        ),
+        (
+            "overlong = \"drop\"\nprompt_truncation = \"keep_end\"",
+            "length limits: max_prompt_len 12 (keep_end) / max_len 32 (overlong: drop)",
+            "2 prompts cut, 0 pairs with responses truncated, 3 of 6 pairs dropped",
+        ),
+        (
+            "prompt_truncation = \"keep_start\"",
+            "length limits: max_prompt_len 12 (keep_start) / max_len 32 (overlong: truncate)",
+            "5 prompts cut, 3 pairs with responses truncated, 0 of 6 pairs dropped",
+        ),
+    ];
+    for (i, (extra, limits, counts)) in cases.iter().enumerate() {
+        let ws = limited_workspace(&tmp.path().join(i.to_string()), 12, 32, extra);
+        let out = gaplab(&["check", ws.to_str().unwrap()]);
+        assert!(out.status.success(), "{extra}: {}", stderr(&out));
+        let text = common::stdout(&out);
+        let pairs = fixture("pairs.jsonl").display().to_string();
+        for want in [
+            limits.to_string(),
+            format!("  train {pairs}: {counts}"),
+            format!("  eval {pairs}: {counts}"),
+        ] {
+            assert!(text.contains(&want), "{extra}: missing {want:?} in\n{text}");
+        }
+    }
+    // The statistics are of the pairs kept.
+    let ws = tmp.path().join("1/ws");
+    let text = common::stdout(&gaplab(&["check", ws.to_str().unwrap()]));
+    assert!(
+        text.contains(": 3 pairs (lengths in tokens") && text.contains("eval: 3 pairs"),
+        "{text}"
+    );
+}
+
+#[test]
+fn dropping_overlong_pairs_trains_on_fewer_or_errors_when_none_are_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = limited_workspace(&tmp.path().join("some"), 12, 32, "overlong = \"drop\"");
+    let out = train(&[ws.to_str().unwrap(), "--headless"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = runs(&ws.join("runs")).pop().unwrap();
+    let m = train_metrics(&run);
+    // 6 steps of 2 pairs over the 3 pairs kept: 4 epochs (2 with all 6).
+    assert_eq!(m[&6]["epoch"].as_f64().unwrap(), 4.0);
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(
+        log.contains("pairs fit to max_prompt_len 12 (keep_end) / max_len 32 (overlong: drop): train: 2 prompts cut, 0 pairs with responses truncated, 3 of 6 pairs dropped; eval: 2 prompts cut"),
+        "{log}"
+    );
+
+    let ws = limited_workspace(&tmp.path().join("none"), 4, 10, "overlong = \"drop\"");
+    let out = train(&[ws.to_str().unwrap(), "--headless"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("pairs.jsonl: all 6 train pairs are longer than data.max_len (10)")
+            && err.contains("data.max_prompt_len (4, keep_end)"),
+        "{err}"
+    );
+    let out = gaplab(&["check", ws.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("all 6 train pairs"),
+        "{}",
+        stderr(&out)
+    );
+}

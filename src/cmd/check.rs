@@ -158,9 +158,22 @@ pub fn run(path: &Path) -> Result<String> {
     }
     let _ = writeln!(
         out,
-        "{} pairs cut to fit max_prompt_len {} / max_len {}",
-        data.truncated, cfg.data.max_prompt_len, cfg.data.max_len
+        "length limits: {}",
+        crate::data::LengthLimits::from_config(&cfg.data)
     );
+    let _ = writeln!(
+        out,
+        "  train {}: {}",
+        cfg.data.train.display(),
+        data.train_fit
+    );
+    if data.eval_fit.pairs > 0 {
+        let source = match &cfg.data.eval {
+            Some(p) => p.display().to_string(),
+            None => format!("(held out from {})", cfg.data.train.display()),
+        };
+        let _ = writeln!(out, "  eval {source}: {}", data.eval_fit);
+    }
     render_stats(
         &mut out,
         &format!("train ({})", cfg.data.train.display()),

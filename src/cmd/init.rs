@@ -32,8 +32,10 @@ path = "{MODEL}"
 # list, or without one (the messages chosen and rejected share are the prompt).
 train = "data/train.jsonl"
 eval = "data/eval.jsonl"
-max_prompt_len = {MAX_PROMPT}        # prompts longer than this keep their end (TRL's keep_end)
-max_len = {MAX_LEN}               # prompt + longer response; longer responses are cut
+max_prompt_len = {MAX_PROMPT}        # an over-long pair's prompt is cut to this (see prompt_truncation)
+max_len = {MAX_LEN}               # prompt + longer response (see overlong)
+# prompt_truncation = "keep_end"   # keep_end (TRL's: the end, and a BOS) | keep_start
+# overlong = "truncate"      # still too long once the prompt is cut: truncate the responses | drop the pair
 # format = "auto"            # auto (per file, from its first row) | standard | conversational
 # prompt_field = "prompt"    # field names; other fields are ignored
 # chosen_field = "chosen"

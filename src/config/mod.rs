@@ -136,6 +136,11 @@ section! {
         eval_holdout: usize = 0, Restart;
         max_prompt_len: usize = 256, Restart;
         max_len: usize = 512, Restart;
+        /// keep_end | keep_start: which part of a prompt longer than max_prompt_len is kept.
+        prompt_truncation: crate::data::PromptTruncation = Default::default(), Restart;
+        /// truncate | drop: a pair still longer than max_len once its prompt is cut has its
+        /// responses cut, or is left out.
+        overlong: crate::data::Overlong = Default::default(), Restart;
         /// auto | standard | conversational (auto: per file, from its first row).
         format: String = "auto".into(), Restart;
         prompt_field: String = "prompt".into(), Restart;
@@ -985,6 +990,14 @@ mod tests {
                 "ws/gaplab.toml:5:10: data.format: expected \"auto\", \"standard\" or \"conversational\", got \"sharegpt\"",
             ),
             (
+                "prompt_truncation = \"keep_middle\"\n",
+                "ws/gaplab.toml:5:21: data.prompt_truncation: unknown variant `keep_middle`, expected `keep_end` or `keep_start`",
+            ),
+            (
+                "overlong = \"skip\"\n",
+                "ws/gaplab.toml:5:12: data.overlong: unknown variant `skip`, expected `truncate` or `drop`",
+            ),
+            (
                 "rejected_field = \"chosen\"\n",
                 "ws/gaplab.toml:5:18: data.rejected_field: \"chosen\" is also data.chosen_field",
             ),
@@ -1037,6 +1050,8 @@ mod tests {
             "train.dtype",
             "train.device",
             "train.seed",
+            "data.prompt_truncation",
+            "data.overlong",
         ] {
             assert_eq!(
                 fields.iter().find(|x| x.0 == f).unwrap().1,

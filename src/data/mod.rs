@@ -533,34 +533,181 @@ pub fn tokenize_pairs(
         .collect()
 }
 
-/// Token limits of a pair: the prompt alone, and prompt plus the longer response.
+/// `data.prompt_truncation`: which part of an over-long prompt is kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptTruncation {
+    /// The last `max_prompt_len` tokens, and a leading BOS (TRL's keep_end).
+    #[default]
+    KeepEnd,
+    /// The first `max_prompt_len` tokens (a leading BOS stays with them).
+    KeepStart,
+}
+
+/// `data.overlong`: what becomes of a pair still longer than `max_len` once its prompt is cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlong {
+    /// Both responses are cut to the room left (as TRL does).
+    #[default]
+    Truncate,
+    /// The pair is left out.
+    Drop,
+}
+
+impl std::fmt::Display for PromptTruncation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::KeepEnd => "keep_end",
+            Self::KeepStart => "keep_start",
+        })
+    }
+}
+
+impl std::fmt::Display for Overlong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Truncate => "truncate",
+            Self::Drop => "drop",
+        })
+    }
+}
+
+/// Token limits of a pair: the prompt alone, and prompt plus the longer response; and what is
+/// done to a pair over them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LengthLimits {
     pub max_prompt_len: usize,
     pub max_len: usize,
+    pub prompt_truncation: PromptTruncation,
+    pub overlong: Overlong,
+}
+
+impl LengthLimits {
+    pub fn from_config(d: &crate::config::DataSection) -> Self {
+        Self {
+            max_prompt_len: d.max_prompt_len,
+            max_len: d.max_len,
+            prompt_truncation: d.prompt_truncation,
+            overlong: d.overlong,
+        }
+    }
+}
+
+impl std::fmt::Display for LengthLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "max_prompt_len {} ({}) / max_len {} (overlong: {})",
+            self.max_prompt_len, self.prompt_truncation, self.max_len, self.overlong
+        )
+    }
+}
+
+/// What fitting did to one pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fit {
+    /// The prompt lost tokens.
+    pub prompt_cut: bool,
+    /// The responses were cut to the room left (`overlong = "truncate"`).
+    pub responses_truncated: bool,
+    /// The pair is still too long and is to be left out (`overlong = "drop"`).
+    pub dropped: bool,
 }
 
 /// Fits a pair into `limits` the way TRL does: when prompt + longer response is too long, the
-/// prompt keeps its last `max_prompt_len` tokens (and its BOS), then both responses are cut to
-/// what is left (a cut response loses its EOS). Returns whether anything was cut.
-pub fn fit_lengths(p: &mut TokenizedPair, limits: LengthLimits, bos: Option<u32>) -> bool {
+/// prompt keeps its last `max_prompt_len` tokens (and its BOS) with keep_end, or its first ones
+/// with keep_start; then, if the pair is still too long, both responses are cut to what is left
+/// (a cut response loses its EOS), or with `overlong = "drop"` the pair is marked dropped (its
+/// responses untouched).
+pub fn fit_lengths(p: &mut TokenizedPair, limits: LengthLimits, bos: Option<u32>) -> Fit {
+    let mut fit = Fit::default();
     let longest = p.chosen.len().max(p.rejected.len());
     if p.prompt.len() + longest <= limits.max_len {
-        return false;
+        return fit;
     }
     if p.prompt.len() > limits.max_prompt_len {
-        let keep_bos = bos.is_some() && p.prompt.first() == bos.as_ref();
-        let cut = p.prompt.len() - limits.max_prompt_len;
-        if keep_bos {
-            p.prompt.drain(1..1 + cut);
-        } else {
-            p.prompt.drain(..cut);
+        fit.prompt_cut = true;
+        match limits.prompt_truncation {
+            PromptTruncation::KeepEnd => {
+                let keep_bos = bos.is_some() && p.prompt.first() == bos.as_ref();
+                let cut = p.prompt.len() - limits.max_prompt_len;
+                if keep_bos {
+                    p.prompt.drain(1..1 + cut);
+                } else {
+                    p.prompt.drain(..cut);
+                }
+            }
+            PromptTruncation::KeepStart => p.prompt.truncate(limits.max_prompt_len),
         }
     }
-    let room = limits.max_len.saturating_sub(p.prompt.len()).max(1);
-    p.chosen.truncate(room);
-    p.rejected.truncate(room);
-    true
+    if p.prompt.len() + longest <= limits.max_len {
+        return fit;
+    }
+    match limits.overlong {
+        Overlong::Truncate => {
+            let room = limits.max_len.saturating_sub(p.prompt.len()).max(1);
+            p.chosen.truncate(room);
+            p.rejected.truncate(room);
+            fit.responses_truncated = true;
+        }
+        Overlong::Drop => fit.dropped = true,
+    }
+    fit
+}
+
+/// What fitting did to a set of pairs. Prompts cut and responses truncated count the pairs
+/// kept; a dropped pair counts only as dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FitCounts {
+    pub pairs: usize,
+    pub prompts_cut: usize,
+    pub responses_truncated: usize,
+    pub dropped: usize,
+}
+
+impl FitCounts {
+    /// Whether any pair was changed or dropped.
+    pub fn any(&self) -> bool {
+        self.prompts_cut + self.responses_truncated + self.dropped > 0
+    }
+}
+
+impl std::fmt::Display for FitCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} prompts cut, {} pairs with responses truncated, {} of {} pairs dropped",
+            self.prompts_cut, self.responses_truncated, self.dropped, self.pairs
+        )
+    }
+}
+
+/// Fits every pair into `limits` ([`fit_lengths`]) and removes the dropped ones, keeping the
+/// order of the rest. Returns the counts and, per input pair, whether it was kept.
+pub fn fit_pairs(
+    pairs: &mut Vec<TokenizedPair>,
+    limits: LengthLimits,
+    bos: Option<u32>,
+) -> (FitCounts, Vec<bool>) {
+    let mut counts = FitCounts {
+        pairs: pairs.len(),
+        ..Default::default()
+    };
+    let mut kept = Vec::with_capacity(pairs.len());
+    for p in pairs.iter_mut() {
+        let fit = fit_lengths(p, limits, bos);
+        if fit.dropped {
+            counts.dropped += 1;
+        } else {
+            counts.prompts_cut += fit.prompt_cut as usize;
+            counts.responses_truncated += fit.responses_truncated as usize;
+        }
+        kept.push(!fit.dropped);
+    }
+    let mut keep = kept.iter();
+    pairs.retain(|_| *keep.next().unwrap_or(&true));
+    (counts, kept)
 }
 
 /// Rows of prompt + response packed for one forward pass.
@@ -683,18 +830,35 @@ mod tests {
         assert_eq!(b.split(&packed), vec![&[10, 11, 12][..], &[13][..]]);
     }
 
-    #[test]
-    fn long_pairs_are_cut_like_trl() {
-        let limits = LengthLimits {
+    fn limits(prompt_truncation: PromptTruncation, overlong: Overlong) -> LengthLimits {
+        LengthLimits {
             max_prompt_len: 3,
             max_len: 6,
-        };
-        let mut p = TokenizedPair {
-            prompt: vec![0, 1, 2, 3, 4],
-            chosen: vec![7, 8, 9, 1],
-            rejected: vec![5, 1],
-        };
-        assert!(fit_lengths(&mut p, limits, Some(0)));
+            prompt_truncation,
+            overlong,
+        }
+    }
+
+    fn pair(prompt: &[u32], chosen: &[u32], rejected: &[u32]) -> TokenizedPair {
+        TokenizedPair {
+            prompt: prompt.to_vec(),
+            chosen: chosen.to_vec(),
+            rejected: rejected.to_vec(),
+        }
+    }
+
+    #[test]
+    fn long_pairs_are_cut_like_trl() {
+        let limits = limits(PromptTruncation::KeepEnd, Overlong::Truncate);
+        let mut p = pair(&[0, 1, 2, 3, 4], &[7, 8, 9, 1], &[5, 1]);
+        assert_eq!(
+            fit_lengths(&mut p, limits, Some(0)),
+            Fit {
+                prompt_cut: true,
+                responses_truncated: true,
+                dropped: false
+            }
+        );
         assert_eq!(
             p.prompt,
             vec![0, 3, 4],
@@ -706,12 +870,96 @@ mod tests {
             "the long response loses its tail and EOS"
         );
         assert_eq!(p.rejected, vec![5, 1]);
-        let mut short = TokenizedPair {
-            prompt: vec![0, 1],
-            chosen: vec![2, 1],
-            rejected: vec![3, 1],
-        };
-        assert!(!fit_lengths(&mut short, limits, Some(0)));
+        let mut short = pair(&[0, 1], &[2, 1], &[3, 1]);
+        assert_eq!(fit_lengths(&mut short, limits, Some(0)), Fit::default());
+        // Without a BOS (or a first token that is not BOS), keep_end keeps the plain end.
+        for bos in [None, Some(9)] {
+            let mut p = pair(&[0, 1, 2, 3, 4], &[7, 1], &[5, 1]);
+            let fit = fit_lengths(&mut p, limits, bos);
+            assert!(fit.prompt_cut && !fit.responses_truncated && !fit.dropped);
+            assert_eq!(p.prompt, vec![2, 3, 4], "{bos:?}");
+        }
+        // A long prompt is only cut when the pair is over max_len (as TRL does).
+        let mut p = pair(&[0, 1, 2, 3, 4], &[1], &[1]);
+        assert_eq!(fit_lengths(&mut p, limits, Some(0)), Fit::default());
+        assert_eq!(p.prompt.len(), 5);
+    }
+
+    #[test]
+    fn keep_start_keeps_the_beginning_of_the_prompt() {
+        let limits = limits(PromptTruncation::KeepStart, Overlong::Truncate);
+        for bos in [Some(0), None] {
+            let mut p = pair(&[0, 1, 2, 3, 4], &[7, 8, 9, 1], &[5, 1]);
+            let fit = fit_lengths(&mut p, limits, bos);
+            assert!(fit.prompt_cut && fit.responses_truncated && !fit.dropped);
+            assert_eq!(p.prompt, vec![0, 1, 2], "a leading BOS stays ({bos:?})");
+            assert_eq!((p.chosen, p.rejected), (vec![7, 8, 9], vec![5, 1]));
+        }
+        let mut p = pair(&[4, 5, 6, 7], &[8, 9, 1], &[1]);
+        let fit = fit_lengths(&mut p, limits, Some(0));
+        assert!(fit.prompt_cut && !fit.responses_truncated);
+        assert_eq!((p.prompt, p.chosen), (vec![4, 5, 6], vec![8, 9, 1]));
+    }
+
+    #[test]
+    fn overlong_pairs_are_truncated_or_dropped() {
+        // Pairs: fits; fits once the prompt is cut; still too long after (twice).
+        let pairs = vec![
+            pair(&[0, 1], &[2, 1], &[3, 1]),
+            pair(&[0, 1, 2, 3, 4, 5], &[6, 7, 1], &[1]),
+            pair(&[0, 1, 2, 3, 4], &[7, 8, 9, 1], &[5, 1]),
+            pair(&[0, 1], &[2, 3, 4, 5, 6, 1], &[1]),
+        ];
+        for keep in [PromptTruncation::KeepEnd, PromptTruncation::KeepStart] {
+            let limits = limits(keep, Overlong::Truncate);
+            let mut v = pairs.clone();
+            let (counts, kept) = fit_pairs(&mut v, limits, Some(0));
+            assert_eq!(
+                counts,
+                FitCounts {
+                    pairs: 4,
+                    prompts_cut: 2,
+                    responses_truncated: 2,
+                    dropped: 0
+                }
+            );
+            assert_eq!(kept, vec![true; 4]);
+            for p in &v {
+                assert!(p.prompt.len() <= limits.max_prompt_len || p == &pairs[0]);
+                assert!(p.prompt.len() + p.chosen.len().max(p.rejected.len()) <= limits.max_len);
+            }
+
+            let limits = self::limits(keep, Overlong::Drop);
+            let mut v = pairs.clone();
+            let (counts, kept) = fit_pairs(&mut v, limits, Some(0));
+            assert_eq!(
+                counts,
+                FitCounts {
+                    pairs: 4,
+                    prompts_cut: 1,
+                    responses_truncated: 0,
+                    dropped: 2
+                },
+                "a dropped pair counts only as dropped"
+            );
+            assert_eq!(kept, vec![true, true, false, false]);
+            assert_eq!(v.len(), 2);
+            assert_eq!(v[0], pairs[0], "the order of the kept pairs is kept");
+            assert_eq!(v[1].prompt.len(), 3);
+            assert_eq!(v[1].chosen, vec![6, 7, 1], "kept responses are whole");
+            assert!(v
+                .iter()
+                .all(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len()) <= limits.max_len));
+        }
+        // A dropped pair's responses are untouched.
+        let mut p = pairs[3].clone();
+        let fit = fit_lengths(
+            &mut p,
+            limits(PromptTruncation::KeepEnd, Overlong::Drop),
+            None,
+        );
+        assert!(fit.dropped && !fit.prompt_cut && !fit.responses_truncated);
+        assert_eq!(p, pairs[3]);
     }
 
     fn write(dir: &Path, name: &str, lines: &[serde_json::Value]) -> PathBuf {

@@ -317,12 +317,19 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
     if let Some(ws) = ctl.latest.clone() {
         reload(t, &ws, em, t.step)?;
     }
-    if t.data.truncated > 0 {
-        em.log(
-            t.step,
-            Level::Warn,
-            format!("{} pairs were cut to fit data.max_len", t.data.truncated),
-        )?;
+    let (train_fit, eval_fit) = (t.data.train_fit, t.data.eval_fit);
+    if train_fit.any() || eval_fit.any() {
+        let mut msg = format!(
+            "pairs fit to {}: train: {train_fit}",
+            crate::data::LengthLimits::from_config(&t.cfg.data)
+        );
+        if eval_fit.pairs > 0 {
+            msg.push_str(&format!("; eval: {eval_fit}"));
+            if eval_fit.dropped == eval_fit.pairs {
+                msg.push_str(" (no eval pairs left)");
+            }
+        }
+        em.log(t.step, Level::Warn, msg)?;
     }
     let mut evaluated_at = None;
     if t.step == 0 {

@@ -42,8 +42,9 @@ pub struct Dataset {
     /// Prompt of every eval pair (default sampling prompts); rendered by the chat template for
     /// conversational data.
     pub eval_prompts: Vec<Prompt>,
-    /// Pairs cut to fit the length limits.
-    pub truncated: usize,
+    /// What fitting to the length limits did to the train and the eval pairs.
+    pub train_fit: data::FitCounts,
+    pub eval_fit: data::FitCounts,
     /// The format and size of every file read (train, then eval).
     pub files: Vec<FileSummary>,
     /// The chat template of conversational train data: `sample.prompts` are rendered with it,
@@ -53,10 +54,7 @@ pub struct Dataset {
 
 /// Reads, tokenizes and length-limits the train and eval pairs of `cfg`.
 pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset> {
-    let limits = LengthLimits {
-        max_prompt_len: cfg.data.max_prompt_len,
-        max_len: cfg.data.max_len,
-    };
+    let limits = LengthLimits::from_config(&cfg.data);
     let fmt = DataFormat::from_config(&cfg.data)?;
     let mut templates = TemplateResolver::new(
         TemplateSetting::parse(&cfg.data.chat_template, &cfg.workspace),
@@ -77,7 +75,7 @@ pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset>
         ))
     };
     let (train_prompts, mut train) = read(&cfg.data.train)?;
-    let (eval_prompts, mut eval) = match &cfg.data.eval {
+    let (mut eval_prompts, mut eval) = match &cfg.data.eval {
         Some(p) => read(p)?,
         None if cfg.data.eval_holdout > 0 => {
             let n = cfg.data.eval_holdout;
@@ -97,15 +95,27 @@ pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset>
         FileKind::Conversational { .. } => Some(templates.get(&cfg.data.train)?),
         FileKind::Standard => None,
     };
-    let mut truncated = 0;
-    for p in train.iter_mut().chain(eval.iter_mut()) {
-        truncated += data::fit_lengths(p, limits, tok.bos) as usize;
+    // Dropped pairs go before any index is drawn, so the order stays a function of the seed.
+    let (train_fit, _) = data::fit_pairs(&mut train, limits, tok.bos);
+    if train.is_empty() {
+        bail!(
+            "{}: all {} train pairs are longer than data.max_len ({}) even with their prompts cut to data.max_prompt_len ({}, {}), and data.overlong = \"drop\" leaves them out; raise the limits or set data.overlong = \"truncate\"",
+            cfg.data.train.display(),
+            train_fit.pairs,
+            limits.max_len,
+            limits.max_prompt_len,
+            limits.prompt_truncation
+        );
     }
+    let (eval_fit, kept) = data::fit_pairs(&mut eval, limits, tok.bos);
+    let mut keep = kept.iter();
+    eval_prompts.retain(|_| *keep.next().unwrap_or(&true));
     Ok(Dataset {
         train,
         eval,
         eval_prompts,
-        truncated,
+        train_fit,
+        eval_fit,
         files,
         chat,
     })
@@ -615,11 +625,18 @@ impl Trainer {
         Ok(())
     }
 
-    /// Prompt ids as generation sees them: cut from the left to `data.max_prompt_len`.
+    /// Prompt ids as generation sees them: cut to `data.max_prompt_len`, from the left
+    /// (keep_end) or the right (keep_start).
     fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let mut ids = self.tok.encode_prompt_as(&prompt.text, prompt.templated)?;
-        if ids.len() > self.cfg.data.max_prompt_len {
-            ids.drain(..ids.len() - self.cfg.data.max_prompt_len);
+        let max = self.cfg.data.max_prompt_len;
+        if ids.len() > max {
+            match self.cfg.data.prompt_truncation {
+                data::PromptTruncation::KeepEnd => {
+                    ids.drain(..ids.len() - max);
+                }
+                data::PromptTruncation::KeepStart => ids.truncate(max),
+            }
         }
         Ok(ids)
     }
