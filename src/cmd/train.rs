@@ -395,16 +395,21 @@ impl Progress {
             * (self.total - step.min(self.total)) as f64;
         let width = 20;
         let filled = (step * width / self.total.max(1)).min(width);
+        // The SFT stage has no preference metrics.
+        let preference = if margin.is_nan() {
+            String::new()
+        } else {
+            format!(" margin {margin:+.4} acc {acc:.2}")
+        };
         format!(
-            "{} {:>w$}/{} [{}{}] loss {:.4} margin {:+.4} acc {:.2} {:.0} tok/s ETA {}",
+            "{} {:>w$}/{} [{}{}] loss {:.4}{} {:.0} tok/s ETA {}",
             self.variant,
             step,
             self.total,
             "#".repeat(filled),
             ".".repeat(width - filled),
             loss,
-            margin,
-            acc,
+            preference,
             tps,
             crate::ui::math::duration(eta),
             w = self.total.to_string().len()
