@@ -349,8 +349,10 @@ pub fn read_rows(path: &Path, fmt: &DataFormat) -> Result<Rows> {
 }
 
 /// Reads a JSONL file of `{"prompt", "chosen", "rejected"}` strings (the standard format with
-/// the default field names); blank lines are skipped. Errors name the file and line.
-pub fn read_pairs_jsonl(path: &Path) -> Result<Vec<PreferencePair>> {
+/// the default field names); blank lines are skipped. Errors name the file and line. Only the
+/// tests read files this way now; gaplab itself goes through [`load_pairs`].
+#[cfg(test)]
+fn read_pairs_jsonl(path: &Path) -> Result<Vec<PreferencePair>> {
     let fmt = DataFormat {
         format: Format::Standard,
         ..Default::default()

@@ -251,20 +251,19 @@ pub struct Finish {
 /// engine finishes).
 pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
     let hangup = signals.hangup;
-    let depth = opts.color.unwrap_or_else(ColorDepth::detect);
     let theme_name = opts.theme.clone().unwrap_or_else(|| "default".into());
-    let (theme, theme_error) = match resolve_theme(&theme_name, depth, &opts.theme_dirs) {
-        Ok(t) => (t, None),
-        Err(e) => (
-            resolve_theme("default", depth, &[])?,
-            Some(format!("theme: {e:#}; using the default")),
-        ),
-    };
     let mut looks = Looks {
-        depth,
+        depth: opts.color.unwrap_or_else(ColorDepth::detect),
         spec: theme_name.clone(),
         dirs: opts.theme_dirs.clone(),
         frame: frame_for(opts.refresh_hz.unwrap_or(15.0)),
+    };
+    let (theme, theme_error) = match looks.resolve(&theme_name) {
+        Ok(t) => (t, None),
+        Err(e) => (
+            resolve_theme("default", looks.depth, &[])?,
+            Some(format!("theme: {e:#}; using the default")),
+        ),
     };
     let (tx, rx) = mpsc::channel();
     let _theme_watch = watch_themes(&opts, &theme_name, tx.clone());
