@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use gaplab::cmd;
@@ -160,6 +160,9 @@ enum Command {
         /// auto, cpu or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// f32, bf16 or f16 (weights and activations; log-probs are computed in f32).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// Generate a continuation of a prompt (KV-cached; temperature 0 is greedy).
     Sample {
@@ -179,6 +182,9 @@ enum Command {
         json: bool,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// Measure training-step and sampling throughput (see docs/PERFORMANCE.md).
     Bench {
@@ -194,14 +200,25 @@ enum Command {
         response_len: usize,
         #[arg(long, default_value_t = 128)]
         new_tokens: usize,
-        /// Run only these benchmarks (dpo, simpo, sft, sample).
+        /// Run only these benchmarks (dpo, dpo_poet, simpo, sft, sample).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         #[arg(long)]
         json: bool,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// f32, bf16 or f16 (weights and activations; optimizer state stays f32).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Model shape: small (5.3M-parameter Llama) or qwen2.5-0.5b (random weights).
+        #[arg(long, default_value = "small")]
+        shape: String,
     },
+}
+
+fn cli_dtype(name: &str) -> Result<candle_core::DType> {
+    gaplab::model::parse_dtype(name)
+        .with_context(|| format!("--dtype {name}: expected f32, bf16 or f16"))
 }
 
 fn print(text: &str) {
@@ -270,6 +287,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             batch_size,
             device,
+            dtype,
         } => {
             let loss = match objective {
                 PrefObjective::Dpo => Loss::Dpo,
@@ -295,6 +313,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 batch_pairs: batch_size,
                 device: select_device(&device)?,
+                dtype: cli_dtype(&dtype)?,
             };
             let report = cmd::eval::run(&args)?;
             if json {
@@ -312,6 +331,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             json,
             device,
+            dtype,
         } => {
             if !(temperature >= 0.0 && temperature.is_finite()) {
                 bail!("--temperature: expected a number >= 0, got {temperature}");
@@ -329,6 +349,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 seed,
                 device: select_device(&device)?,
+                dtype: cli_dtype(&dtype)?,
             };
             let out = cmd::sample::run(&args)?;
             if json {
@@ -347,6 +368,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             only,
             json,
             device,
+            dtype,
+            shape,
         } => {
             if prompt_len == 0 || response_len == 0 || pairs == 0 {
                 bail!("--pairs, --prompt-len and --response-len must be at least 1");
@@ -360,6 +383,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 new_tokens,
                 only,
                 device: select_device(&device)?,
+                dtype: cli_dtype(&dtype)?,
+                shape,
             };
             let report = cmd::bench::run(&args)?;
             if json {

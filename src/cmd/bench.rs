@@ -1,13 +1,15 @@
 //! `gaplab bench`: throughput of the training steps and of sampling on a fixed model shape.
 //!
-//! The default shape is the 5.3M-parameter Llama that docs/PERFORMANCE.md compares against
-//! PyTorch eager (benches/pytorch_step.py runs the same shapes): hidden 256, 4 layers, 8 heads,
-//! intermediate 688, vocab 4096; 8 pairs of 128-token rows (32 prompt + 96 response tokens).
+//! The default shape (`--shape small`) is the 5.3M-parameter Llama that docs/PERFORMANCE.md
+//! compares against PyTorch eager (benches/pytorch_step.py runs the same shapes): hidden 256,
+//! 4 layers, 8 heads, intermediate 688, vocab 4096; 8 pairs of 128-token rows (32 prompt + 96
+//! response tokens). `--shape qwen2.5-0.5b` is Qwen2.5-0.5B's architecture with random weights
+//! (494M parameters), for GPU throughput and memory (scripts/gpu-check.sh).
 
 use std::time::Instant;
 
-use anyhow::Result;
-use candle_core::Device;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
 use serde::Serialize;
 
 use crate::data::{SeqBatch, TokenizedPair};
@@ -26,6 +28,8 @@ pub struct BenchArgs {
     pub new_tokens: usize,
     pub only: Vec<String>,
     pub device: Device,
+    pub dtype: DType,
+    pub shape: String,
 }
 
 #[derive(Serialize, Debug)]
@@ -41,22 +45,53 @@ pub struct BenchReport {
     pub threads: usize,
     pub params: usize,
     pub device: String,
+    pub dtype: String,
+    pub shape: String,
     pub results: Vec<BenchResult>,
+    /// Peak resident memory of the process (CPU runs; GPU memory is read by nvidia-smi).
+    pub peak_rss_bytes: Option<u64>,
 }
 
-fn bench_spec() -> ScratchSpec {
-    ScratchSpec {
-        arch: Arch::Llama,
-        vocab_size: 4096,
-        hidden_size: 256,
-        intermediate_size: 688,
-        num_hidden_layers: 4,
-        num_attention_heads: 8,
-        num_key_value_heads: 8,
-        max_position_embeddings: 512,
-        rope_theta: 10000.0,
-        tie_word_embeddings: false,
-    }
+/// The model shapes `--shape` names.
+pub const SHAPES: &[&str] = &["small", "qwen2.5-0.5b"];
+
+fn bench_spec(shape: &str) -> Result<ScratchSpec> {
+    Ok(match shape {
+        "small" => ScratchSpec {
+            arch: Arch::Llama,
+            vocab_size: 4096,
+            hidden_size: 256,
+            intermediate_size: 688,
+            num_hidden_layers: 4,
+            num_attention_heads: 8,
+            num_key_value_heads: 8,
+            max_position_embeddings: 512,
+            rope_theta: 10000.0,
+            tie_word_embeddings: false,
+        },
+        // Qwen/Qwen2.5-0.5B-Instruct's config.json.
+        "qwen2.5-0.5b" => ScratchSpec {
+            arch: Arch::Qwen2,
+            vocab_size: 151936,
+            hidden_size: 896,
+            intermediate_size: 4864,
+            num_hidden_layers: 24,
+            num_attention_heads: 14,
+            num_key_value_heads: 2,
+            max_position_embeddings: 32768,
+            rope_theta: 1000000.0,
+            tie_word_embeddings: true,
+        },
+        s => bail!("--shape {s}: expected one of {}", SHAPES.join(", ")),
+    })
+}
+
+/// Peak resident set size of this process (VmHWM), where /proc has it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn time(
@@ -86,11 +121,20 @@ fn time(
 }
 
 pub fn run(args: &BenchArgs) -> Result<BenchReport> {
-    let cfg = ModelConfig::from_scratch(&bench_spec())?;
+    let cfg = ModelConfig::from_scratch(&bench_spec(&args.shape)?)?;
     let params = cfg.num_params();
     let dev = &args.device;
+    let random = |seed| -> Result<CausalLm> {
+        let m = CausalLm::random(cfg.clone(), seed, dev)?;
+        if args.dtype == DType::F32 {
+            Ok(m)
+        } else {
+            m.to_dtype(args.dtype)
+        }
+    };
+    let vocab = cfg.vocab_size;
     let mut rng = Rng::new(0);
-    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(4096) as u32).collect() };
+    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(vocab) as u32).collect() };
     let pairs: Vec<TokenizedPair> = (0..args.pairs)
         .map(|_| TokenizedPair {
             prompt: ids(args.prompt_len),
@@ -108,28 +152,42 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         ..Default::default()
     };
 
-    if want("dpo") {
-        let base = CausalLm::random(cfg.clone(), 0, dev)?;
+    // DPO and DPO+POET share one policy, reference and optimizer (the shapes are the same).
+    if want("dpo") || want("dpo_poet") {
+        let base = random(0)?;
         let reference = base.deep_copy()?;
         let (policy, vars) = base.into_trainable()?;
         let mut opt = AdamW::new(vars, opt_cfg)?;
-        let obj = Objective {
-            loss: Loss::Dpo,
-            beta: 0.1,
-            gamma: 0.0,
-            poet: false,
-        };
-        results.push(time(
-            args.iters,
-            args.warmup,
-            pair_batch.num_tokens(),
-            "dpo_step",
-            || {
-                let r = reference_logps(&reference, &pair_batch)?;
-                train::preference_step(&policy, Some(&r), &pair_batch, &obj, &mut opt, Some(1.0))?;
-                Ok(())
-            },
-        )?);
+        for poet in [false, true] {
+            let name = if poet { "dpo_poet" } else { "dpo" };
+            if !want(name) {
+                continue;
+            }
+            let obj = Objective {
+                loss: Loss::Dpo,
+                beta: 0.1,
+                gamma: 0.0,
+                poet,
+            };
+            results.push(time(
+                args.iters,
+                args.warmup,
+                pair_batch.num_tokens(),
+                &format!("{name}_step"),
+                || {
+                    let r = reference_logps(&reference, &pair_batch)?;
+                    train::preference_step(
+                        &policy,
+                        Some(&r),
+                        &pair_batch,
+                        &obj,
+                        &mut opt,
+                        Some(1.0),
+                    )?;
+                    Ok(())
+                },
+            )?);
+        }
         results.push(time(
             args.iters,
             args.warmup,
@@ -143,7 +201,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     }
     if want("simpo") {
         // No reference forward: also the cost of a DPO step with `precompute_ref = true`.
-        let (policy, vars) = CausalLm::random(cfg.clone(), 0, dev)?.into_trainable()?;
+        let (policy, vars) = random(0)?.into_trainable()?;
         let mut opt = AdamW::new(vars, opt_cfg)?;
         let obj = Objective {
             loss: Loss::Simpo,
@@ -163,7 +221,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         )?);
     }
     if want("sft") {
-        let (policy, vars) = CausalLm::random(cfg.clone(), 0, dev)?.into_trainable()?;
+        let (policy, vars) = random(0)?.into_trainable()?;
         let mut opt = AdamW::new(vars, opt_cfg)?;
         let counted = sft_batch.response_lens.clone();
         results.push(time(
@@ -178,7 +236,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         )?);
     }
     if want("sample") {
-        let model = CausalLm::random(cfg.clone(), 0, dev)?;
+        let model = random(0)?;
         let prompt = pairs[0].prompt.clone();
         let params = sample::SampleParams {
             max_new_tokens: args.new_tokens,
@@ -202,19 +260,36 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         threads: rayon::current_num_threads(),
         params,
         device: format!("{dev:?}"),
+        dtype: format!("{:?}", args.dtype).to_lowercase(),
+        shape: args.shape.clone(),
         results,
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
 pub fn render(r: &BenchReport) -> String {
     let mut s = format!(
-        "{} parameters · {} threads · {}\n{:<20} {:>10} {:>10} {:>12}\n",
-        r.params, r.threads, r.device, "benchmark", "median s", "min s", "tokens/s"
+        "{} ({} parameters) · {} · {} threads · {}\n{:<20} {:>10} {:>10} {:>12}\n",
+        r.shape,
+        r.params,
+        r.dtype,
+        r.threads,
+        r.device,
+        "benchmark",
+        "median s",
+        "min s",
+        "tokens/s"
     );
     for x in &r.results {
         s += &format!(
             "{:<20} {:>10.4} {:>10.4} {:>12.0}\n",
             x.name, x.median_s, x.min_s, x.tokens_per_s
+        );
+    }
+    if let Some(b) = r.peak_rss_bytes {
+        s += &format!(
+            "peak resident memory {:.2} GiB\n",
+            b as f64 / (1u64 << 30) as f64
         );
     }
     s

@@ -19,6 +19,7 @@ pub struct EvalArgs {
     pub objective: Objective,
     pub batch_pairs: usize,
     pub device: Device,
+    pub dtype: DType,
 }
 
 /// A pair as `--json` prints it.
@@ -80,10 +81,10 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     if obj.loss == Loss::Sft {
         bail!("--objective: eval scores preference pairs (dpo, simpo or ipo)");
     }
-    let (policy, tok) = io::load_dir(&args.model, &args.device, DType::F32)?;
+    let (policy, tok) = io::load_dir(&args.model, &args.device, args.dtype)?;
     let reference: Option<CausalLm> = match &args.reference {
         Some(dir) if obj.loss.needs_reference() => {
-            let r = io::load_model(dir, &args.device, DType::F32)?;
+            let r = io::load_model(dir, &args.device, args.dtype)?;
             if r.cfg.vocab_size != policy.cfg.vocab_size {
                 bail!(
                     "{}: vocab_size {} differs from the policy's {}",

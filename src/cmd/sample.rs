@@ -15,6 +15,7 @@ pub struct SampleArgs {
     pub params: sample::SampleParams,
     pub seed: u64,
     pub device: Device,
+    pub dtype: DType,
 }
 
 #[derive(Serialize)]
@@ -24,7 +25,7 @@ pub struct SampleOutput {
 }
 
 pub fn run(args: &SampleArgs) -> Result<SampleOutput> {
-    let (model, tok) = io::load_dir(&args.model, &args.device, DType::F32)?;
+    let (model, tok) = io::load_dir(&args.model, &args.device, args.dtype)?;
     let prompt = tok.encode_prompt(&args.prompt)?;
     anyhow::ensure!(
         !prompt.is_empty(),

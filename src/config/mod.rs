@@ -179,7 +179,11 @@ section! {
         steps: usize = 0, Live;
         epochs: f64 = 1.0, Restart;
         seed: u64 = 0, Restart;
+        /// "auto" (the first CUDA device when built with `--features cuda`, else the CPU), "cpu"
+        /// or "cuda:N".
         device: String = "cpu".into(), Restart;
+        /// Weights and activations: "f32", "bf16" or "f16". Optimizer state (with f32 master
+        /// weights) and the loss math stay in f32 whatever this is.
         dtype: String = "f32".into(), Restart;
         /// Score the train set with the reference once (cached on disk) instead of every step.
         precompute_ref: bool = false, Restart;
@@ -626,9 +630,12 @@ impl TrainSettings {
             ),
         );
         c(
-            self.dtype == "f32",
+            crate::model::parse_dtype(&self.dtype).is_some(),
             "dtype",
-            format!("expected \"f32\", got \"{}\"", self.dtype),
+            format!(
+                "expected \"f32\", \"bf16\" or \"f16\", got \"{}\"",
+                self.dtype
+            ),
         );
         c(
             self.max_bad_steps >= 1,

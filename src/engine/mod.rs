@@ -305,7 +305,7 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
         run_dir: t.run.path.clone(),
         start_step: t.step,
         total_steps: t.total_steps,
-        device: format!("{:?}", t.device),
+        device: crate::model::device_label(&t.device, t.policy.dtype()),
         params: t.num_params(),
         config: Box::new(t.cfg.clone()),
     })?;
@@ -514,7 +514,8 @@ fn sft_train(
     ctl: &mut Control,
 ) -> Result<Option<PathBuf>> {
     let device = select_device(&cfg.train.device)?;
-    let (model, tok) = io::load_dir(base, &device, DType::F32)?;
+    let dtype = crate::model::train_dtype(&cfg.train.dtype)?;
+    let (model, tok) = io::load_dir(base, &device, dtype)?;
     let data = load_dataset(cfg, &tok, model.cfg.vocab_size)?;
     anyhow::ensure!(!data.train.is_empty(), "sft: no training pairs");
     let params = model.cfg.num_params();
@@ -533,7 +534,7 @@ fn sft_train(
         run_dir: run.path.clone(),
         start_step: 0,
         total_steps: total,
-        device: format!("{device:?}"),
+        device: crate::model::device_label(&device, dtype),
         params,
         config: Box::new(cfg.clone()),
     })?;
@@ -615,7 +616,10 @@ fn sft_train(
             cross_entropy: vec![],
         })))?;
     }
-    save_atomic(ckpt, |tmp| io::save_dir(&policy, Some(base), tmp))?;
+    let weights = crate::train::checkpoint_weights(&policy, &opt);
+    save_atomic(ckpt, |tmp| {
+        io::save_weights(&policy.cfg, &weights, Some(base), tmp)
+    })?;
     em.emit(Event::Checkpoint {
         step: total,
         path: ckpt.to_path_buf(),

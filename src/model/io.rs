@@ -1,6 +1,6 @@
 //! Hugging Face checkpoint folders: load (single or sharded safetensors) and save.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -107,29 +107,66 @@ pub fn hf_dtype(name: &str) -> Option<DType> {
     }
 }
 
-/// Writes `model` as a Hugging Face folder (config.json + model.safetensors in the checkpoint's
-/// own dtype) and copies the tokenizer files found in `tokenizer_from`.
+/// Writes `model` as a Hugging Face folder (config.json + safetensors in the checkpoint's own
+/// dtype) and copies the tokenizer files found in `tokenizer_from`; see [`save_weights`].
 pub fn save_dir(model: &CausalLm, tokenizer_from: Option<&Path>, dir: &Path) -> Result<()> {
+    save_weights(&model.cfg, model.weights(), tokenizer_from, dir)
+}
+
+/// Writes `weights` as a Hugging Face folder for `cfg`: tensors in the checkpoint's own dtype
+/// (`cfg.stored_dtype`), in the same shard files as the folder `from` when it was sharded
+/// (else one model.safetensors), config.json, and the tokenizer, chat-template and
+/// generation-config files found in `from`, so transformers and vLLM load it as they loaded the
+/// original.
+pub fn save_weights(
+    cfg: &ModelConfig,
+    weights: &[(String, Tensor)],
+    from: Option<&Path>,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let dtype = hf_dtype(&model.cfg.stored_dtype).unwrap_or(DType::F32);
-    let tensors = model
-        .weights()
-        .iter()
-        .map(|(n, t)| {
-            Ok((
-                n.clone(),
-                t.detach().to_dtype(dtype)?.to_device(&Device::Cpu)?,
-            ))
-        })
-        .collect::<Result<Vec<(String, Tensor)>>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let path = dir.join("model.safetensors");
-    safetensors::serialize_to_file(tensors, Some(metadata), &path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    let config = serde_json::to_string_pretty(&model.cfg.to_hf_json())?;
+    let dtype = hf_dtype(&cfg.stored_dtype).unwrap_or(DType::F32);
+    let shard_of = match from {
+        Some(src) => shard_map(src)?,
+        None => HashMap::new(),
+    };
+    // BTreeMap: shard files are written, and listed in the index, in a stable order.
+    let mut shards: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
+    let mut total_size = 0usize;
+    for (n, t) in weights {
+        let t = t.detach().to_dtype(dtype)?.to_device(&Device::Cpu)?;
+        total_size += t.elem_count() * dtype.size_in_bytes();
+        let file = shard_of
+            .get(n)
+            .cloned()
+            .unwrap_or_else(|| "model.safetensors".to_string());
+        shards.entry(file).or_default().push((n.clone(), t));
+    }
+    if !shard_of.is_empty() {
+        let mut weight_map = serde_json::Map::new();
+        for (file, tensors) in &shards {
+            for (n, _) in tensors {
+                weight_map.insert(n.clone(), serde_json::json!(file));
+            }
+        }
+        let index = serde_json::json!({
+            "metadata": {"total_size": total_size},
+            "weight_map": weight_map,
+        });
+        let path = dir.join("model.safetensors.index.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&index)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    for (file, tensors) in shards {
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let path = dir.join(&file);
+        safetensors::serialize_to_file(tensors, Some(metadata), &path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let config = serde_json::to_string_pretty(&cfg.to_hf_json())?;
     std::fs::write(dir.join("config.json"), config + "\n")
         .with_context(|| format!("cannot write {}/config.json", dir.display()))?;
-    if let Some(src) = tokenizer_from {
+    if let Some(src) = from {
         for f in TOKENIZER_FILES {
             let from = src.join(f);
             if from.exists() {
@@ -139,4 +176,24 @@ pub fn save_dir(model: &CausalLm, tokenizer_from: Option<&Path>, dir: &Path) -> 
         }
     }
     Ok(())
+}
+
+/// Tensor name -> shard file of a sharded checkpoint folder (empty when it is not sharded).
+fn shard_map(dir: &Path) -> Result<HashMap<String, String>> {
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        return Ok(HashMap::new());
+    }
+    let text = std::fs::read_to_string(&index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid JSON", index.display()))?;
+    Ok(v.get("weight_map")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, f)| Some((k.clone(), f.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
 }

@@ -45,6 +45,39 @@ pub fn select_device(spec: &str) -> Result<Device> {
     }
 }
 
+/// How logs and the dashboard name where a model runs: "cpu", "cuda:0", with the dtype when it
+/// is not f32 ("cuda:0 bf16").
+pub fn device_label(device: &Device, dtype: DType) -> String {
+    let place = match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(_) => match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            other => format!("{other:?}"),
+        },
+        other => format!("{:?}", other.location()),
+    };
+    match dtype {
+        DType::F32 => place,
+        d => format!("{place} {}", d.as_str()),
+    }
+}
+
+/// The dtype named by `train.dtype`: "f32", "bf16" or "f16".
+pub fn parse_dtype(name: &str) -> Option<DType> {
+    match name {
+        "f32" => Some(DType::F32),
+        "bf16" => Some(DType::BF16),
+        "f16" => Some(DType::F16),
+        _ => None,
+    }
+}
+
+/// [`parse_dtype`] for a validated config (an unknown name is an error naming the field).
+pub fn train_dtype(name: &str) -> Result<DType> {
+    parse_dtype(name)
+        .with_context(|| format!("train.dtype \"{name}\": expected \"f32\", \"bf16\" or \"f16\""))
+}
+
 /// One weight of the decoder: its Hugging Face name, shape and how a fresh model initialises it.
 #[derive(Clone, Debug)]
 pub struct ParamSpec {

@@ -21,6 +21,12 @@ fn fused_ok(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }
 
+/// bf16 and f16 tensors: norms, softmaxes and log-probs widen them to f32 (as transformers
+/// does), so half precision rounds the activations but not the statistics over a row.
+fn is_half(t: &Tensor) -> bool {
+    matches!(t.dtype(), DType::BF16 | DType::F16)
+}
+
 fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     let data = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
@@ -185,6 +191,10 @@ impl CustomOp3 for RmsNormBwd {
 
 /// RMS norm over the last dimension with a learned scale, differentiable in `x` and `w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if is_half(x) {
+        let y = rms_norm(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?, eps)?;
+        return y.to_dtype(x.dtype());
+    }
     if fused_ok(x) {
         x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
     } else {
@@ -407,6 +417,10 @@ impl CustomOp2 for CausalSoftmaxBwd {
 
 /// Softmax of `scale * x` over the last dimension under a causal mask (see above).
 pub fn causal_softmax(x: &Tensor, period: usize, offset: usize, scale: f64) -> Result<Tensor> {
+    if is_half(x) {
+        let p = causal_softmax(&x.to_dtype(DType::F32)?, period, offset, scale)?;
+        return p.to_dtype(x.dtype());
+    }
     if fused_ok(x) {
         x.contiguous()?.apply_op1(CausalSoftmax {
             period,
@@ -676,6 +690,9 @@ impl CustomOp3 for TargetLogProbBwd {
 
 /// log softmax(logits)[target] per row: logits [n, vocab], targets [n] u32.
 pub fn target_logprob(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if is_half(logits) {
+        return target_logprob(&logits.to_dtype(DType::F32)?, targets);
+    }
     if fused_ok(logits) {
         logits
             .contiguous()?

@@ -35,6 +35,18 @@ pub fn reference_logps(reference: &CausalLm, batch: &SeqBatch) -> Result<Vec<f32
     Ok(s.logps.detach().to_dtype(DType::F32)?.to_vec1()?)
 }
 
+/// The weights a checkpoint of `policy` stores: half-precision training saves the optimizer's
+/// f32 master copies (rounded once, to the checkpoint's own dtype, when written).
+pub fn checkpoint_weights(policy: &CausalLm, opt: &AdamW) -> Vec<(String, Tensor)> {
+    let master: std::collections::HashMap<String, Tensor> =
+        opt.master_weights().into_iter().collect();
+    policy
+        .weights()
+        .iter()
+        .map(|(n, t)| (n.clone(), master.get(n).unwrap_or(t).clone()))
+        .collect()
+}
+
 /// Sums of per-position mean logits over chosen rows and over rejected rows (TRL's
 /// logits/chosen and logits/rejected are their means).
 pub(crate) fn logit_sums(

@@ -37,8 +37,15 @@ impl Default for AdamWConfig {
 enum Moments {
     /// f32 parameters on the CPU: moments in host memory, fused update.
     Host { m: Vec<f32>, v: Vec<f32> },
-    /// Any other device or dtype: moments as tensors, update from tensor ops.
-    Device { m: Tensor, v: Tensor },
+    /// Any other device or dtype: moments as f32 tensors, update from tensor ops. Half-precision
+    /// parameters keep an f32 master copy that the update applies to: a bf16 weight of 0.02
+    /// has a spacing of ~1e-4, so DPO-sized steps (lr 5e-7) applied to it directly would round
+    /// away to nothing.
+    Device {
+        m: Tensor,
+        v: Tensor,
+        master: Option<Tensor>,
+    },
 }
 
 struct Param {
@@ -84,6 +91,9 @@ impl AdamW {
                     Moments::Device {
                         m: var.zeros_like()?.to_dtype(DType::F32)?,
                         v: var.zeros_like()?.to_dtype(DType::F32)?,
+                        master: (var.dtype() != DType::F32)
+                            .then(|| var.as_tensor().to_dtype(DType::F32))
+                            .transpose()?,
                     }
                 };
                 Ok(Param {
@@ -165,14 +175,20 @@ impl AdamW {
                     };
                     p.var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
                 }
-                Moments::Device { m, v } => {
+                Moments::Device { m, v, master } => {
                     let g = (g.to_dtype(DType::F32)? * scale)?;
                     *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
                     *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                     let update = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + c.eps)?)?;
-                    let w = p.var.as_tensor().to_dtype(DType::F32)?;
+                    let w = match master {
+                        Some(w) => w.clone(),
+                        None => p.var.as_tensor().clone(),
+                    };
                     let w = ((w * (1.0 - c.lr * wd))? - (update * c.lr)?)?;
                     p.var.set(&w.to_dtype(p.var.dtype())?)?;
+                    if let Some(mw) = master {
+                        *mw = w;
+                    }
                 }
             }
         }
@@ -183,7 +199,8 @@ impl AdamW {
     }
 
     /// First and second moments of every parameter, named `<param>.exp_avg` and
-    /// `<param>.exp_avg_sq` (PyTorch's names), for checkpoints.
+    /// `<param>.exp_avg_sq` (PyTorch's names), and the f32 master weights of half-precision
+    /// parameters (`<param>.master`), for checkpoints.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for p in &self.params {
@@ -192,12 +209,30 @@ impl AdamW {
                     Tensor::from_slice(m, p.var.shape(), &candle_core::Device::Cpu)?,
                     Tensor::from_slice(v, p.var.shape(), &candle_core::Device::Cpu)?,
                 ),
-                Moments::Device { m, v } => (m.clone(), v.clone()),
+                Moments::Device { m, v, master } => {
+                    if let Some(w) = master {
+                        out.push((format!("{}.master", p.name), w.clone()));
+                    }
+                    (m.clone(), v.clone())
+                }
             };
             out.push((format!("{}.exp_avg", p.name), m));
             out.push((format!("{}.exp_avg_sq", p.name), v));
         }
         Ok(out)
+    }
+
+    /// The f32 master weights of half-precision parameters (empty for f32 ones), by name.
+    pub fn master_weights(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .filter_map(|p| match &p.moments {
+                Moments::Device {
+                    master: Some(w), ..
+                } => Some((p.name.clone(), w.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Restores moments saved by `state_tensors`.
@@ -221,9 +256,16 @@ impl AdamW {
                     *m = m_t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
                     *v = v_t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
                 }
-                Moments::Device { m, v } => {
+                Moments::Device { m, v, master } => {
                     *m = m_t.to_device(p.var.device())?.to_dtype(DType::F32)?;
                     *v = v_t.to_device(p.var.device())?.to_dtype(DType::F32)?;
+                    // A checkpoint from an f32 run has no master copy: the weights are it.
+                    if let (Some(w), Some(saved)) = (master, get(&format!("{}.master", p.name))) {
+                        if saved.dims() != p.var.dims() {
+                            bail!("optimizer state for `{}` has the wrong shape", p.name);
+                        }
+                        *w = saved.to_device(p.var.device())?.to_dtype(DType::F32)?;
+                    }
                 }
             }
         }
@@ -352,6 +394,74 @@ mod tests {
             assert!((ha[i] as f64 - p[i]).abs() < 1e-5, "{ha:?} {p:?}");
             assert!((hb[i] - p[i]).abs() < 1e-5, "{hb:?} {p:?}");
         }
+    }
+
+    /// A bf16 parameter updates an f32 master copy exactly as an f32 parameter would be
+    /// updated, and shows the master rounded to bf16: DPO-sized steps accumulate instead of
+    /// rounding away, and a checkpoint's state restores the master exactly.
+    #[test]
+    fn half_precision_parameters_keep_f32_master_weights() {
+        let cfg = AdamWConfig {
+            lr: 5e-7,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let init = [0.015625f32, -0.5, 1.0, 3.0]; // exact in bf16
+        let dev = &Device::Cpu;
+        let full = Var::new(&init, dev).unwrap();
+        let half = Var::from_tensor(
+            &Tensor::new(&init, dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let mut a = AdamW::new(vec![("w".into(), full.clone())], cfg).unwrap();
+        let mut b = AdamW::new(vec![("w".into(), half.clone())], cfg).unwrap();
+        let g = [1.0f32, -1.0, 0.5, 2.0];
+        for _ in 0..20 {
+            a.step(&grads_of(&full, Tensor::new(&g, dev).unwrap()), None)
+                .unwrap();
+            let gh = Tensor::new(&g, dev).unwrap().to_dtype(DType::BF16).unwrap();
+            b.step(&grads_of(&half, gh), None).unwrap();
+        }
+        let want: Vec<f32> = full.as_tensor().to_vec1().unwrap();
+        let master: Vec<f32> = b.master_weights()[0].1.to_vec1().unwrap();
+        for i in 0..4 {
+            assert!((master[i] - want[i]).abs() < 1e-9, "{master:?} vs {want:?}");
+            // 20 steps of 5e-7 moved the weight by 1e-5: far below bf16's spacing here.
+            assert!((want[i] - init[i]).abs() > 5e-6);
+        }
+        let shown: Vec<f32> = half
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let rounded: Vec<f32> = b.master_weights()[0]
+            .1
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(shown, rounded);
+        assert_eq!(
+            shown,
+            init.to_vec(),
+            "the bf16 weights cannot show 1e-5 yet"
+        );
+
+        // Saved state (moments and master) restores into a fresh optimizer.
+        let saved: std::collections::HashMap<String, Tensor> =
+            b.state_tensors().unwrap().into_iter().collect();
+        assert!(saved.contains_key("w.master"));
+        let again = Var::from_tensor(&half.as_tensor().copy().unwrap()).unwrap();
+        let mut c = AdamW::new(vec![("w".into(), again)], cfg).unwrap();
+        c.load_state(|n| saved.get(n).cloned(), b.step).unwrap();
+        let restored: Vec<f32> = c.master_weights()[0].1.to_vec1().unwrap();
+        assert_eq!(restored, master);
     }
 
     #[test]

@@ -234,7 +234,8 @@ impl Trainer {
     ) -> Result<Self> {
         let device = select_device(&cfg.train.device)?;
         let policy_dir = from.as_ref().map_or(initial, |f| f.0.as_path());
-        let (policy, tok) = io::load_dir(policy_dir, &device, DType::F32)?;
+        let dtype = crate::model::train_dtype(&cfg.train.dtype)?;
+        let (policy, tok) = io::load_dir(policy_dir, &device, dtype)?;
         if cfg.data.max_len > policy.cfg.max_position_embeddings {
             bail!(
                 "data.max_len ({}) exceeds the model's max_position_embeddings ({})",
@@ -261,7 +262,7 @@ impl Trainer {
                 .with_context(|| format!("{}: cannot read {OPTIMIZER}", ckpt.display()))?;
             opt.load_state(|n| st.get(n).cloned(), state.optimizer_step)?;
         }
-        let load_ref = || io::load_model(initial, &device, DType::F32);
+        let load_ref = || io::load_model(initial, &device, dtype);
         let pad = tok.pad_id();
         let mut reference_samples = Vec::new();
         let mut this_reference = None;
@@ -722,7 +723,8 @@ impl Trainer {
         };
         self.run
             .write_checkpoint(self.step, self.cfg.checkpoint.keep, |dir| {
-                io::save_dir(&self.policy, Some(&self.initial_dir), dir)?;
+                let weights = super::checkpoint_weights(&self.policy, &self.opt);
+                io::save_weights(&self.policy.cfg, &weights, Some(&self.initial_dir), dir)?;
                 let moments: HashMap<String, Tensor> =
                     self.opt.state_tensors()?.into_iter().collect();
                 candle_core::safetensors::save(&moments, dir.join(OPTIMIZER))?;
