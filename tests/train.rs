@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use common::{fixture, gaplab, stderr};
+use common::{fixture, gaplab, stderr, stdout};
 use serde_json::Value;
 
 /// A copy of the tiny fixture workspace in `dir`, with `edit` applied to its gaplab.toml.
@@ -640,4 +640,49 @@ fn dropping_overlong_pairs_trains_on_fewer_or_errors_when_none_are_left() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn runs_that_cannot_fit_are_refused_before_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), |t| {
+        t.replace("seed = 3", "seed = 3\nmax_memory_gb = 0.001")
+    });
+    let out_dir = tmp.path().join("out");
+    let o = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("variant dpo")
+            && e.contains("needs about")
+            && e.contains("train.max_memory_gb = 0.001")
+            && e.contains("weights")
+            && e.contains("train.memory_check = false"),
+        "{e}"
+    );
+    let o = train(&[ws.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs about"), "{}", stderr(&o));
+
+    // Switching the check off trains, and the log still carries the estimate.
+    let ws = workspace(tmp.path(), |t| {
+        t.replace(
+            "seed = 3",
+            "seed = 3\nmax_memory_gb = 0.001\nmemory_check = false",
+        )
+    });
+    let o = train(&[
+        ws.to_str().unwrap(),
+        "--variant",
+        "dpo",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = runs(&out_dir).pop().unwrap();
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(log.contains("memory estimate on cpu"), "{log}");
+    let o = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("memory estimate on cpu"));
 }

@@ -17,7 +17,7 @@ use crate::model::{sample, Arch, CausalLm, ModelConfig, ScratchSpec};
 use crate::objective::{Loss, Objective};
 use crate::rng::Rng;
 use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::{self, reference_logps};
+use crate::train::{self, memory, reference_logps};
 
 pub struct BenchArgs {
     pub iters: usize,
@@ -50,6 +50,9 @@ pub struct BenchReport {
     pub results: Vec<BenchResult>,
     /// Peak resident memory of the process (CPU runs; GPU memory is read by nvidia-smi).
     pub peak_rss_bytes: Option<u64>,
+    /// What `gaplab train` would estimate for a DPO run of this shape and batch (a reference
+    /// model, no gradient accumulation), to compare with the measured peak.
+    pub dpo_estimate_bytes: u64,
 }
 
 /// The model shapes `--shape` names.
@@ -256,7 +259,23 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             },
         )?);
     }
+    let shape = memory::RunShape {
+        dtype_bytes: args.dtype.size_in_bytes(),
+        reference: memory::Reference::Model,
+        grad_accum: 1,
+        rows: pair_batch.rows(),
+        seq_len: args.prompt_len + args.response_len,
+        response_tokens: pair_batch.num_response_tokens(),
+        eval_rows: 0,
+        eval_response_tokens: 0,
+        runtime_bytes: if dev.is_cuda() {
+            memory::CUDA_RUNTIME_BYTES
+        } else {
+            memory::CPU_RUNTIME_BYTES
+        },
+    };
     Ok(BenchReport {
+        dpo_estimate_bytes: memory::estimate(&cfg, &shape).total,
         threads: rayon::current_num_threads(),
         params,
         device: format!("{dev:?}"),
@@ -287,10 +306,11 @@ pub fn render(r: &BenchReport) -> String {
         );
     }
     if let Some(b) = r.peak_rss_bytes {
-        s += &format!(
-            "peak resident memory {:.2} GiB\n",
-            b as f64 / (1u64 << 30) as f64
-        );
+        s += &format!("peak resident memory {}\n", memory::gib(b));
     }
+    s += &format!(
+        "memory estimate of a DPO run of this shape: {}\n",
+        memory::gib(r.dpo_estimate_bytes)
+    );
     s
 }

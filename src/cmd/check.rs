@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 use crate::config::Workspace;
 use crate::data::stats::{self, DataStats, Spread};
 use crate::data::FileKind;
-use crate::model::{io, ModelConfig, Tok};
+use crate::model::{io, select_device, ModelConfig, Tok};
+use crate::train::memory;
 use crate::train::trainer::load_dataset;
 
 fn spread_row(out: &mut String, name: &str, s: &Spread) {
@@ -72,7 +73,7 @@ pub fn run(path: &Path) -> Result<String> {
     let cfg = &cfgs[0];
     let mut out = String::new();
     let _ = writeln!(out, "{}: config ok", ws.file.display());
-    let (tok, vocab, max_pos, what) = match (&cfg.model.path, &cfg.model.scratch) {
+    let (tok, model_cfg, what) = match (&cfg.model.path, &cfg.model.scratch) {
         (Some(dir), _) => {
             let mc = ModelConfig::load(&dir.join("config.json"))?;
             io::weight_files(dir)?;
@@ -84,7 +85,7 @@ pub fn run(path: &Path) -> Result<String> {
                 mc.num_params() as f64 / 1e6,
                 mc.vocab_size
             );
-            (tok, mc.vocab_size, mc.max_position_embeddings, what)
+            (tok, mc, what)
         }
         (None, Some(s)) => {
             let dir = cfg
@@ -93,6 +94,7 @@ pub fn run(path: &Path) -> Result<String> {
                 .as_ref()
                 .context("model.tokenizer missing")?;
             let tok = Tok::load(dir, None)?;
+            let mc = crate::engine::scratch_config(s, &tok)?;
             let v = tok.vocab_size();
             let what = format!(
                 "from scratch: {} hidden {} x {} layers, tokenizer {} (vocab {v})",
@@ -101,10 +103,11 @@ pub fn run(path: &Path) -> Result<String> {
                 s.num_hidden_layers,
                 dir.display()
             );
-            (tok, v, s.max_position_embeddings, what)
+            (tok, mc, what)
         }
         _ => bail!("model: expected `path` or `[model.scratch]`"),
     };
+    let (vocab, max_pos) = (model_cfg.vocab_size, model_cfg.max_position_embeddings);
     if cfg.data.max_len > max_pos {
         bail!(
             "{}: data.max_len ({}) exceeds the model's max_position_embeddings ({max_pos})",
@@ -146,6 +149,11 @@ pub fn run(path: &Path) -> Result<String> {
             c.train.beta,
             c.train.lr
         );
+        // The same estimate and refusal as `gaplab train`.
+        let device = select_device(&c.train.device)?;
+        let line = memory::plan_run(c, None, &model_cfg, &device, &data.train, &data.eval)
+            .with_context(|| format!("variant {}", c.variant))?;
+        let _ = writeln!(out, "  {line}");
     }
     if let Some(s) = &cfg.sft {
         if s.steps > 0 {

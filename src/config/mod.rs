@@ -185,6 +185,11 @@ section! {
         /// Weights and activations: "f32", "bf16" or "f16". Optimizer state (with f32 master
         /// weights) and the loss math stay in f32 whatever this is.
         dtype: String = "f32".into(), Restart;
+        /// Refuse to start when the memory estimate exceeds what the device has free.
+        memory_check: bool = true, Restart;
+        /// Cap for the memory estimate in GiB (0: the device's free memory), e.g. to leave
+        /// room for others on a shared GPU.
+        max_memory_gb: f64 = 0.0, Restart;
         /// Score the train set with the reference once (cached on disk) instead of every step.
         precompute_ref: bool = false, Restart;
         /// Stop with an error after this many consecutive non-finite steps.
@@ -635,6 +640,14 @@ impl TrainSettings {
             format!(
                 "expected \"f32\", \"bf16\" or \"f16\", got \"{}\"",
                 self.dtype
+            ),
+        );
+        c(
+            self.max_memory_gb >= 0.0 && self.max_memory_gb.is_finite(),
+            "max_memory_gb",
+            format!(
+                "expected a number >= 0 (0: the device's free memory), got {}",
+                self.max_memory_gb
             ),
         );
         c(

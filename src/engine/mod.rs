@@ -313,6 +313,7 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
         step: t.step,
         state: RunState::Running,
     })?;
+    em.log(t.step, Level::Info, t.memory.clone())?;
     // Edits made while earlier variants (or the SFT stage) ran count for this one too.
     if let Some(ws) = ctl.latest.clone() {
         reload(t, &ws, em, t.step)?;
@@ -425,6 +426,14 @@ fn initial_base(cfg: &RunConfig, runs_root: &Path) -> Result<PathBuf> {
         return Ok(dir);
     }
     let tok = Tok::load(tok_dir, None)?;
+    let mc = scratch_config(scratch, &tok)?;
+    let model = CausalLm::random(mc, scratch.seed, &Device::Cpu)?;
+    save_atomic(&dir, |tmp| io::save_dir(&model, Some(tok_dir), tmp))?;
+    Ok(dir)
+}
+
+/// The model config of a from-scratch model over `tok`'s vocabulary.
+pub fn scratch_config(scratch: &crate::config::ScratchSection, tok: &Tok) -> Result<ModelConfig> {
     let arch = crate::model::Arch::parse(&scratch.arch)
         .with_context(|| format!("model.scratch.arch: unknown \"{}\"", scratch.arch))?;
     let mut mc = ModelConfig::from_scratch(&ScratchSpec {
@@ -442,9 +451,7 @@ fn initial_base(cfg: &RunConfig, runs_root: &Path) -> Result<PathBuf> {
     mc.bos_token_id = tok.bos;
     mc.eos_token_ids = vec![tok.eos];
     mc.pad_token_id = tok.pad;
-    let model = CausalLm::random(mc, scratch.seed, &Device::Cpu)?;
-    save_atomic(&dir, |tmp| io::save_dir(&model, Some(tok_dir), tmp))?;
-    Ok(dir)
+    Ok(mc)
 }
 
 /// Writes a folder through a temporary sibling and a rename.
@@ -515,9 +522,22 @@ fn sft_train(
 ) -> Result<Option<PathBuf>> {
     let device = select_device(&cfg.train.device)?;
     let dtype = crate::model::train_dtype(&cfg.train.dtype)?;
-    let (model, tok) = io::load_dir(base, &device, dtype)?;
-    let data = load_dataset(cfg, &tok, model.cfg.vocab_size)?;
+    let model_cfg = ModelConfig::load(&base.join("config.json"))?;
+    let data = load_dataset(
+        cfg,
+        &Tok::load(base, Some(&model_cfg))?,
+        model_cfg.vocab_size,
+    )?;
     anyhow::ensure!(!data.train.is_empty(), "sft: no training pairs");
+    let memory = crate::train::memory::plan_run(
+        cfg,
+        Some(sft),
+        &model_cfg,
+        &device,
+        &data.train,
+        &data.eval,
+    )?;
+    let (model, tok) = io::load_dir(base, &device, dtype)?;
     let params = model.cfg.num_params();
     let (policy, named) = model.into_trainable()?;
     let mut opt = AdamW::new(
@@ -542,6 +562,7 @@ fn sft_train(
         step: 0,
         state: RunState::Running,
     })?;
+    em.log(0, Level::Info, memory)?;
     let warmup = schedule::warmup_steps(total, sft.warmup_ratio, 0);
     let clip = (sft.max_grad_norm > 0.0).then_some(sft.max_grad_norm);
     let pad = tok.pad_id();

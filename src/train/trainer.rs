@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
-use super::{accumulate, logit_sums, preference_grads, reference_logps, schedule};
+use super::{accumulate, logit_sums, memory, preference_grads, reference_logps, schedule};
 use crate::config::{
     CheckpointSection, DataSection, EvalSection, JudgeSection, ModelSection, Reload, RunConfig,
     SampleSection, SftSection, TrainSettings, UiSection,
@@ -25,7 +25,7 @@ use crate::data::{
     TokenizedPair,
 };
 use crate::engine::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
-use crate::model::{io, ops, sample, select_device, CausalLm, Tok};
+use crate::model::{io, ops, sample, select_device, CausalLm, ModelConfig, Tok};
 use crate::objective::prefix::{self, PairTokenLogps};
 use crate::objective::{self, Objective};
 use crate::rng::Rng;
@@ -181,6 +181,8 @@ pub struct Trainer {
     pub tok: Tok,
     pub initial_dir: PathBuf,
     pub policy: CausalLm,
+    /// The memory estimate checked before loading (a line for the log).
+    pub memory: String,
     pub data: Dataset,
     pub step: usize,
     pub total_steps: usize,
@@ -235,18 +237,26 @@ impl Trainer {
         let device = select_device(&cfg.train.device)?;
         let policy_dir = from.as_ref().map_or(initial, |f| f.0.as_path());
         let dtype = crate::model::train_dtype(&cfg.train.dtype)?;
-        let (policy, tok) = io::load_dir(policy_dir, &device, dtype)?;
-        if cfg.data.max_len > policy.cfg.max_position_embeddings {
+        // Config, tokenizer and data first: a run that cannot fit is refused before any
+        // weight is read.
+        let model_cfg = ModelConfig::load(&policy_dir.join("config.json"))?;
+        if cfg.data.max_len > model_cfg.max_position_embeddings {
             bail!(
                 "data.max_len ({}) exceeds the model's max_position_embeddings ({})",
                 cfg.data.max_len,
-                policy.cfg.max_position_embeddings
+                model_cfg.max_position_embeddings
             );
         }
-        let data = load_dataset(&cfg, &tok, policy.cfg.vocab_size)?;
+        let data = load_dataset(
+            &cfg,
+            &Tok::load(policy_dir, Some(&model_cfg))?,
+            model_cfg.vocab_size,
+        )?;
         if data.train.is_empty() {
             bail!("{}: no training pairs", cfg.data.train.display());
         }
+        let memory = memory::plan_run(&cfg, None, &model_cfg, &device, &data.train, &data.eval)?;
+        let (policy, tok) = io::load_dir(policy_dir, &device, dtype)?;
         let per_step = cfg.train.batch_size * cfg.train.grad_accum;
         let total_steps = if cfg.train.steps > 0 {
             cfg.train.steps
@@ -303,6 +313,7 @@ impl Trainer {
             .as_ref()
             .map_or((0, 0, 0), |(_, s)| (s.step, s.bad_steps, s.tokens_seen));
         let mut t = Self {
+            memory,
             cfg,
             run,
             device: device.clone(),
