@@ -136,8 +136,9 @@ enum Command {
         /// Checkpoint folder of the reference model (DPO/IPO); default: the policy itself.
         #[arg(long = "ref")]
         reference: Option<PathBuf>,
-        /// JSONL file of pairs: string fields prompt, chosen, rejected, or conversational
-        /// (message lists, rendered with the model's chat template).
+        /// JSONL or Parquet file of pairs (or a quoted glob over shards): string fields
+        /// prompt, chosen, rejected, or conversational (message lists, rendered with the
+        /// model's chat template).
         #[arg(long)]
         data: PathBuf,
         #[arg(long, value_enum)]

@@ -26,7 +26,7 @@ fn conversational_ids_match_transformers() {
     let expected = read_json(&fixture("chat/expected_ids.json"));
     assert_eq!(expected["eos_token_id"], 321);
     let files = expected["files"].as_object().unwrap();
-    assert_eq!(files.len(), 3);
+    assert_eq!(files.len(), 6, "three JSONL files and three Parquet shards");
     for (name, rows) in files {
         let path = fixture("chat").join(name);
         let mut templates = TemplateResolver::new(TemplateSetting::Tokenizer, &tok);
@@ -426,4 +426,101 @@ fn eval_scores_conversational_pairs_with_the_models_template() {
             && err.contains("tokenizer_config.json"),
         "{err}"
     );
+}
+
+#[test]
+fn ultrafeedback_parquet_shards_train_through_a_glob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = chat("ultrafeedback");
+    let ws = chat_workspace(
+        tmp.path(),
+        "tiny-qwen2-chat",
+        &shards.join("train_prefs-*.parquet"),
+        Some(&shards.join("test_prefs-*.parquet")),
+        "",
+    );
+    let out = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "train_prefs-00000-of-00002.parquet: conversational, 2 pairs (0 with a prompt list, 2 with the prompt implicit in chosen/rejected)",
+        "train_prefs-00001-of-00002.parquet: conversational, 1 pairs",
+        "test_prefs-00000-of-00001.parquet: conversational, 1 pairs",
+        r#"first chosen    "the text is short.<|im_end|>\n""#,
+        "train (",
+        "3 pairs",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let out = gaplab(&["train", ws.to_str().unwrap(), "--headless"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = std::fs::read_dir(ws.join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    assert_eq!(read_json(&run.join("status.json"))["state"], "finished");
+    // The eval shard's prompt is a sampling prompt, rendered by the template.
+    let samples = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
+    assert!(samples.contains("list two fruits."), "{samples}");
+}
+
+#[test]
+fn parquet_and_glob_errors_name_the_file_and_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A pattern that matches nothing.
+    let ws = chat_workspace(
+        tmp.path(),
+        "tiny-qwen2-chat",
+        &chat("ultrafeedback").join("nothing-*.parquet"),
+        None,
+        "",
+    );
+    let out = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("nothing-*.parquet: the pattern matches no files"),
+        "{}",
+        stderr(&out)
+    );
+    // Not Parquet at all.
+    let bad = tmp.path().join("broken.parquet");
+    std::fs::write(&bad, "this is not parquet").unwrap();
+    let ws = chat_workspace(tmp.path(), "tiny-qwen2-chat", &bad, None, "");
+    let out = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("broken.parquet: not a readable Parquet file"),
+        "{}",
+        stderr(&out)
+    );
+    // Valid Parquet with other column names: the row and the missing field are named, and
+    // the field names can be pointed at other columns.
+    let ws = chat_workspace(
+        tmp.path(),
+        "tiny-qwen2-chat",
+        &chat("ultrafeedback/test_prefs-00000-of-00001.parquet"),
+        None,
+        "chosen_field = \"good\"",
+    );
+    let out = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains(
+            "test_prefs-00000-of-00001.parquet: row 1: expected an object with string fields"
+        ) && e.contains("missing field `good`"),
+        "{e}"
+    );
+    let ws = chat_workspace(
+        tmp.path(),
+        "tiny-qwen2-chat",
+        &chat("ultrafeedback/test_prefs-00000-of-00001.parquet"),
+        None,
+        "chosen_field = \"messages\"",
+    );
+    let out = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(r#"first chosen    "apple and pear.<|im_end|>\n""#));
 }

@@ -106,8 +106,17 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     .with_hint(
         "add a `chat_template` to its tokenizer_config.json (or a chat_template.jinja beside it)",
     );
-    let (pairs, _) = data::load_pairs(&args.data, &data::DataFormat::default(), &mut templates)?;
-    let pairs = data::tokenize_pairs(&tok, &pairs, &args.data, policy.cfg.vocab_size)?;
+    // JSONL or Parquet, one file or a glob over shards.
+    let mut pairs = Vec::new();
+    for path in data::source_files(&args.data)? {
+        let (p, _) = data::load_pairs(&path, &data::DataFormat::default(), &mut templates)?;
+        pairs.extend(data::tokenize_pairs(
+            &tok,
+            &p,
+            &path,
+            policy.cfg.vocab_size,
+        )?);
+    }
     let (stats, tokens) = score(&policy, reference.as_ref(), &tok, &pairs, &obj, args)?;
     Ok(report(&obj, stats, &tokens))
 }

@@ -127,9 +127,12 @@ section! {
 }
 
 section! {
-    /// `[data]`: preference pairs (JSONL: standard strings or conversational message lists),
-    /// their field names, the chat template of conversational data, and length limits.
+    /// `[data]`: preference pairs (JSONL or Parquet: standard strings or conversational
+    /// message lists), their field names, the chat template of conversational data, and
+    /// length limits.
     pub struct DataSection {
+        /// A .jsonl or .parquet file, or a glob over shards (`data/train_prefs-*.parquet`),
+        /// relative to the workspace.
         train: PathBuf = PathBuf::new(), Restart;
         eval: Option<PathBuf> = None, Restart;
         /// Without an eval file, hold out this many pairs from the end of the train file.

@@ -283,15 +283,31 @@ fn conversational_row(
     }
 }
 
-/// Reads a JSONL file of preference pairs, standard or conversational (`fmt`); blank lines are
-/// skipped, fields other than the three named ones are ignored. Errors name the file and line.
-pub fn read_rows(path: &Path, fmt: &DataFormat) -> Result<Rows> {
+/// Whether `path` is read as Parquet (by its extension) rather than JSONL.
+pub fn is_parquet(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+}
+
+/// Where record `n` (1-based) of a data file is: `file:line` for JSONL, `file: row n` for
+/// Parquet.
+pub fn location(path: &Path, n: usize) -> String {
+    if is_parquet(path) {
+        format!("{}: row {n}", path.display())
+    } else {
+        format!("{}:{n}", path.display())
+    }
+}
+
+/// The records of a data file as JSON objects with their 1-based line (JSONL, blank lines
+/// skipped) or row (Parquet) numbers.
+pub fn read_records(path: &Path) -> Result<Vec<(usize, Json)>> {
+    if is_parquet(path) {
+        return read_parquet(path);
+    }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let f = &fmt.fields;
-    let mut format = fmt.format;
-    let mut standard = Vec::new();
-    let mut conversations = Vec::new();
+    let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -304,6 +320,58 @@ pub fn read_rows(path: &Path, fmt: &DataFormat) -> Result<Rows> {
                 e.column()
             )
         })?;
+        out.push((i + 1, v));
+    }
+    Ok(out)
+}
+
+/// Rows of a Parquet file (any compression the Hub uses: snappy, zstd, gzip, lz4), each as a
+/// JSON object: strings stay strings, lists of structs become lists of objects, so a
+/// conversational column reads exactly like its JSONL form.
+fn read_parquet(path: &Path) -> Result<Vec<(usize, Json)>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
+    let rows = reader
+        .get_row_iter(None)
+        .with_context(|| format!("{}: cannot read rows", path.display()))?;
+    let mut out = Vec::new();
+    for (i, row) in rows.enumerate() {
+        let row = row.with_context(|| format!("{}: row {}", path.display(), i + 1))?;
+        out.push((i + 1, row.to_json_value()));
+    }
+    Ok(out)
+}
+
+/// The files a `data.train` / `data.eval` setting names: the path itself, or the sorted
+/// matches of a glob pattern (`data/train_prefs-*.parquet`), which must match something.
+pub fn source_files(setting: &Path) -> Result<Vec<PathBuf>> {
+    let text = setting.to_string_lossy();
+    if !text.contains(['*', '?', '[']) {
+        return Ok(vec![setting.to_path_buf()]);
+    }
+    let mut files = glob::glob(&text)
+        .with_context(|| format!("{text}: not a valid glob pattern"))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .with_context(|| format!("{text}: cannot list the matches"))?;
+    files.retain(|p| p.is_file());
+    files.sort();
+    if files.is_empty() {
+        bail!("{text}: the pattern matches no files");
+    }
+    Ok(files)
+}
+
+/// Reads a file of preference pairs (JSONL or Parquet), standard or conversational (`fmt`);
+/// fields other than the three named ones are ignored. Errors name the file and line (row).
+pub fn read_rows(path: &Path, fmt: &DataFormat) -> Result<Rows> {
+    let f = &fmt.fields;
+    let mut format = fmt.format;
+    let mut standard = Vec::new();
+    let mut conversations = Vec::new();
+    for (n, v) in read_records(path)? {
         if format == Format::Auto {
             format = match v.get(&f.chosen) {
                 Some(Json::Array(_)) => Format::Conversational,
@@ -312,11 +380,10 @@ pub fn read_rows(path: &Path, fmt: &DataFormat) -> Result<Rows> {
         }
         match format {
             Format::Conversational => {
-                let c = conversational_row(&v, f, i + 1).map_err(|e| {
+                let c = conversational_row(&v, f, n).map_err(|e| {
                     anyhow::anyhow!(
-                        "{}:{}: expected a conversational pair (`{}` and `{}` lists of messages): {e}",
-                        path.display(),
-                        i + 1,
+                        "{}: expected a conversational pair (`{}` and `{}` lists of messages): {e}",
+                        location(path, n),
                         f.chosen,
                         f.rejected
                     )
@@ -326,9 +393,8 @@ pub fn read_rows(path: &Path, fmt: &DataFormat) -> Result<Rows> {
             _ => {
                 let p = standard_row(&v, f).map_err(|e| {
                     anyhow::anyhow!(
-                        "{}:{}: expected an object with string fields `{}`, `{}`, `{}`: {e}",
-                        path.display(),
-                        i + 1,
+                        "{}: expected an object with string fields `{}`, `{}`, `{}`: {e}",
+                        location(path, n),
                         f.prompt,
                         f.chosen,
                         f.rejected
@@ -453,10 +519,7 @@ pub fn load_pairs(
             let tpl = templates.get(path)?;
             let pairs = convs
                 .iter()
-                .map(|c| {
-                    render_conversation(&tpl, c)
-                        .with_context(|| format!("{}:{}", path.display(), c.line))
-                })
+                .map(|c| render_conversation(&tpl, c).with_context(|| location(path, c.line)))
                 .collect::<Result<Vec<_>>>()?;
             let implicit = convs.iter().filter(|c| c.implicit).count();
             let summary = FileSummary {

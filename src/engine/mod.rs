@@ -487,7 +487,9 @@ fn sft_stage(
     checkpoint_fingerprint(base, &mut h)?;
     h.bytes(toml::to_string(sft)?.as_bytes());
     h.bytes(toml::to_string(&cfg.data)?.as_bytes());
-    h.bytes(&std::fs::read(&cfg.data.train).unwrap_or_default());
+    for f in crate::data::source_files(&cfg.data.train).unwrap_or_default() {
+        h.bytes(&std::fs::read(f).unwrap_or_default());
+    }
     h.bytes(&cfg.train.seed.to_le_bytes());
     let dir = runs_root.join(format!("sft-{:016x}", h.0));
     let ckpt = dir.join("checkpoint");

@@ -90,10 +90,7 @@ pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
     let grads = p * d * if s.grad_accum > 1 { 2 } else { 1 };
     parts.push(("gradients".into(), grads));
     if half {
-        parts.push((
-            "AdamW moments and f32 master weights".into(),
-            p * 12,
-        ));
+        parts.push(("AdamW moments and f32 master weights".into(), p * 12));
     } else {
         parts.push(("AdamW moments".into(), p * 8));
     }
@@ -112,7 +109,11 @@ pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
     // head; half precision widens them to f32. (Three copies matched measured CPU peaks within
     // 10% on 128- to 512-token rows, where two fell 25-40% short.)
     let attn_bytes = 3 * heads * t * if half { d + 4 } else { d };
-    let norm_bytes = if half { 4 * m.hidden_size as u64 * 4 } else { 0 };
+    let norm_bytes = if half {
+        4 * m.hidden_size as u64 * 4
+    } else {
+        0
+    };
     let per_layer = layer_elems_per_token(m) as u64 * d + attn_bytes + norm_bytes;
     // Backward holds one more layer's worth of gradients of activations at a time.
     let activations = tokens * per_layer * (layers + 1);
@@ -183,14 +184,7 @@ pub fn run_shape(
     let top = |pairs: &[TokenizedPair], n: usize| -> usize {
         let mut r: Vec<usize> = pairs
             .iter()
-            .map(|p| {
-                p.chosen.len()
-                    + if preference {
-                        p.rejected.len()
-                    } else {
-                        0
-                    }
-            })
+            .map(|p| p.chosen.len() + if preference { p.rejected.len() } else { 0 })
             .collect();
         r.sort_unstable_by(|a, b| b.cmp(a));
         r.iter().take(n).sum()
@@ -474,10 +468,20 @@ mod tests {
         };
         assert!(check(&e, "cpu", Some(4 << 30), 0.0).is_ok());
         assert!(check(&e, "cpu", None, 0.0).is_ok());
-        let err = check(&e, "cuda:0", Some(2 << 30), 0.0).unwrap_err().to_string();
-        assert!(err.contains("needs about 3.00 GiB") && err.contains("2.00 GiB available on cuda:0"), "{err}");
-        assert!(err.contains("train.batch_size") && err.contains("train.memory_check"), "{err}");
-        let err = check(&e, "cpu", Some(8 << 30), 1.0).unwrap_err().to_string();
+        let err = check(&e, "cuda:0", Some(2 << 30), 0.0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("needs about 3.00 GiB") && err.contains("2.00 GiB available on cuda:0"),
+            "{err}"
+        );
+        assert!(
+            err.contains("train.batch_size") && err.contains("train.memory_check"),
+            "{err}"
+        );
+        let err = check(&e, "cpu", Some(8 << 30), 1.0)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("train.max_memory_gb = 1"), "{err}");
     }
 }

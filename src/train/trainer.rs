@@ -65,14 +65,16 @@ pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset>
         templates.get(&cfg.data.train)?;
     }
     let mut files = Vec::new();
-    let mut read = |path: &Path| -> Result<(Vec<Prompt>, Vec<TokenizedPair>)> {
-        let (pairs, summary) = data::load_pairs(path, &fmt, &mut templates)?;
-        let tokenized = data::tokenize_pairs(tok, &pairs, path, vocab)?;
-        files.push(summary);
-        Ok((
-            pairs.iter().map(PreferencePair::prompt).collect(),
-            tokenized,
-        ))
+    // A setting may be a glob over shards: their pairs are concatenated in file-name order.
+    let mut read = |setting: &Path| -> Result<(Vec<Prompt>, Vec<TokenizedPair>)> {
+        let (mut prompts, mut tokenized) = (Vec::new(), Vec::new());
+        for path in data::source_files(setting)? {
+            let (pairs, summary) = data::load_pairs(&path, &fmt, &mut templates)?;
+            tokenized.extend(data::tokenize_pairs(tok, &pairs, &path, vocab)?);
+            prompts.extend(pairs.iter().map(PreferencePair::prompt));
+            files.push(summary);
+        }
+        Ok((prompts, tokenized))
     };
     let (train_prompts, mut train) = read(&cfg.data.train)?;
     let (mut eval_prompts, mut eval) = match &cfg.data.eval {
