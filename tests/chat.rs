@@ -524,3 +524,46 @@ fn parquet_and_glob_errors_name_the_file_and_row() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains(r#"first chosen    "apple and pear.<|im_end|>\n""#));
 }
+
+#[test]
+fn generation_config_stop_tokens_end_sampling() {
+    // eos (tokenizer_config) first, then the other ids generation_config.json lists.
+    assert_eq!(chat_tok().stop, vec![321, 1]);
+    let sample = |model: &Path| -> Vec<u32> {
+        let out = gaplab(&[
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "the sea",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        u32s(&v["token_ids"])
+    };
+    let free = sample(&fixture("tiny-qwen2-chat"));
+    assert_eq!(free.len(), 8, "random weights run to the limit: {free:?}");
+    // The same checkpoint whose generation_config also stops at the third generated token:
+    // sampling ends there, keeping it (as transformers' generate does).
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(fixture("tiny-qwen2-chat"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let stop = free[2];
+    assert!(
+        !free[..2].contains(&stop),
+        "pick a token that first appears third: {free:?}"
+    );
+    let mut gen = read_json(&dir.join("generation_config.json"));
+    gen["eos_token_id"] = serde_json::json!([321, stop]);
+    std::fs::write(dir.join("generation_config.json"), gen.to_string()).unwrap();
+    assert_eq!(sample(&dir), free[..3].to_vec());
+}

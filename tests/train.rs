@@ -288,8 +288,10 @@ fn non_finite_steps_never_reach_the_weights() {
         .any(|v| v["event"] == "skipped" && v["step"] == 2));
     assert!(!train_metrics(&run).contains_key(&2));
     assert!(stderr(&out).contains("step 2 skipped"));
-    let weights = |s: usize| {
-        std::fs::read(run.join(format!("checkpoints/step-{s}/model.safetensors"))).unwrap()
+    let weights = |s: usize| -> Vec<Vec<u8>> {
+        let ckpt = run.join(format!("checkpoints/step-{s}"));
+        let files = gaplab::model::io::weight_files(&ckpt).unwrap();
+        files.iter().map(|f| std::fs::read(f).unwrap()).collect()
     };
     assert_eq!(
         weights(1),
@@ -433,7 +435,7 @@ fn sft_stage_is_shared_and_reused() {
         .collect();
     assert_eq!(sft.len(), 1);
     let ckpt = sft[0].join("checkpoint");
-    assert!(ckpt.join("model.safetensors").exists());
+    let weights_file = gaplab::model::io::weight_files(&ckpt).unwrap()[0].clone();
     assert_eq!(
         jsonl(&sft[0].join("metrics.jsonl"))
             .iter()
@@ -448,13 +450,13 @@ fn sft_stage_is_shared_and_reused() {
         .unwrap();
         assert_eq!(Path::new(state["initial"].as_str().unwrap()), ckpt);
     }
-    let stamp = std::fs::metadata(ckpt.join("model.safetensors"))
+    let stamp = std::fs::metadata(&weights_file)
         .unwrap()
         .modified()
         .unwrap();
     let out = train(&[ws.to_str().unwrap(), "--variant", "dpo"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let again = std::fs::metadata(ckpt.join("model.safetensors"))
+    let again = std::fs::metadata(&weights_file)
         .unwrap()
         .modified()
         .unwrap();

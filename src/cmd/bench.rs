@@ -268,17 +268,18 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         response_tokens: pair_batch.num_response_tokens(),
         eval_rows: 0,
         eval_response_tokens: 0,
-        runtime_bytes: if dev.is_cuda() {
-            memory::CUDA_RUNTIME_BYTES
-        } else {
+        runtime_bytes: if dev.is_cpu() {
             memory::CPU_RUNTIME_BYTES
+        } else {
+            memory::CUDA_RUNTIME_BYTES
         },
+        fused_kernels: dev.is_cpu(),
     };
     Ok(BenchReport {
         dpo_estimate_bytes: memory::estimate(&cfg, &shape).total,
         threads: rayon::current_num_threads(),
         params,
-        device: format!("{dev:?}"),
+        device: crate::model::device_label(dev, DType::F32),
         dtype: format!("{:?}", args.dtype).to_lowercase(),
         shape: args.shape.clone(),
         results,

@@ -29,7 +29,9 @@ path = "{MODEL}"
 [data]
 # JSONL, one object a line with string fields "prompt", "chosen", "rejected" (standard), or
 # conversational: "chosen"/"rejected" lists of {"role", "content"} messages with a "prompt"
-# list, or without one (the messages chosen and rejected share are the prompt).
+# list, or without one (the messages chosen and rejected share are the prompt). Parquet files
+# (.parquet) read the same way, and a glob reads shards in name order, e.g.
+# train = "ultrafeedback_binarized/data/train_prefs-*.parquet".
 train = "data/train.jsonl"
 eval = "data/eval.jsonl"
 max_prompt_len = {MAX_PROMPT}        # an over-long pair's prompt is cut to this (see prompt_truncation)
@@ -63,7 +65,10 @@ grad_accum = 1
 max_grad_norm = 1.0         # 0 turns clipping off
 epochs = 1.0                # or: steps = 200
 seed = 0
-device = "cpu"              # auto | cpu | cuda:N
+device = "cpu"              # auto | cpu | cuda:N (build with --features cuda)
+dtype = "f32"               # f32 | bf16 | f16 (f32 optimizer state and loss math either way)
+memory_check = true         # refuse to start when the memory estimate exceeds the device's
+max_memory_gb = 0.0         # cap for the estimate in GiB (0: the device's free memory)
 precompute_ref = false      # score the data with the reference once, cache it on disk
 max_bad_steps = 3           # consecutive non-finite steps before the run stops
 

@@ -44,6 +44,9 @@ pub struct RunShape {
     pub eval_response_tokens: usize,
     /// What the process needs besides tensors (code, tokenizer, data; a CUDA context).
     pub runtime_bytes: u64,
+    /// The CPU's fused kernels (norm, rope, softmax, SwiGLU with their own backward) keep
+    /// fewer intermediates than the composite candle ops other devices use.
+    pub fused_kernels: bool,
 }
 
 /// [`RunShape::runtime_bytes`] on the CPU and on a GPU (the CUDA context and cuBLAS workspace).
@@ -105,16 +108,23 @@ pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
     let tokens = rows * t;
     let layers = m.num_hidden_layers as u64;
     let heads = m.num_attention_heads as u64;
-    // Scores, probabilities and the scaled scores the causal softmax reads, per token and
-    // head; half precision widens them to f32. (Three copies matched measured CPU peaks within
-    // 10% on 128- to 512-token rows, where two fell 25-40% short.)
-    let attn_bytes = 3 * heads * t * if half { d + 4 } else { d };
-    let norm_bytes = if half {
-        4 * m.hidden_size as u64 * 4
+    let h = m.hidden_size as u64;
+    let (attn_bytes, extra_bytes) = if s.fused_kernels {
+        // Scores, probabilities and the scaled scores the fused causal softmax reads, per key;
+        // half precision widens them to f32. (Three copies matched measured CPU peaks within
+        // 10% on 128- to 512-token rows, where two fell 25-40% short.)
+        let attn = 3 * heads * t * if half { d + 4 } else { d };
+        (attn, if half { 4 * h * 4 } else { 0 })
     } else {
-        0
+        // The composite softmax keeps the f32 scores, their scaled and masked copies, the
+        // shifted scores, their exponentials and the probabilities (plus the half-precision
+        // scores and probabilities around them); the composite norms, rope and SwiGLU keep
+        // their intermediates too.
+        let attn = heads * t * (6 * 4 + if half { 2 * d } else { 0 });
+        let extra = 8 * h * 4 + 4 * h * d + 2 * m.intermediate_size as u64 * d;
+        (attn, extra)
     };
-    let per_layer = layer_elems_per_token(m) as u64 * d + attn_bytes + norm_bytes;
+    let per_layer = layer_elems_per_token(m) as u64 * d + attn_bytes + extra_bytes;
     // Backward holds one more layer's worth of gradients of activations at a time.
     let activations = tokens * per_layer * (layers + 1);
     // Logits at response positions, their f32 copy in half precision, and the gradient of
@@ -200,6 +210,7 @@ pub fn run_shape(
         eval_rows: eval_batch_size * 2,
         eval_response_tokens: top(&all, eval_batch_size),
         runtime_bytes: CPU_RUNTIME_BYTES,
+        fused_kernels: true,
     }
 }
 
@@ -277,8 +288,9 @@ pub fn plan_run(
         train,
         eval,
     );
-    if device.is_cuda() {
+    if !device.is_cpu() {
         shape.runtime_bytes = CUDA_RUNTIME_BYTES;
+        shape.fused_kernels = false;
     }
     let e = estimate(model, &shape);
     let label = crate::model::device_label(device, dtype);
@@ -309,7 +321,7 @@ pub fn render(e: &Estimate, device: &str, available: Option<u64>) -> String {
 
 /// Refuses a run whose estimate exceeds what the device has (`limit_gb` > 0 caps it further).
 pub fn check(e: &Estimate, device: &str, available: Option<u64>, limit_gb: f64) -> Result<()> {
-    let limit = (limit_gb > 0.0).then(|| (limit_gb * GIB) as u64);
+    let limit = (limit_gb > 0.0).then_some((limit_gb * GIB) as u64);
     let room = match (available, limit) {
         (Some(a), Some(l)) => Some(a.min(l)),
         (a, l) => a.or(l),
@@ -363,6 +375,7 @@ mod tests {
             eval_rows: 2,
             eval_response_tokens: 6,
             runtime_bytes: 1 << 20,
+            fused_kernels: true,
         }
     }
 
@@ -407,6 +420,21 @@ mod tests {
         assert_eq!(part(&bf16, "reference model"), 2 * p);
         assert_eq!(part(&bf16, "AdamW moments and f32 master"), 12 * p);
         assert!(bf16.total < f32_est.total);
+    }
+
+    #[test]
+    fn composite_ops_on_other_devices_need_more() {
+        let m = model();
+        let cpu = estimate(&m, &shape());
+        let gpu = estimate(
+            &m,
+            &RunShape {
+                fused_kernels: false,
+                ..shape()
+            },
+        );
+        assert!(part(&gpu, "activations") > part(&cpu, "activations"));
+        assert_eq!(part(&gpu, "weights"), part(&cpu, "weights"));
     }
 
     #[test]
