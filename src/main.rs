@@ -171,6 +171,12 @@ enum Command {
         model: PathBuf,
         #[arg(long)]
         prompt: String,
+        /// Render the prompt as a user message with the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// A system message before the prompt (with --chat).
+        #[arg(long)]
+        system: Option<String>,
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
         #[arg(long, default_value_t = 0.0)]
@@ -326,6 +332,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sample {
             model,
             prompt,
+            chat,
+            system,
             max_new_tokens,
             temperature,
             top_p,
@@ -343,6 +351,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let args = cmd::sample::SampleArgs {
                 model,
                 prompt,
+                chat,
+                system,
                 params: SampleParams {
                     max_new_tokens,
                     temperature,

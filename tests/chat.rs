@@ -567,3 +567,56 @@ fn generation_config_stop_tokens_end_sampling() {
     std::fs::write(dir.join("generation_config.json"), gen.to_string()).unwrap();
     assert_eq!(sample(&dir), free[..3].to_vec());
 }
+
+#[test]
+fn sample_chat_renders_the_prompt_like_transformers() {
+    let expected = read_json(&fixture("chat/expected_ids.json"));
+    let rows = &expected["files"]["pairs.jsonl"];
+    let prompt_ids = |args: &[&str]| -> Vec<u32> {
+        let model = fixture("tiny-qwen2-chat");
+        let mut all = vec![
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        let out = gaplab(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        u32s(&v["prompt_ids"])
+    };
+    assert_eq!(
+        prompt_ids(&["--chat", "--prompt", "what is the capital of france?"]),
+        u32s(&rows[0]["prompt_ids"])
+    );
+    assert_eq!(
+        prompt_ids(&[
+            "--chat",
+            "--system",
+            "answer in one short sentence.",
+            "--prompt",
+            "what is two plus two?"
+        ]),
+        u32s(&rows[1]["prompt_ids"])
+    );
+    // Without --chat the text is a plain prompt; a checkpoint without a template says so.
+    let plain = prompt_ids(&["--prompt", "what is the capital of france?"]);
+    assert!(!plain.contains(&320), "{plain:?}");
+    let out = gaplab(&[
+        "sample",
+        "--model",
+        fixture("tiny-llama").to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--chat",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("has no chat template"),
+        "{}",
+        stderr(&out)
+    );
+}

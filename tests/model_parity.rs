@@ -144,7 +144,9 @@ fn saved_folder_reloads_identically() {
         // The source's layout: one file, or the same shards and index.
         let files = io::weight_files(out.path()).unwrap();
         let names = |fs: Vec<std::path::PathBuf>| -> Vec<std::ffi::OsString> {
-            fs.iter().map(|f| f.file_name().unwrap().to_owned()).collect()
+            fs.iter()
+                .map(|f| f.file_name().unwrap().to_owned())
+                .collect()
         };
         assert_eq!(names(files.clone()), names(io::weight_files(&src).unwrap()));
         let mut st = std::collections::HashMap::new();
