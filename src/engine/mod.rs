@@ -491,6 +491,11 @@ fn sft_stage(
         h.bytes(&std::fs::read(f).unwrap_or_default());
     }
     h.bytes(&cfg.train.seed.to_le_bytes());
+    // The stage trains in the run's dtype: a bf16 SFT result is not an f32 one. (f32 adds
+    // nothing, so caches made before half precision existed stay valid.)
+    if cfg.train.dtype != "f32" {
+        h.bytes(cfg.train.dtype.as_bytes());
+    }
     let dir = runs_root.join(format!("sft-{:016x}", h.0));
     let ckpt = dir.join("checkpoint");
     if ckpt.join("config.json").exists() {
