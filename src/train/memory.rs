@@ -59,6 +59,8 @@ pub struct Estimate {
     /// (what, bytes), in the order printed.
     pub parts: Vec<(String, u64)>,
     pub total: u64,
+    /// Weights, gradients and optimizer state: what no batch setting can shrink.
+    pub model_state: u64,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -102,6 +104,7 @@ pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
         Reference::Model => parts.push(("reference model".into(), p * d)),
         Reference::Cached => {}
     }
+    let model_state = parts.iter().take(3).map(|(_, b)| b).sum();
 
     // Transient peaks: the largest of training, eval and reference caching.
     let (rows, t) = (s.rows as u64, s.seq_len as u64);
@@ -161,7 +164,11 @@ pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
     }
     parts.push(("runtime".into(), s.runtime_bytes));
     let total = parts.iter().map(|(_, b)| b).sum();
-    Estimate { parts, total }
+    Estimate {
+        parts,
+        total,
+        model_state,
+    }
 }
 
 /// The shape of a run on `data` (the longest rows decide the padding).
@@ -333,8 +340,16 @@ pub fn check(e: &Estimate, device: &str, available: Option<u64>, limit_gb: f64) 
             } else {
                 format!("{} available on {device}", gib(room))
             };
+            let advice = if e.model_state > room {
+                format!(
+                    "The weights, gradients and AdamW state alone need {}: full fine-tuning of this model does not fit here whatever the batch; use a smaller model or a device with more memory.",
+                    gib(e.model_state)
+                )
+            } else {
+                "To fit: lower train.batch_size (raise train.grad_accum to keep the batch), lower data.max_len, set train.precompute_ref = true (no reference model while training), or train.dtype = \"bf16\".".to_string()
+            };
             bail!(
-                "this run needs about {} but has {why}: {}. To fit: lower train.batch_size (raise train.grad_accum to keep the batch), lower data.max_len, set train.precompute_ref = true (no reference model while training), or train.dtype = \"bf16\". train.memory_check = false skips this check.",
+                "this run needs about {} but has {why}: {}. {advice} train.memory_check = false skips this check.",
                 gib(e.total),
                 render(e, device, available)
             );
@@ -402,6 +417,7 @@ mod tests {
         assert_eq!(part(&e, "logits"), 12 * 1000 * 8);
         assert_eq!(part(&e, "runtime"), 1 << 20);
         assert_eq!(e.total, e.parts.iter().map(|x| x.1).sum::<u64>());
+        assert_eq!(e.model_state, 16 * p);
     }
 
     #[test]
@@ -491,8 +507,9 @@ mod tests {
     #[test]
     fn refusal_names_the_numbers_and_the_way_out() {
         let e = Estimate {
-            parts: vec![("weights".into(), 3 << 30)],
+            parts: vec![("weights".into(), 1 << 30), ("activations".into(), 2 << 30)],
             total: 3 << 30,
+            model_state: 1 << 30,
         };
         assert!(check(&e, "cpu", Some(4 << 30), 0.0).is_ok());
         assert!(check(&e, "cpu", None, 0.0).is_ok());
