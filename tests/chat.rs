@@ -620,3 +620,34 @@ fn sample_chat_renders_the_prompt_like_transformers() {
         stderr(&out)
     );
 }
+
+#[test]
+fn released_models_chat_templates_render_like_transformers() {
+    // Templates of Qwen2.5, SmolLM2, Llama 3.2, Mistral v0.3 and Zephyr instruct models
+    // (tests/fixtures/chat/templates/SOURCES.md), against transformers' apply_chat_template.
+    let dir = chat("templates");
+    let expected = read_json(&dir.join("expected.json"));
+    let templates = expected["templates"].as_object().unwrap();
+    assert_eq!(templates.len(), 5);
+    let tok = chat_tok();
+    for (name, cases) in templates {
+        let src = format!(
+            "{{%- set date_string = \"26 Jul 2024\" %}}{}",
+            std::fs::read_to_string(dir.join(name)).unwrap()
+        );
+        let tpl = gaplab::data::chat::ChatTemplate::for_tok(&src, name.clone(), &tok).unwrap();
+        for case in cases.as_array().unwrap() {
+            let messages = case["messages"].as_array().unwrap().clone();
+            let prompt = tpl.render(&messages, true).unwrap();
+            assert_eq!(
+                prompt,
+                case["prompt"].as_str().unwrap(),
+                "{name}: {messages:?}"
+            );
+            let mut all = messages.clone();
+            all.push(serde_json::json!({"role": "assistant", "content": "blue."}));
+            let full = tpl.render(&all, false).unwrap();
+            assert_eq!(full, case["full"].as_str().unwrap(), "{name}: {all:?}");
+        }
+    }
+}

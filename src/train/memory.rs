@@ -91,8 +91,15 @@ pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
     let v = m.vocab_size as u64;
     let mut parts: Vec<(String, u64)> = Vec::new();
     parts.push(("weights".into(), p * d));
-    // Accumulating over micro-batches keeps a second set of gradients.
-    let grads = p * d * if s.grad_accum > 1 { 2 } else { 1 };
+    // Accumulating over micro-batches keeps a second set of gradients. Tied embeddings get
+    // two gradients (the lookup and the LM head) that backward sums into a third: at a 150k
+    // vocabulary that is a gigabyte, measured on Qwen2.5-0.5B's shape.
+    let tied = if m.tie_word_embeddings {
+        2 * v * m.hidden_size as u64 * d
+    } else {
+        0
+    };
+    let grads = p * d * if s.grad_accum > 1 { 2 } else { 1 } + tied;
     parts.push(("gradients".into(), grads));
     if half {
         parts.push(("AdamW moments and f32 master weights".into(), p * 12));
