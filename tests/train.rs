@@ -688,3 +688,31 @@ fn runs_that_cannot_fit_are_refused_before_loading() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("memory estimate on cpu"));
 }
+
+#[test]
+fn datasets_are_reused_until_a_data_file_changes() {
+    use gaplab::config::Workspace;
+    use gaplab::model::Tok;
+    use gaplab::train::trainer::load_dataset;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("pairs.jsonl");
+    std::fs::copy(fixture("pairs.jsonl"), &data).unwrap();
+    let ws = workspace(tmp.path(), |t| {
+        t.replace(
+            &format!("{:?}", fixture("pairs.jsonl")),
+            &format!("{data:?}"),
+        )
+    });
+    let ws = Workspace::load(&ws).unwrap();
+    let cfg = ws.run_config("dpo").unwrap();
+    let tok = Tok::load(&fixture("tiny-llama"), None).unwrap();
+    let first = load_dataset(&cfg, &tok, 320).unwrap();
+    assert_eq!(first.train.len(), 6);
+    let again = load_dataset(&ws.run_config("dpo-poet").unwrap(), &tok, 320).unwrap();
+    assert_eq!(again.train, first.train);
+    // One more pair in the file: read again.
+    let mut text = std::fs::read_to_string(&data).unwrap();
+    text.push_str("{\"prompt\": \"one more\", \"chosen\": \"yes\", \"rejected\": \"no\"}\n");
+    std::fs::write(&data, text).unwrap();
+    assert_eq!(load_dataset(&cfg, &tok, 320).unwrap().train.len(), 7);
+}

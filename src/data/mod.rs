@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use serde_json::Value as Json;
 
 use crate::model::Tok;
@@ -517,9 +518,13 @@ pub fn load_pairs(
         }
         Rows::Conversational(convs) => {
             let tpl = templates.get(path)?;
+            // In parallel: rendering UltraFeedback's 61k conversations is seconds of work.
+            // (collected in order first, so the error reported is the first bad row's)
             let pairs = convs
-                .iter()
+                .par_iter()
                 .map(|c| render_conversation(&tpl, c).with_context(|| location(path, c.line)))
+                .collect::<Vec<_>>()
+                .into_iter()
                 .collect::<Result<Vec<_>>>()?;
             let implicit = convs.iter().filter(|c| c.implicit).count();
             let summary = FileSummary {
@@ -574,8 +579,9 @@ pub fn tokenize_pairs(
     source: &Path,
     vocab_size: usize,
 ) -> Result<Vec<TokenizedPair>> {
-    pairs
-        .iter()
+    // In parallel, collected in order so the error reported is the first bad pair's.
+    let tokenized: Vec<Result<TokenizedPair>> = pairs
+        .par_iter()
         .enumerate()
         .map(|(i, p)| {
             let t = tokenize_pair(tok, p)
@@ -595,7 +601,8 @@ pub fn tokenize_pairs(
             }
             Ok(t)
         })
-        .collect()
+        .collect();
+    tokenized.into_iter().collect()
 }
 
 /// `data.prompt_truncation`: which part of an over-long prompt is kept.

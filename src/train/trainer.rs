@@ -36,6 +36,7 @@ use crate::runlog::{RunDir, OPTIMIZER, TRAINER_STATE};
 pub const FAULT_NAN_ENV: &str = "GAPLAB_FAULT_NAN_STEPS";
 
 /// The tokenized data of a run.
+#[derive(Clone)]
 pub struct Dataset {
     pub train: Vec<TokenizedPair>,
     pub eval: Vec<TokenizedPair>,
@@ -52,8 +53,64 @@ pub struct Dataset {
     pub chat: Option<Arc<ChatTemplate>>,
 }
 
-/// Reads, tokenizes and length-limits the train and eval pairs of `cfg`.
+/// The last dataset loaded, by what it was loaded from: the variants of a workspace share
+/// `[data]` and the tokenizer, so the second variant on UltraFeedback does not spend another
+/// half minute rendering and tokenizing 61k pairs.
+static LAST_DATASET: std::sync::Mutex<Option<(String, Dataset)>> = std::sync::Mutex::new(None);
+
+/// What a dataset depends on: the `[data]` settings, the workspace, the tokenizer files and
+/// every data file's size and modification time.
+fn dataset_key(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<String> {
+    let mut key = format!(
+        "{}\n{}\n{}\n{vocab}\n",
+        toml::to_string(&cfg.data)?,
+        cfg.workspace.display(),
+        tok.dir.display()
+    );
+    let mut stamp = |p: &Path| {
+        if let Ok(m) = std::fs::metadata(p) {
+            key.push_str(&format!(
+                "{} {} {:?}\n",
+                p.display(),
+                m.len(),
+                m.modified().ok()
+            ));
+        }
+    };
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        stamp(&tok.dir.join(f));
+    }
+    for setting in std::iter::once(&cfg.data.train).chain(&cfg.data.eval) {
+        for f in data::source_files(setting).unwrap_or_default() {
+            stamp(&f);
+        }
+    }
+    Ok(key)
+}
+
+/// Reads, tokenizes and length-limits the train and eval pairs of `cfg` (or reuses the last
+/// dataset when nothing it came from changed).
 pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset> {
+    let key = dataset_key(cfg, tok, vocab)?;
+    if let Some((k, d)) = LAST_DATASET
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        if *k == key {
+            return Ok(d.clone());
+        }
+    }
+    let d = read_dataset(cfg, tok, vocab)?;
+    *LAST_DATASET.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, d.clone()));
+    Ok(d)
+}
+
+fn read_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset> {
     let limits = LengthLimits::from_config(&cfg.data);
     let fmt = DataFormat::from_config(&cfg.data)?;
     let mut templates = TemplateResolver::new(
