@@ -18,29 +18,46 @@ pub const TOKENIZER_FILES: &[&str] = &[
     "chat_template.json",
 ];
 
+/// The `weight_map` (tensor name -> shard file) of a sharded checkpoint folder's
+/// model.safetensors.index.json, or None when the folder is not sharded.
+fn shard_index(dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}:{}:{}: invalid JSON: {e}",
+            index.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: field `weight_map` missing", index.display()))?;
+    Ok(Some(
+        map.iter()
+            .filter_map(|(k, f)| Some((k.clone(), f.as_str()?.to_string())))
+            .collect(),
+    ))
+}
+
 /// The safetensors files of a checkpoint folder, from its shard index when it has one.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        let text = std::fs::read_to_string(&index)
-            .with_context(|| format!("cannot read {}", index.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{}:{}: invalid JSON: {e}",
-                index.display(),
-                e.line(),
-                e.column()
-            )
-        })?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .with_context(|| format!("{}: field `weight_map` missing", index.display()))?;
-        let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+    if let Some(map) = shard_index(dir)? {
+        let files: BTreeSet<&String> = map.values().collect();
         let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         for f in &files {
             if !f.exists() {
-                bail!("{}: shard {} does not exist", index.display(), f.display());
+                bail!(
+                    "{}/model.safetensors.index.json: shard {} does not exist",
+                    dir.display(),
+                    f.display()
+                );
             }
         }
         return Ok(files);
@@ -127,8 +144,8 @@ pub fn save_weights(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dtype = hf_dtype(&cfg.stored_dtype).unwrap_or(DType::F32);
     let shard_of = match from {
-        Some(src) => shard_map(src)?,
-        None => HashMap::new(),
+        Some(src) => shard_index(src)?.unwrap_or_default(),
+        None => BTreeMap::new(),
     };
     // BTreeMap: shard files are written, and listed in the index, in a stable order.
     let mut shards: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
@@ -176,24 +193,4 @@ pub fn save_weights(
         }
     }
     Ok(())
-}
-
-/// Tensor name -> shard file of a sharded checkpoint folder (empty when it is not sharded).
-fn shard_map(dir: &Path) -> Result<HashMap<String, String>> {
-    let index = dir.join("model.safetensors.index.json");
-    if !index.exists() {
-        return Ok(HashMap::new());
-    }
-    let text = std::fs::read_to_string(&index)
-        .with_context(|| format!("cannot read {}", index.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: invalid JSON", index.display()))?;
-    Ok(v.get("weight_map")
-        .and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, f)| Some((k.clone(), f.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default())
 }
