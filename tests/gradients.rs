@@ -6,23 +6,12 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::fixture;
 use gaplab::data::{SeqBatch, TokenizedPair};
-use gaplab::model::{io, Arch, CausalLm, ModelConfig, ScratchSpec};
+use gaplab::model::{io, Arch, CausalLm};
 use gaplab::objective::{preference_loss, Loss, Objective};
 use gaplab::train::reference_logps;
 
 fn pairs() -> Vec<TokenizedPair> {
-    vec![
-        TokenizedPair {
-            prompt: vec![0, 7, 9],
-            chosen: vec![12, 15, 3, 8, 1],
-            rejected: vec![20, 4, 1],
-        },
-        TokenizedPair {
-            prompt: vec![0, 30],
-            chosen: vec![5, 6, 1],
-            rejected: vec![9, 9, 9, 9, 1],
-        },
-    ]
+    common::tiny_pairs()
 }
 
 fn dpo(poet: bool) -> Objective {
@@ -49,19 +38,7 @@ fn every_parameter_receives_a_gradient() {
         (Arch::Qwen2, true, 1),
         (Arch::Mistral, false, 4),
     ] {
-        let cfg = ModelConfig::from_scratch(&ScratchSpec {
-            arch,
-            vocab_size: 40,
-            hidden_size: 32,
-            intermediate_size: 48,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: kv,
-            max_position_embeddings: 64,
-            rope_theta: 10000.0,
-            tie_word_embeddings: tied,
-        })
-        .unwrap();
+        let cfg = common::tiny_config(arch, tied, kv);
         let base = CausalLm::random(cfg, 1, &Device::Cpu).unwrap();
         let reference = CausalLm::random(base.cfg.clone(), 2, &Device::Cpu).unwrap();
         let (policy, vars) = base.into_trainable().unwrap();

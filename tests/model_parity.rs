@@ -29,18 +29,7 @@ fn token_logps_match_transformers() {
         let dir = fixture(name);
         let exp = read_json(&dir.join("expected.json"));
         let (model, _) = io::load_dir(&dir, &Device::Cpu, DType::F32).unwrap();
-        let ids: Vec<Vec<u32>> = exp["batch"]["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(u32s)
-            .collect();
-        let masks: Vec<Vec<u32>> = exp["batch"]["attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(u32s)
-            .collect();
+        let (ids, masks) = common::expected_batch(&exp);
         let expected: Vec<Vec<f64>> = exp["token_logps"]
             .as_array()
             .unwrap()
@@ -63,11 +52,7 @@ fn token_logps_match_transformers() {
         assert!(worst < 1e-4, "{name}: max |logp diff| {worst:e}");
 
         // The packed training path (first token as prompt, the rest as response).
-        let seqs: Vec<Vec<u32>> = ids
-            .iter()
-            .zip(&masks)
-            .map(|(r, m)| r[..m.iter().sum::<u32>() as usize].to_vec())
-            .collect();
+        let seqs = common::unpadded(&ids, &masks);
         let rows: Vec<(&[u32], &[u32])> = seqs.iter().map(|s| (&s[..1], &s[1..])).collect();
         let batch = SeqBatch::new(&rows, 2, &Device::Cpu).unwrap();
         let packed: Vec<f32> = model

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, gaplab, read_json, stderr, u32s};
-use gaplab::data::{SeqBatch, TokenizedPair};
-use gaplab::model::{io, Arch, CausalLm, ModelConfig, ScratchSpec};
+use common::{fixture, gaplab, read_json, stderr};
+use gaplab::data::SeqBatch;
+use gaplab::model::{io, Arch, CausalLm};
 use gaplab::objective::{preference_loss, Loss, Objective};
 use gaplab::train::reference_logps;
 use serde_json::Value;
@@ -23,23 +23,8 @@ fn logp_error(name: &str, dtype: DType) -> (f64, f64) {
     let exp = read_json(&dir.join("expected.json"));
     let model = io::load_model(&dir, &Device::Cpu, dtype).unwrap();
     assert_eq!(model.dtype(), dtype);
-    let ids: Vec<Vec<u32>> = exp["batch"]["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(u32s)
-        .collect();
-    let masks: Vec<Vec<u32>> = exp["batch"]["attention_mask"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(u32s)
-        .collect();
-    let seqs: Vec<Vec<u32>> = ids
-        .iter()
-        .zip(&masks)
-        .map(|(r, m)| r[..m.iter().sum::<u32>() as usize].to_vec())
-        .collect();
+    let (ids, masks) = common::expected_batch(&exp);
+    let seqs = common::unpadded(&ids, &masks);
     let rows: Vec<(&[u32], &[u32])> = seqs.iter().map(|s| (&s[..1], &s[1..])).collect();
     let batch = SeqBatch::new(&rows, 2, &Device::Cpu).unwrap();
     let logps = model.response_scores(&batch).unwrap().logps;
@@ -88,33 +73,10 @@ fn half_precision_logps_stay_close_to_transformers_f32() {
 
 #[test]
 fn every_parameter_receives_a_gradient_in_half_precision() {
-    let pairs = vec![
-        TokenizedPair {
-            prompt: vec![0, 7, 9],
-            chosen: vec![12, 15, 3, 8, 1],
-            rejected: vec![20, 4, 1],
-        },
-        TokenizedPair {
-            prompt: vec![0, 30],
-            chosen: vec![5, 6, 1],
-            rejected: vec![9, 9, 9, 9, 1],
-        },
-    ];
+    let pairs = common::tiny_pairs();
     for dtype in [DType::BF16, DType::F16] {
         for (arch, tied) in [(Arch::Llama, false), (Arch::Qwen2, true)] {
-            let cfg = ModelConfig::from_scratch(&ScratchSpec {
-                arch,
-                vocab_size: 40,
-                hidden_size: 32,
-                intermediate_size: 48,
-                num_hidden_layers: 2,
-                num_attention_heads: 4,
-                num_key_value_heads: 2,
-                max_position_embeddings: 64,
-                rope_theta: 10000.0,
-                tie_word_embeddings: tied,
-            })
-            .unwrap();
+            let cfg = common::tiny_config(arch, tied, 2);
             let base = CausalLm::random(cfg, 1, &Device::Cpu)
                 .unwrap()
                 .to_dtype(dtype)

@@ -315,3 +315,22 @@ pub fn render(r: &BenchReport) -> String {
     );
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_have_their_models_parameter_counts() {
+        let count = |s: &str| {
+            ModelConfig::from_scratch(&bench_spec(s).unwrap())
+                .unwrap()
+                .num_params()
+        };
+        // 2 * 4096 * 256 embeddings + 4 * (4 * 256^2 + 3 * 256 * 688 + 2 * 256) + 256
+        assert_eq!(count("small"), 5_261_568);
+        // Qwen2.5-0.5B-Instruct: 494,032,768 parameters (tied embeddings).
+        assert_eq!(count("qwen2.5-0.5b"), 494_032_768);
+        assert!(bench_spec("7b").is_err());
+    }
+}

@@ -45,3 +45,58 @@ pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
+
+/// The padded batch of a fixture checkpoint's expected.json: input ids and attention masks.
+pub fn expected_batch(exp: &serde_json::Value) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let rows = |key: &str| -> Vec<Vec<u32>> {
+        exp["batch"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(u32s)
+            .collect()
+    };
+    (rows("input_ids"), rows("attention_mask"))
+}
+
+/// Two small preference pairs in token ids (prompt, chosen, rejected of different lengths).
+pub fn tiny_pairs() -> Vec<gaplab::data::TokenizedPair> {
+    use gaplab::data::TokenizedPair;
+    vec![
+        TokenizedPair {
+            prompt: vec![0, 7, 9],
+            chosen: vec![12, 15, 3, 8, 1],
+            rejected: vec![20, 4, 1],
+        },
+        TokenizedPair {
+            prompt: vec![0, 30],
+            chosen: vec![5, 6, 1],
+            rejected: vec![9, 9, 9, 9, 1],
+        },
+    ]
+}
+
+/// A tiny random-init model config (vocab 40, hidden 32, 2 layers, 4 heads, `kv` kv heads).
+pub fn tiny_config(arch: gaplab::model::Arch, tied: bool, kv: usize) -> gaplab::model::ModelConfig {
+    gaplab::model::ModelConfig::from_scratch(&gaplab::model::ScratchSpec {
+        arch,
+        vocab_size: 40,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: kv,
+        max_position_embeddings: 64,
+        rope_theta: 10000.0,
+        tie_word_embeddings: tied,
+    })
+    .unwrap()
+}
+
+/// The unpadded rows of a fixture batch (`expected_batch`).
+pub fn unpadded(ids: &[Vec<u32>], masks: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    ids.iter()
+        .zip(masks)
+        .map(|(r, m)| r[..m.iter().sum::<u32>() as usize].to_vec())
+        .collect()
+}
