@@ -81,8 +81,14 @@ fn dataset_key(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<String> {
         "tokenizer.json",
         "tokenizer_config.json",
         "chat_template.jinja",
+        "chat_template.json",
     ] {
         stamp(&tok.dir.join(f));
+    }
+    if let TemplateSetting::File(p) =
+        TemplateSetting::parse(&cfg.data.chat_template, &cfg.workspace)
+    {
+        stamp(&p);
     }
     for setting in std::iter::once(&cfg.data.train).chain(&cfg.data.eval) {
         for f in data::source_files(setting).unwrap_or_default() {
