@@ -889,7 +889,7 @@ mod tests {
                 run_dir: run.path.clone(),
                 start_step: 0,
                 total_steps: 3,
-                device: "Cpu".into(),
+                device: "cuda:0 bf16".into(),
                 params: 1234,
                 config: Box::new(cfg.clone()),
             },
@@ -938,7 +938,7 @@ mod tests {
                 assert_eq!(variant, "dpo");
                 assert_eq!(run_dir, &run.path);
                 assert_eq!((*start_step, *total_steps), (0, 3));
-                assert_eq!((device.as_str(), *params), ("Cpu", 1234));
+                assert_eq!((device.as_str(), *params), ("cuda:0 bf16", 1234));
                 assert_eq!(**config, cfg);
             }
             e => panic!("expected Started first, got {e:?}"),
