@@ -324,3 +324,26 @@ fn prefix_curve_is_reported() {
     let acc = f64s(&got["prefix"]["accuracy"]);
     assert!(acc.iter().all(|a| (0.0..=1.0).contains(a)));
 }
+
+#[test]
+fn readme_hub_workspace_is_a_valid_config() {
+    // The gaplab.toml under "A Hub checkpoint on UltraFeedback" parses and validates.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### A Hub checkpoint on UltraFeedback")
+        .nth(1)
+        .expect("the README section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a toml block");
+    let dir = std::path::Path::new("/tmp/ws");
+    let ws = gaplab::config::Workspace::parse(dir, &dir.join("gaplab.toml"), block)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ws.variant_names(), vec!["dpo", "dpo-poet"]);
+    let cfg = ws.run_config("dpo-poet").unwrap();
+    assert!(cfg.train.poet && cfg.train.dtype == "bf16");
+    assert_eq!(cfg.train.batch_size * cfg.train.grad_accum, 128);
+}
