@@ -5,6 +5,7 @@
 //! differentiable ops of [`ops`]. The same code serves training (graph recorded through `Var`s),
 //! reference scoring (plain tensors, no graph) and KV-cached sampling.
 
+pub mod attention;
 pub mod config;
 pub mod io;
 pub mod matmul;
@@ -480,9 +481,17 @@ impl CausalLm {
         // are stacked along the rows, one matmul per kv head.
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scores = matmul::matmul(&q, &k.t()?)?;
-        let p = ops::causal_softmax(&scores, t, offset, 1.0 / (hd as f64).sqrt())?;
-        let o = matmul::matmul(&p, &v)?.reshape((b, nh, t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let o = if ops::fused_ok(&q) {
+            // The CPU's fused softmax keeps only its output for backward.
+            let scores = matmul::matmul(&q, &k.t()?)?;
+            let p = ops::causal_softmax(&scores, t, offset, scale)?;
+            matmul::matmul(&p, &v)?
+        } else {
+            // Elsewhere composite ops would keep seven score-sized tensors a layer.
+            attention::attention(&q, &k, &v, t, offset, scale)?
+        };
+        let o = o.reshape((b, nh, t, hd))?;
         let o = o.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
         let x = (x + layer.o.forward(&o)?)?;
         let h = ops::rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps)?;

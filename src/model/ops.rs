@@ -17,7 +17,8 @@ pub trait Real: WithDType + Float + Send + Sync + std::iter::Sum {}
 impl Real for f32 {}
 impl Real for f64 {}
 
-fn fused_ok(t: &Tensor) -> bool {
+/// Whether gaplab's fused CPU kernels run on `t` (f32 or f64 on the CPU).
+pub fn fused_ok(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }
 

@@ -119,24 +119,39 @@ pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
     let layers = m.num_hidden_layers as u64;
     let heads = m.num_attention_heads as u64;
     let h = m.hidden_size as u64;
-    let (attn_bytes, extra_bytes) = if s.fused_kernels {
-        // Scores, probabilities and the scaled scores the fused causal softmax reads, per key;
-        // half precision widens them to f32. (Three copies matched measured CPU peaks within
-        // 10% on 128- to 512-token rows, where two fell 25-40% short.)
-        let attn = 3 * heads * t * if half { d + 4 } else { d };
-        (attn, if half { 4 * h * 4 } else { 0 })
+    // The fused softmax runs on f32 CPU tensors; everything else (GPUs, half precision) uses
+    // the chunked attention of model::attention, which keeps no score matrix.
+    let fused_attention = s.fused_kernels && !half;
+    let attn_bytes = if fused_attention {
+        // Scores, probabilities and the scaled scores the fused causal softmax reads, per key.
+        // (Three copies matched measured CPU peaks within 10% on 128- to 512-token rows, where
+        // two fell 25-40% short.)
+        3 * heads * t * d
     } else {
-        // The composite softmax keeps the f32 scores, their scaled and masked copies, the
-        // shifted scores, their exponentials and the probabilities (plus the half-precision
-        // scores and probabilities around them); the composite norms, rope and SwiGLU keep
-        // their intermediates too.
-        let attn = heads * t * (6 * 4 + if half { 2 * d } else { 0 });
-        let extra = 8 * h * 4 + 4 * h * d + 2 * m.intermediate_size as u64 * d;
-        (attn, extra)
+        // The chunked attention's output and each row's log-sum-exp.
+        h * d + heads * 4
+    };
+    let extra_bytes = match (s.fused_kernels, half) {
+        (true, false) => 0,
+        // The fused kernels run on f32 copies of half-precision activations.
+        (true, true) => 4 * h * 4,
+        // The composite norms, rope and SwiGLU keep their intermediates.
+        (false, _) => 8 * h * 4 + 4 * h * d + 2 * m.intermediate_size as u64 * d,
     };
     let per_layer = layer_elems_per_token(m) as u64 * d + attn_bytes + extra_bytes;
-    // Backward holds one more layer's worth of gradients of activations at a time.
-    let activations = tokens * per_layer * (layers + 1);
+    // Backward holds one more layer's worth of gradients of activations at a time; the chunked
+    // attention works on a few score blocks at once.
+    let chunks = if fused_attention {
+        0
+    } else {
+        4 * (tokens * heads * t * 4).min(crate::model::attention::CHUNK_BYTES as u64)
+    };
+    let mut activations = tokens * per_layer * (layers + 1) + chunks;
+    if s.fused_kernels && half {
+        // The CPU has no bf16/f16 matmul: candle widens both operands and the product of every
+        // one to f32. Measured: peaks 1.65-1.7x the count above (bench shapes, 2026-11-27).
+        activations = activations * 17 / 10;
+    }
     // Logits at response positions, their f32 copy in half precision, and the gradient of
     // both.
     let logit_bytes = if half { 2 * d + 8 } else { 8 };
