@@ -716,3 +716,31 @@ fn datasets_are_reused_until_a_data_file_changes() {
     std::fs::write(&data, text).unwrap();
     assert_eq!(load_dataset(&cfg, &tok, 320).unwrap().train.len(), 7);
 }
+
+#[test]
+fn a_gpu_workspace_checks_here_and_names_the_variant_when_it_cannot_train() {
+    if gaplab::model::select_device("cuda:0").is_ok() {
+        return; // a CUDA build on a GPU machine trains it
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), |t| {
+        t.replace(
+            "seed = 3",
+            "seed = 3\ndevice = \"cuda:0\"\ndtype = \"bf16\"",
+        )
+    });
+    let o = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("memory estimate on cuda:0 (not on this machine) bf16"),
+        "{}",
+        stdout(&o)
+    );
+    let o = train(&[ws.to_str().unwrap(), "--variant", "dpo-poet", "--headless"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("failed before training: variant dpo-poet: device \"cuda:0\""),
+        "{e}"
+    );
+}

@@ -149,10 +149,16 @@ pub fn run(path: &Path) -> Result<String> {
             c.train.beta,
             c.train.lr
         );
-        // The same estimate and refusal as `gaplab train`.
-        let device = select_device(&c.train.device)?;
-        let line = memory::plan_run(c, None, &model_cfg, &device, &data.train, &data.eval)
-            .with_context(|| format!("variant {}", c.variant))?;
+        // The same estimate and refusal as `gaplab train`; a GPU this machine lacks gets the
+        // estimate without its free memory.
+        let line = match select_device(&c.train.device) {
+            Ok(device) => memory::plan_run(c, None, &model_cfg, &device, &data.train, &data.eval),
+            Err(_) if c.train.device.starts_with("cuda") => {
+                memory::plan_elsewhere(c, &model_cfg, &data.train, &data.eval)
+            }
+            Err(e) => Err(e),
+        }
+        .with_context(|| format!("variant {}", c.variant))?;
         let _ = writeln!(out, "  {line}");
     }
     if let Some(s) = &cfg.sft {

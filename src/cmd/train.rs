@@ -377,6 +377,11 @@ impl Progress {
                     self.workspace.display(),
                     self.run_dir.display()
                 )),
+                // A variant that fails before it starts has not been named by a Started event;
+                // its message names it.
+                RunState::Failed(msg) if self.variant.is_empty() => {
+                    self.say(&format!("failed before training: {msg}"))
+                }
                 RunState::Failed(msg) => {
                     self.say(&format!("{}: failed at step {step}: {msg}", self.variant))
                 }

@@ -271,7 +271,9 @@ fn run(
                     tx: tx.clone(),
                     writer: Writer::new(&run, &cfg.variant, 0)?,
                 };
-                let t = Trainer::start(cfg, run, &initial, &cache).map_err(|e| em.fail(0, e))?;
+                let variant = cfg.variant.clone();
+                let t = Trainer::start(cfg, run, &initial, &cache)
+                    .map_err(|e| em.fail(0, e.context(format!("variant {variant}"))))?;
                 if drive(t, &mut em, &mut ctl)? == Outcome::Stopped {
                     return Ok(Outcome::Stopped);
                 }

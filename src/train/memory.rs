@@ -290,6 +290,29 @@ pub fn plan_run(
     train: &[TokenizedPair],
     eval: &[TokenizedPair],
 ) -> Result<String> {
+    plan(cfg, sft, model, Some(device), train, eval)
+}
+
+/// [`plan_run`] for a GPU this machine cannot open (`gaplab check` of a GPU workspace on a
+/// laptop): the estimate for `train.device` with nothing known about its free memory, so only
+/// `train.max_memory_gb` can refuse.
+pub fn plan_elsewhere(
+    cfg: &crate::config::RunConfig,
+    model: &ModelConfig,
+    train: &[TokenizedPair],
+    eval: &[TokenizedPair],
+) -> Result<String> {
+    plan(cfg, None, model, None, train, eval)
+}
+
+fn plan(
+    cfg: &crate::config::RunConfig,
+    sft: Option<&crate::config::SftSection>,
+    model: &ModelConfig,
+    device: Option<&Device>,
+    train: &[TokenizedPair],
+    eval: &[TokenizedPair],
+) -> Result<String> {
     let dtype = crate::model::train_dtype(&cfg.train.dtype)?;
     let (reference, preference, batch, accum) = match sft {
         Some(s) => (Reference::None, false, s.batch_size, 1),
@@ -317,13 +340,19 @@ pub fn plan_run(
         train,
         eval,
     );
-    if !device.is_cpu() {
+    if !device.is_some_and(Device::is_cpu) {
         shape.runtime_bytes = CUDA_RUNTIME_BYTES;
         shape.fused_kernels = false;
     }
     let e = estimate(model, &shape);
-    let label = crate::model::device_label(device, dtype);
-    let avail = available(device);
+    let (label, avail) = match device {
+        Some(d) => (crate::model::device_label(d, dtype), available(d)),
+        None => {
+            let label = crate::model::device_label(&Device::Cpu, dtype);
+            let place = format!("{} (not on this machine)", cfg.train.device);
+            (label.replacen("cpu", &place, 1), None)
+        }
+    };
     if cfg.train.memory_check {
         check(&e, &label, avail, cfg.train.max_memory_gb)?;
     }
