@@ -206,14 +206,8 @@ impl CustomOp3 for Attached {
 mod tests {
     use super::*;
     use crate::model::ops;
-    use candle_core::{Device, Var};
-
-    fn randn(shape: &[usize], seed: u64) -> Tensor {
-        let mut rng = crate::rng::Rng::new(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::model::testutil::{max_diff, randn};
+    use candle_core::Var;
 
     /// The decoder's composite attention: scores, causal softmax, values.
     fn composite(q: &Tensor, k: &Tensor, v: &Tensor, period: usize, offset: usize) -> Tensor {
@@ -221,17 +215,6 @@ mod tests {
         let s = matmul(q, &k.t().unwrap()).unwrap();
         let p = ops::causal_softmax_composite(&s, period, offset, scale).unwrap();
         matmul(&p, v).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     /// Output and q/k/v gradients equal the composite ops' (f64, several chunk sizes, grouped

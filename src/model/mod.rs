@@ -11,6 +11,8 @@ pub mod io;
 pub mod matmul;
 pub mod ops;
 pub mod sample;
+#[cfg(test)]
+mod testutil;
 pub mod tokenizer;
 
 use std::collections::HashMap;
