@@ -53,7 +53,17 @@ pub fn attention_in_chunks(
     if !(q.track_op() || k.track_op() || v.track_op()) {
         return Ok(out);
     }
-    q.apply_op3(k, v, Attached { shape, out, lse })
+    let shape_out = out.shape().clone();
+    q.apply_op3(
+        k,
+        v,
+        Attached {
+            shape,
+            out: std::sync::Mutex::new(Some(out)),
+            out_shape: shape_out,
+            lse,
+        },
+    )
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -108,13 +118,16 @@ impl Causal {
 /// The chunked forward's output attached to q, k and v, with the recomputing backward.
 struct Attached {
     shape: Causal,
-    out: Tensor,
+    /// Handed over (and released) by the forward pass: backward reads the op's result.
+    out: std::sync::Mutex<Option<Tensor>>,
+    out_shape: Shape,
     lse: Tensor,
 }
 
 impl Attached {
-    fn result_shape(&self) -> Shape {
-        self.out.shape().clone()
+    fn take_out(&self) -> Result<Tensor> {
+        let out = self.out.lock().unwrap_or_else(|e| e.into_inner()).take();
+        out.ok_or_else(|| candle_core::Error::Msg("chunked attention: forward ran twice".into()))
     }
 }
 
@@ -134,9 +147,10 @@ impl CustomOp3 for Attached {
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        let (storage, layout) = self.out.storage_and_layout();
+        let out = self.take_out()?;
+        let (storage, layout) = out.storage_and_layout();
         match &*storage {
-            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, self.result_shape())),
+            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, self.out_shape.clone())),
             _ => candle_core::bail!("chunked attention: output is not on the CPU"),
         }
     }
@@ -152,9 +166,10 @@ impl CustomOp3 for Attached {
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        let (storage, layout) = self.out.storage_and_layout();
+        let out = self.take_out()?;
+        let (storage, layout) = out.storage_and_layout();
         match &*storage {
-            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, self.result_shape())),
+            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, self.out_shape.clone())),
             _ => candle_core::bail!("chunked attention: output is not on the GPU"),
         }
     }
@@ -164,7 +179,7 @@ impl CustomOp3 for Attached {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = self.shape;
@@ -175,7 +190,7 @@ impl CustomOp3 for Attached {
         let v32t = v.detach().to_dtype(DType::F32)?.t()?.contiguous()?;
         let do32 = grad.to_dtype(DType::F32)?;
         // D_r = sum_d dO_rd O_rd: the softmax backward's row term.
-        let delta = (&do32 * self.out.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
+        let delta = (&do32 * res.detach().to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
         let mut dk = k32.zeros_like()?;
         let mut dv = k32.zeros_like()?;
         let mut dq = Vec::new();
