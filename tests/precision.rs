@@ -105,16 +105,10 @@ fn every_parameter_receives_a_gradient_in_half_precision() {
                 let g = grads
                     .get(var.as_tensor())
                     .unwrap_or_else(|| panic!("{dtype:?} {arch:?}: no gradient for {name}"));
-                let norm = g
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(norm > 0.0, "{dtype:?} {arch:?}: zero gradient for {name}");
+                assert!(
+                    common::sq_norm(g) > 0.0,
+                    "{dtype:?} {arch:?}: zero gradient for {name}"
+                );
             }
         }
     }

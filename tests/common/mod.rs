@@ -100,3 +100,15 @@ pub fn unpadded(ids: &[Vec<u32>], masks: &[Vec<u32>]) -> Vec<Vec<u32>> {
         .map(|(r, m)| r[..m.iter().sum::<u32>() as usize].to_vec())
         .collect()
 }
+
+/// The squared L2 norm of a tensor of any float dtype.
+pub fn sq_norm(t: &candle_core::Tensor) -> f32 {
+    t.to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
