@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod demo;
 pub mod engine;
+pub mod event;
 pub mod model;
 pub mod objective;
 pub mod rng;

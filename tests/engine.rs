@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::fixture;
 use gaplab::config::Workspace;
-use gaplab::engine::{self, Command, Event, Outcome, Plan, RunState, Work};
+use gaplab::engine::{self, Command, Outcome, Plan, Work};
+use gaplab::event::{Event, RunState};
 
 fn next(rx: &Receiver<Event>) -> Event {
     rx.recv_timeout(Duration::from_secs(60)).expect("an event")

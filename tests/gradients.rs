@@ -5,7 +5,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::fixture;
-use gaplab::data::{SeqBatch, TokenizedPair};
+use gaplab::data::TokenizedPair;
+use gaplab::model::SeqBatch;
 use gaplab::model::{io, Arch, CausalLm};
 use gaplab::objective::{preference_loss, Loss, Objective};
 use gaplab::train::reference_logps;

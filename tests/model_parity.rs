@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, read_json, u32s};
-use gaplab::data::SeqBatch;
+use gaplab::model::SeqBatch;
 use gaplab::model::{io, sample, Tok};
 use gaplab::rng::Rng;
 

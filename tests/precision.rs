@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, gaplab, read_json, stderr};
-use gaplab::data::SeqBatch;
+use gaplab::model::SeqBatch;
 use gaplab::model::{io, Arch, CausalLm};
 use gaplab::objective::{preference_loss, Loss, Objective};
 use gaplab::train::reference_logps;

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use gaplab::engine::event::Event;
+use gaplab::event::Event;
 use gaplab::ui::keymap::Action;
 use gaplab::ui::state::{App, HeatMetric, HeatmapMode, Mode, Pane};
 use gaplab::ui::theme::{ColorDepth, ThemeFile, BUILTIN};
@@ -292,7 +292,7 @@ fn frame_cost() {
     for s in 7..3000 {
         a.on_event(
             0,
-            Event::Step(gaplab::engine::event::StepMetrics {
+            Event::Step(gaplab::event::StepMetrics {
                 step: s,
                 time: s as f64,
                 metrics: [

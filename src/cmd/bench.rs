@@ -12,7 +12,8 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
-use crate::data::{SeqBatch, TokenizedPair};
+use crate::data::TokenizedPair;
+use crate::model::SeqBatch;
 use crate::model::{sample, Arch, CausalLm, ModelConfig, ScratchSpec};
 use crate::objective::{Loss, Objective};
 use crate::rng::Rng;

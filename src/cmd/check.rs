@@ -134,12 +134,8 @@ pub fn run(path: &Path) -> Result<String> {
         }
     }
     for c in &cfgs {
-        let per = c.train.batch_size * c.train.grad_accum;
-        let steps = if c.train.steps > 0 {
-            c.train.steps
-        } else {
-            ((c.train.epochs * data.train.len() as f64) / per as f64).ceil() as usize
-        };
+        let per = c.train.pairs_per_step();
+        let steps = c.train.total_steps(data.train.len());
         let _ = writeln!(
             out,
             "variant {}: {}{} beta {} lr {} · {steps} steps of {per} pairs",
@@ -170,11 +166,7 @@ pub fn run(path: &Path) -> Result<String> {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "length limits: {}",
-        crate::data::LengthLimits::from_config(&cfg.data)
-    );
+    let _ = writeln!(out, "length limits: {}", cfg.data.length_limits());
     let _ = writeln!(
         out,
         "  train {}: {}",

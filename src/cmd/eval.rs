@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
-use crate::data::{self, SeqBatch, TokenizedPair};
+use crate::data::{self, TokenizedPair};
+use crate::model::SeqBatch;
 use crate::model::{io, CausalLm, Tok};
 use crate::objective::prefix::{self, PairTokenLogps, PrefixCurve};
 use crate::objective::{self, Loss, Objective, PairStats};

@@ -18,7 +18,8 @@ macro_rules! say {
 }
 
 use crate::config::Workspace;
-use crate::engine::{self, Command, Event, Outcome, Plan, RunState, Work};
+use crate::engine::{self, Command, Outcome, Plan, Work};
+use crate::event::{Event, RunState};
 
 pub struct TrainArgs {
     pub workspace: PathBuf,
@@ -329,7 +330,7 @@ impl Progress {
                 self.say(&text);
             }
             Event::Log { level, message, .. } => {
-                if *level != crate::engine::event::Level::Info {
+                if *level != crate::event::Level::Info {
                     self.say(&format!("{}: {message}", self.variant));
                 }
             }

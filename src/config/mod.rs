@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::data::{DataFormat, Fields, Format, LengthLimits};
 use crate::objective::Loss;
 
 /// Whether a changed field can be applied to a running variant or needs a new run.
@@ -155,6 +156,36 @@ section! {
     }
 }
 
+impl DataSection {
+    /// How to read the preference files: the format and the field names.
+    pub fn data_format(&self) -> Result<DataFormat> {
+        let format = Format::parse(&self.format).with_context(|| {
+            format!(
+                "data.format: expected {}, got \"{}\"",
+                Format::NAMES.join(", "),
+                self.format
+            )
+        })?;
+        Ok(DataFormat {
+            format,
+            fields: Fields {
+                prompt: self.prompt_field.clone(),
+                chosen: self.chosen_field.clone(),
+                rejected: self.rejected_field.clone(),
+            },
+        })
+    }
+
+    pub fn length_limits(&self) -> LengthLimits {
+        LengthLimits {
+            max_prompt_len: self.max_prompt_len,
+            max_len: self.max_len,
+            prompt_truncation: self.prompt_truncation,
+            overlong: self.overlong,
+        }
+    }
+}
+
 section! {
     /// `[train]`: the objective and the optimisation; every `[[variant]]` may override any of
     /// these.
@@ -197,6 +228,22 @@ section! {
         precompute_ref: bool = false, Restart;
         /// Stop with an error after this many consecutive non-finite steps.
         max_bad_steps: usize = 3, Live;
+    }
+}
+
+impl TrainSettings {
+    /// Pairs per optimizer step (micro-batch times accumulation).
+    pub fn pairs_per_step(&self) -> usize {
+        self.batch_size * self.grad_accum
+    }
+
+    /// Optimizer steps of a run over `train_pairs` pairs: `steps`, or `epochs` over the data.
+    pub fn total_steps(&self, train_pairs: usize) -> usize {
+        if self.steps > 0 {
+            self.steps
+        } else {
+            ((self.epochs * train_pairs as f64) / self.pairs_per_step() as f64).ceil() as usize
+        }
     }
 }
 
@@ -330,6 +377,13 @@ pub struct RunConfig {
     pub judge: JudgeSection,
     #[serde(default)]
     pub ui: UiSection,
+}
+
+impl RunConfig {
+    /// This config as the `Started` event records it.
+    pub fn record(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 /// A config error that points at the place to edit.

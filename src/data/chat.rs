@@ -253,39 +253,6 @@ fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value,
     Ok(Value::from(out))
 }
 
-/// The `chat_template` of a tokenizer_config.json: a string, or a list of `{"name",
-/// "template"}` of which the one named "default" is used.
-pub fn template_in_config(v: &Json) -> std::result::Result<Option<String>, String> {
-    match v.get("chat_template") {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::String(s)) => Ok(Some(s.clone())),
-        Some(Json::Array(list)) => {
-            let mut names = Vec::new();
-            for t in list {
-                let name = t.get("name").and_then(Json::as_str);
-                let template = t.get("template").and_then(Json::as_str);
-                match (name, template) {
-                    (Some("default"), Some(tpl)) => return Ok(Some(tpl.to_string())),
-                    (Some(n), Some(_)) => names.push(n.to_string()),
-                    _ => {
-                        return Err(
-                            "`chat_template`: expected a list of {\"name\", \"template\"} objects"
-                                .into(),
-                        )
-                    }
-                }
-            }
-            Err(format!(
-                "`chat_template` has no template named \"default\" (found: {})",
-                names.join(", ")
-            ))
-        }
-        Some(_) => {
-            Err("`chat_template`: expected a string or a list of {\"name\", \"template\"}".into())
-        }
-    }
-}
-
 /// Where `data.chat_template` points: "" (the tokenizer's), an inline template (it contains
 /// `{%`) or a file.
 #[derive(Clone, Debug, PartialEq)]
@@ -464,25 +431,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("x.jinja: invalid chat template"), "{e}");
-    }
-
-    #[test]
-    fn template_from_string_or_named_list() {
-        assert_eq!(
-            template_in_config(&json!({"chat_template": "abc"})),
-            Ok(Some("abc".into()))
-        );
-        assert_eq!(template_in_config(&json!({"eos_token": "x"})), Ok(None));
-        let list = json!({"chat_template": [
-            {"name": "tool_use", "template": "T"},
-            {"name": "default", "template": "D"}
-        ]});
-        assert_eq!(template_in_config(&list), Ok(Some("D".into())));
-        let no_default = json!({"chat_template": [{"name": "rag", "template": "R"}]});
-        assert!(template_in_config(&no_default)
-            .unwrap_err()
-            .contains("no template named \"default\" (found: rag)"));
-        assert!(template_in_config(&json!({"chat_template": 3})).is_err());
     }
 
     #[test]

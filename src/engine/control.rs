@@ -30,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::event::Command;
+use super::command::Command;
 
 /// The socket's file name in the run directory.
 pub const SOCKET: &str = "control.sock";

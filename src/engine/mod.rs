@@ -2,8 +2,8 @@
 //! [`Event`]s out and [`Command`]s in. Every event is written to the run directory before it is
 //! sent, so a run is complete on disk whether or not anyone watches.
 
+pub mod command;
 pub mod control;
-pub mod event;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -13,17 +13,17 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
-pub use event::{Command, Event, RunState};
+pub use command::Command;
 
 use crate::config::{RunConfig, SftSection, Workspace};
-use crate::data::SeqBatch;
+use crate::event::{now, EvalReport, Event, Level, RunState, StepMetrics};
+use crate::model::SeqBatch;
 use crate::model::{io, select_device, CausalLm, ModelConfig, ScratchSpec, Tok};
 use crate::runlog::{self, RunDir, Writer};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::refcache::{checkpoint_fingerprint, Fnv};
 use crate::train::trainer::{load_dataset, stream_indices, StepResult, Trainer};
 use crate::train::{schedule, sft_grads};
-use event::{now, EvalReport, Level, StepMetrics};
 
 /// What the engine is asked to do.
 pub enum Work {
@@ -309,7 +309,7 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
         total_steps: t.total_steps,
         device: crate::model::device_label(&t.device, t.policy.dtype()),
         params: t.num_params(),
-        config: Box::new(t.cfg.clone()),
+        config: Box::new(t.cfg.record()),
     })?;
     em.emit(Event::State {
         step: t.step,
@@ -324,7 +324,7 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
     if train_fit.any() || eval_fit.any() {
         let mut msg = format!(
             "pairs fit to {}: train: {train_fit}",
-            crate::data::LengthLimits::from_config(&t.cfg.data)
+            t.cfg.data.length_limits()
         );
         if eval_fit.pairs > 0 {
             msg.push_str(&format!("; eval: {eval_fit}"));
@@ -565,7 +565,7 @@ fn sft_train(
         total_steps: total,
         device: crate::model::device_label(&device, dtype),
         params,
-        config: Box::new(cfg.clone()),
+        config: Box::new(cfg.record()),
     })?;
     em.emit(Event::State {
         step: 0,

@@ -6,6 +6,7 @@
 //! reference scoring (plain tensors, no graph) and KV-cached sampling.
 
 pub mod attention;
+pub mod batch;
 pub mod config;
 pub mod io;
 pub mod matmul;
@@ -23,8 +24,8 @@ use candle_core::{DType, Device, Tensor, Var};
 pub use config::{Arch, ModelConfig, ScratchSpec};
 pub use tokenizer::Tok;
 
-use crate::data::SeqBatch;
 use crate::rng::Rng;
+pub use batch::SeqBatch;
 
 /// The compute device named by `spec`: "cpu", "cuda", "cuda:N", or "auto" (the first CUDA
 /// device when gaplab is built with the `cuda` feature and one is present, else the CPU).

@@ -72,6 +72,39 @@ fn ids_of(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// The `chat_template` of a tokenizer_config.json: a string, or a list of `{"name",
+/// "template"}` of which the one named "default" is used.
+pub fn template_in_config(v: &Value) -> std::result::Result<Option<String>, String> {
+    match v.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(list)) => {
+            let mut names = Vec::new();
+            for t in list {
+                let name = t.get("name").and_then(Value::as_str);
+                let template = t.get("template").and_then(Value::as_str);
+                match (name, template) {
+                    (Some("default"), Some(tpl)) => return Ok(Some(tpl.to_string())),
+                    (Some(n), Some(_)) => names.push(n.to_string()),
+                    _ => {
+                        return Err(
+                            "`chat_template`: expected a list of {\"name\", \"template\"} objects"
+                                .into(),
+                        )
+                    }
+                }
+            }
+            Err(format!(
+                "`chat_template` has no template named \"default\" (found: {})",
+                names.join(", ")
+            ))
+        }
+        Some(_) => {
+            Err("`chat_template`: expected a string or a list of {\"name\", \"template\"}".into())
+        }
+    }
+}
+
 /// The chat template of the tokenizer folder `dir` (`tcfg`: its tokenizer_config.json).
 fn chat_template(dir: &Path, tcfg: Option<&Value>) -> Result<Option<TemplateSource>> {
     let jinja = dir.join("chat_template.jinja");
@@ -85,7 +118,7 @@ fn chat_template(dir: &Path, tcfg: Option<&Value>) -> Result<Option<TemplateSour
     }
     let from = |path: PathBuf, v: Option<&Value>| -> Result<Option<TemplateSource>> {
         let Some(v) = v else { return Ok(None) };
-        match crate::data::chat::template_in_config(v) {
+        match template_in_config(v) {
             Ok(t) => Ok(t.map(|text| TemplateSource {
                 text,
                 origin: path.display().to_string(),
@@ -211,5 +244,32 @@ impl Tok {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_from_string_or_named_list() {
+        assert_eq!(
+            template_in_config(&serde_json::json!({"chat_template": "abc"})),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(
+            template_in_config(&serde_json::json!({"eos_token": "x"})),
+            Ok(None)
+        );
+        let list = serde_json::json!({"chat_template": [
+            {"name": "tool_use", "template": "T"},
+            {"name": "default", "template": "D"}
+        ]});
+        assert_eq!(template_in_config(&list), Ok(Some("D".into())));
+        let no_default = serde_json::json!({"chat_template": [{"name": "rag", "template": "R"}]});
+        assert!(template_in_config(&no_default)
+            .unwrap_err()
+            .contains("no template named \"default\" (found: rag)"));
+        assert!(template_in_config(&serde_json::json!({"chat_template": 3})).is_err());
     }
 }

@@ -5,9 +5,8 @@
 //! sum_{t<=j} [l - lref](y_l)) with a reference, (beta / j) * (sum l(y_w) - sum l(y_l)) without
 //! (SimPO). j runs over 1, 2, 4, ... up to the pair's k = min(|y_w|, |y_l|).
 
-use serde::{Deserialize, Serialize};
-
 use super::{Loss, Objective};
+pub use crate::event::PrefixCurve;
 
 /// Per-token log-probs of one pair under the policy and (optionally) the reference.
 #[derive(Clone, Debug)]
@@ -57,17 +56,6 @@ pub fn prefix_lengths(max: usize) -> Vec<usize> {
     std::iter::successors(Some(1usize), |j| j.checked_mul(2))
         .take_while(|&j| j <= max)
         .collect()
-}
-
-/// Mean prefix margin and prefix accuracy (share of pairs with m(j) > 0) per j, over the pairs
-/// whose k reaches j.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct PrefixCurve {
-    pub j: Vec<usize>,
-    pub margin: Vec<f64>,
-    pub accuracy: Vec<f64>,
-    /// Pairs that reach each j.
-    pub pairs: Vec<usize>,
 }
 
 pub fn prefix_curve(obj: &Objective, pairs: &[PairTokenLogps], js: &[usize]) -> PrefixCurve {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::RunConfig;
-use crate::engine::event::{Event, RunState};
+use crate::event::{Event, RunState};
 
 pub const CONFIG: &str = "config.toml";
 pub const STATUS: &str = "status.json";
@@ -290,13 +290,13 @@ impl Writer {
     }
 
     pub fn log(&mut self, step: usize, level: &str, message: &str) -> Result<()> {
-        let t = crate::engine::event::now() as u64;
+        let t = crate::event::now() as u64;
         writeln!(self.log, "{} step {step} {level}: {message}", timestamp(t))?;
         Ok(())
     }
 
     pub fn write(&mut self, ev: &Event) -> Result<()> {
-        let time = crate::engine::event::now();
+        let time = crate::event::now();
         match ev {
             Event::Started {
                 start_step,

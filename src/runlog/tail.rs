@@ -32,9 +32,7 @@ use serde_json::Value;
 
 use super::{RunDir, Status, CONFIG, LOG, METRICS, PREFIX, SAMPLES, STATUS};
 use crate::config::RunConfig;
-use crate::engine::event::{
-    Change, EvalReport, Event, Level, RunState, Sample, StepMetrics, TokenDiffRow,
-};
+use crate::event::{Change, EvalReport, Event, Level, RunState, Sample, StepMetrics, TokenDiffRow};
 use crate::objective::prefix::PrefixCurve;
 
 /// How long an eval waits for its prefix record before it is given without diagnostics.
@@ -386,7 +384,7 @@ impl Tail {
                 .unwrap_or(self.config.train.steps),
             device: line.map(|l| l.1.clone()).unwrap_or_default(),
             params: line.map_or(0, |l| l.2),
-            config: Box::new(self.config.clone()),
+            config: Box::new(self.config.record()),
         }
     }
 
@@ -891,7 +889,7 @@ mod tests {
                 total_steps: 3,
                 device: "cuda:0 bf16".into(),
                 params: 1234,
-                config: Box::new(cfg.clone()),
+                config: Box::new(cfg.record()),
             },
             Event::State {
                 step: 0,
@@ -939,7 +937,7 @@ mod tests {
                 assert_eq!(run_dir, &run.path);
                 assert_eq!((*start_step, *total_steps), (0, 3));
                 assert_eq!((device.as_str(), *params), ("cuda:0 bf16", 1234));
-                assert_eq!(**config, cfg);
+                assert_eq!(**config, cfg.record());
             }
             e => panic!("expected Started first, got {e:?}"),
         }

@@ -11,8 +11,8 @@ use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
-use crate::data::SeqBatch;
 use crate::model::CausalLm;
+use crate::model::SeqBatch;
 use crate::objective::{self, Objective, PairStats};
 use optim::AdamW;
 

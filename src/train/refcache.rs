@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
-use crate::data::{SeqBatch, TokenizedPair};
+use crate::data::TokenizedPair;
 use crate::model::CausalLm;
+use crate::model::SeqBatch;
 
 /// Per-token reference log-probs of each pair's chosen and rejected response.
 #[derive(Clone, Debug, PartialEq)]

@@ -20,12 +20,9 @@ use crate::config::{
     SampleSection, SftSection, TrainSettings, UiSection,
 };
 use crate::data::chat::{ChatTemplate, TemplateResolver, TemplateSetting};
-use crate::data::{
-    self, DataFormat, FileKind, FileSummary, LengthLimits, PreferencePair, Prompt, SeqBatch,
-    TokenizedPair,
-};
-use crate::engine::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
-use crate::model::{io, ops, sample, select_device, CausalLm, ModelConfig, Tok};
+use crate::data::{self, FileKind, FileSummary, PreferencePair, Prompt, TokenizedPair};
+use crate::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
+use crate::model::{io, ops, sample, select_device, CausalLm, ModelConfig, SeqBatch, Tok};
 use crate::objective::prefix::{self, PairTokenLogps};
 use crate::objective::{self, Objective};
 use crate::rng::Rng;
@@ -117,8 +114,8 @@ pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset>
 }
 
 fn read_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset> {
-    let limits = LengthLimits::from_config(&cfg.data);
-    let fmt = DataFormat::from_config(&cfg.data)?;
+    let limits = cfg.data.length_limits();
+    let fmt = cfg.data.data_format()?;
     let mut templates = TemplateResolver::new(
         TemplateSetting::parse(&cfg.data.chat_template, &cfg.workspace),
         tok,
@@ -322,13 +319,7 @@ impl Trainer {
         }
         let memory = memory::plan_run(&cfg, None, &model_cfg, &device, &data.train, &data.eval)?;
         let (policy, tok) = io::load_dir(policy_dir, &device, dtype)?;
-        let per_step = cfg.train.batch_size * cfg.train.grad_accum;
-        let total_steps = if cfg.train.steps > 0 {
-            cfg.train.steps
-        } else {
-            ((cfg.train.epochs * data.train.len() as f64) / per_step as f64).ceil() as usize
-        }
-        .max(1);
+        let total_steps = cfg.train.total_steps(data.train.len()).max(1);
         let (policy, named) = policy.into_trainable()?;
         let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
         let mut opt = AdamW::new(named, adam_config(&cfg.train))?;
@@ -426,7 +417,7 @@ impl Trainer {
     }
 
     fn pairs_per_step(&self) -> usize {
-        self.cfg.train.batch_size * self.cfg.train.grad_accum
+        self.cfg.train.pairs_per_step()
     }
 
     /// The train pairs of optimizer step `step` (0-based); see [`stream_indices`].
@@ -854,14 +845,11 @@ impl Trainer {
             .iter()
             .any(|c| c.field == "train.steps" || c.field == "train.epochs")
         {
-            let per = self.pairs_per_step();
-            self.total_steps = if self.cfg.train.steps > 0 {
-                self.cfg.train.steps
-            } else {
-                ((self.cfg.train.epochs * self.data.train.len() as f64) / per as f64).ceil()
-                    as usize
-            }
-            .max(self.step);
+            self.total_steps = self
+                .cfg
+                .train
+                .total_steps(self.data.train.len())
+                .max(self.step);
         }
         Ok((changes, ignored))
     }

@@ -16,8 +16,9 @@ use super::terminal::{self, TerminalGuard};
 use super::theme::{self, ColorDepth, Theme};
 use super::view;
 use crate::engine::control::{ControlClient, Remote};
-use crate::engine::event::{Change, Command, Event, Level};
+use crate::engine::Command;
 use crate::engine::{Engine, Outcome};
+use crate::event::{Change, Event, Level};
 use crate::runlog::tail;
 use crate::watch;
 

@@ -4,9 +4,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
-use crate::engine::event::{
-    Change, Command, EvalReport, Event, Level, RunState, Sample, StepMetrics,
-};
+use crate::engine::Command;
+use crate::event::{Change, EvalReport, Event, Level, RunState, Sample, StepMetrics};
 use crate::ui::keymap::Action;
 use crate::ui::theme::Theme;
 
@@ -741,16 +740,7 @@ mod tests {
             total_steps: 10,
             device: "Cpu".into(),
             params: 100,
-            config: Box::new(
-                crate::config::Workspace::parse(
-                    std::path::Path::new("w"),
-                    std::path::Path::new("w/gaplab.toml"),
-                    "[model]\npath = \"m\"\n[data]\ntrain = \"t\"\n",
-                )
-                .unwrap()
-                .run_config("dpo")
-                .unwrap(),
-            ),
+            config: Box::new(serde_json::json!({"variant": variant})),
         }
     }
 

@@ -14,7 +14,7 @@ use ratatui::Frame;
 use super::keymap;
 use super::math;
 use super::state::{state_name, App, Pane};
-use crate::engine::event::{Level, RunState};
+use crate::event::{Level, RunState};
 
 /// Below this the dashboard shows a notice instead of panes.
 pub const MIN_WIDTH: u16 = 50;

@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use ratatui::Frame;
 
-use crate::engine::event::Sample;
+use crate::event::Sample;
 use crate::ui::math;
 use crate::ui::state::{App, Compare};
 

@@ -1,13 +1,13 @@
 //! The one event type that flows from a training run (live, or replayed from its run
-//! directory) to whoever watches, and the one command type that flows back.
+//! directory) to whoever watches, and the records it carries. This is the bottom floor of
+//! gaplab's vocabulary: the trainer, the engine, run directories, the dashboard and the
+//! commands all speak it, and it imports nothing of gaplab. (The command type that flows back
+//! lives with the engine, which takes it.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-
-use crate::config::{RunConfig, Workspace};
-use crate::objective::prefix::PrefixCurve;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "state", content = "detail")]
@@ -44,6 +44,17 @@ pub struct StepMetrics {
 pub struct TokenDiffRow {
     pub pair: usize,
     pub values: Vec<f64>,
+}
+
+/// Mean prefix margin and prefix accuracy (share of pairs with m(j) > 0) per prefix length j,
+/// over the pairs whose k reaches j (computed by `objective::prefix`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrefixCurve {
+    pub j: Vec<usize>,
+    pub margin: Vec<f64>,
+    pub accuracy: Vec<f64>,
+    /// Pairs that reach each j.
+    pub pairs: Vec<usize>,
 }
 
 /// Evaluation on the held-out pairs: `eval_`-prefixed metrics and the prefix diagnostics.
@@ -101,7 +112,8 @@ pub enum Event {
         total_steps: usize,
         device: String,
         params: usize,
-        config: Box<RunConfig>,
+        /// The variant's resolved config (`config::RunConfig` as serde writes it).
+        config: Box<serde_json::Value>,
     },
     State {
         step: usize,
@@ -139,26 +151,6 @@ pub enum Event {
         step: usize,
         error: String,
     },
-}
-
-/// What a watcher may ask of a running engine; taken between optimizer steps and acknowledged
-/// by an event (`State`, `Samples`, `Checkpoint`, `Applied`, `ConfigRejected`).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Command {
-    Pause,
-    Resume,
-    /// One optimizer step while paused.
-    Step,
-    SampleNow,
-    Checkpoint,
-    /// The workspace config was edited and is valid: apply its live fields to the running
-    /// variant (and to the variants still to run, when they start).
-    Reload(Box<Workspace>),
-    /// The workspace config was edited and is invalid (the message says where): keep going
-    /// with the config in effect and say so.
-    ConfigError(String),
-    /// Finish the current step, checkpoint, stop.
-    Stop,
 }
 
 pub fn now() -> f64 {
