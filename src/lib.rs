@@ -10,6 +10,7 @@ pub mod data;
 pub mod demo;
 pub mod engine;
 pub mod event;
+pub mod hash;
 pub mod model;
 pub mod objective;
 pub mod rng;

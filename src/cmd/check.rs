@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use crate::config::Workspace;
 use crate::data::stats::{self, DataStats, Spread};
 use crate::data::FileKind;
-use crate::model::{io, select_device, ModelConfig, Tok};
+use crate::model::{io, DeviceSpec, ModelConfig, Tok};
 use crate::train::memory;
 use crate::train::trainer::load_dataset;
 
@@ -147,9 +147,9 @@ pub fn run(path: &Path) -> Result<String> {
         );
         // The same estimate and refusal as `gaplab train`; a GPU this machine lacks gets the
         // estimate without its free memory.
-        let line = match select_device(&c.train.device) {
+        let line = match c.train.device.select() {
             Ok(device) => memory::plan_run(c, None, &model_cfg, &device, &data.train, &data.eval),
-            Err(_) if c.train.device.starts_with("cuda") => {
+            Err(_) if matches!(c.train.device, DeviceSpec::Cuda(_)) => {
                 memory::plan_elsewhere(c, &model_cfg, &data.train, &data.eval)
             }
             Err(e) => Err(e),

@@ -160,10 +160,11 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
     if let Ok(ws) = Workspace::load(&args.workspace) {
         let ui = &ws.config.ui;
         opts.theme = opts.theme.or(Some(ui.theme.clone()));
-        opts.color = opts
+        opts.color = opts.color.or(ui
             .color
-            .or(crate::ui::theme::ColorDepth::parse(&ui.color));
-        opts.ascii |= ui.markers == "dot";
+            .depth_name()
+            .and_then(crate::ui::theme::ColorDepth::parse));
+        opts.ascii |= ui.markers == crate::config::Markers::Dot;
         opts.smoothing = opts.smoothing.or(Some(ui.smoothing));
         opts.refresh_hz = opts.refresh_hz.or(Some(ui.refresh_hz));
         if opts.theme_dirs.is_empty() {

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataFormat, Fields, Format, LengthLimits};
+use crate::model::{DeviceSpec, Precision};
 use crate::objective::Loss;
 
 /// Whether a changed field can be applied to a running variant or needs a new run.
@@ -146,7 +147,7 @@ section! {
         /// responses cut, or is left out.
         overlong: crate::data::Overlong = Default::default(), Restart;
         /// auto | standard | conversational (auto: per file, from its first row).
-        format: String = "auto".into(), Restart;
+        format: Format = Format::Auto, Restart;
         prompt_field: String = "prompt".into(), Restart;
         chosen_field: String = "chosen".into(), Restart;
         rejected_field: String = "rejected".into(), Restart;
@@ -158,22 +159,15 @@ section! {
 
 impl DataSection {
     /// How to read the preference files: the format and the field names.
-    pub fn data_format(&self) -> Result<DataFormat> {
-        let format = Format::parse(&self.format).with_context(|| {
-            format!(
-                "data.format: expected {}, got \"{}\"",
-                Format::NAMES.join(", "),
-                self.format
-            )
-        })?;
-        Ok(DataFormat {
-            format,
+    pub fn data_format(&self) -> DataFormat {
+        DataFormat {
+            format: self.format,
             fields: Fields {
                 prompt: self.prompt_field.clone(),
                 chosen: self.chosen_field.clone(),
                 rejected: self.rejected_field.clone(),
             },
-        })
+        }
     }
 
     pub fn length_limits(&self) -> LengthLimits {
@@ -215,10 +209,10 @@ section! {
         seed: u64 = 0, Restart;
         /// "auto" (the first CUDA device when built with `--features cuda`, else the CPU), "cpu"
         /// or "cuda:N".
-        device: String = "cpu".into(), Restart;
+        device: DeviceSpec = DeviceSpec::Cpu, Restart;
         /// Weights and activations: "f32", "bf16" or "f16". Optimizer state (with f32 master
         /// weights) and the loss math stay in f32 whatever this is.
-        dtype: String = "f32".into(), Restart;
+        dtype: Precision = Precision::F32, Restart;
         /// Refuse to start when the memory estimate exceeds what the device has free.
         memory_check: bool = true, Restart;
         /// Cap for the memory estimate in GiB (0: the device's free memory), e.g. to leave
@@ -299,13 +293,74 @@ section! {
     }
 }
 
+/// `judge.task`: which programmatic judge scores generations at each eval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JudgeTask {
+    /// No judge.
+    #[default]
+    #[serde(rename = "")]
+    None,
+    /// The sort task of `gaplab demo-data`.
+    #[serde(rename = "sort")]
+    Sort,
+}
+
+impl fmt::Display for JudgeTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "",
+            Self::Sort => "sort",
+        })
+    }
+}
+
+/// `ui.color`: the colour depth of the dashboard (auto: from `COLORTERM`/`TERM`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ColorSetting {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "truecolor", alias = "24bit")]
+    TrueColor,
+    #[serde(rename = "256")]
+    C256,
+    #[serde(rename = "16")]
+    C16,
+    #[serde(rename = "none", alias = "mono")]
+    None,
+}
+
+impl ColorSetting {
+    /// The name the UI's colour-depth parser reads; None for auto (detect).
+    pub fn depth_name(self) -> Option<&'static str> {
+        match self {
+            Self::Auto => None,
+            Self::TrueColor => Some("truecolor"),
+            Self::C256 => Some("256"),
+            Self::C16 => Some("16"),
+            Self::None => Some("none"),
+        }
+    }
+}
+
+/// `ui.markers`: how chart points are drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Markers {
+    #[default]
+    Auto,
+    Braille,
+    /// For terminals or fonts without Braille.
+    Dot,
+}
+
 section! {
     /// `[judge]`: a programmatic judge of the policy's generations for held-out eval prompts,
     /// run at every evaluation next to the implicit-reward metrics (for synthetic tasks whose
     /// answers a program can check, such as the demo's).
     pub struct JudgeSection {
         /// "" (no judge) or "sort" (the demo task of `gaplab demo-data`).
-        task: String = String::new(), Restart;
+        task: JudgeTask = JudgeTask::None, Restart;
         /// Eval prompts judged (the first N of the eval set).
         prompts: usize = 64, Live;
         /// Sampled generations per prompt judged besides the greedy one (0: greedy only).
@@ -326,9 +381,9 @@ section! {
         /// Highest redraw rate.
         refresh_hz: f64 = 15.0, Live;
         /// auto | truecolor | 256 | 16 | none
-        color: String = "auto".into(), Live;
+        color: ColorSetting = ColorSetting::Auto, Live;
         /// auto | braille | dot (for terminals or fonts without Braille)
-        markers: String = "auto".into(), Live;
+        markers: Markers = Markers::Auto, Live;
     }
 }
 
@@ -678,28 +733,6 @@ impl TrainSettings {
             format!("expected a number > 0, got {}", self.epochs),
         );
         c(
-            self.device == "cpu"
-                || self.device == "auto"
-                || self.device == "cuda"
-                || self
-                    .device
-                    .strip_prefix("cuda:")
-                    .is_some_and(|n| n.parse::<usize>().is_ok()),
-            "device",
-            format!(
-                "expected \"auto\", \"cpu\" or \"cuda:N\", got \"{}\"",
-                self.device
-            ),
-        );
-        c(
-            crate::model::parse_dtype(&self.dtype).is_some(),
-            "dtype",
-            format!(
-                "expected \"f32\", \"bf16\" or \"f16\", got \"{}\"",
-                self.dtype
-            ),
-        );
-        c(
             self.max_memory_gb >= 0.0 && self.max_memory_gb.is_finite(),
             "max_memory_gb",
             format!(
@@ -722,121 +755,135 @@ impl TrainSettings {
 }
 
 impl WorkspaceConfig {
-    /// Every out-of-range or inconsistent value, as (field path, message).
+    /// Every out-of-range or inconsistent value, as (field path, message), section by section.
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let j = &self.judge;
+        self.judge.problems(&mut out);
+        self.model.problems(&mut out);
+        self.data.problems(&mut out);
+        out.extend(self.train.problems("train", None));
+        variant_problems(&self.train, &self.variants, &mut out);
+        self.eval.problems(&mut out);
+        self.sample.problems(&mut out);
+        self.checkpoint.problems(&mut out);
+        self.ui.problems(&mut out);
+        if let Some(s) = &self.sft {
+            s.problems(&mut out);
+        }
+        out
+    }
+}
+
+impl JudgeSection {
+    fn problems(&self, out: &mut Vec<(String, String)>) {
         check(
-            &mut out,
-            j.task.is_empty() || j.task == "sort",
-            "judge.task",
-            format!("expected \"\" (no judge) or \"sort\", got \"{}\"", j.task),
-        );
-        check(
-            &mut out,
-            j.temperature > 0.0 && j.temperature.is_finite(),
+            out,
+            self.temperature > 0.0 && self.temperature.is_finite(),
             "judge.temperature",
-            format!("expected a number > 0, got {}", j.temperature),
+            format!("expected a number > 0, got {}", self.temperature),
         );
         check(
-            &mut out,
-            j.max_new_tokens >= 1,
+            out,
+            self.max_new_tokens >= 1,
             "judge.max_new_tokens",
             "expected at least 1",
         );
-        let m = &self.model;
+    }
+}
+
+impl ModelSection {
+    fn problems(&self, out: &mut Vec<(String, String)>) {
         check(
-            &mut out,
-            m.path.is_some() != m.scratch.is_some(),
+            out,
+            self.path.is_some() != self.scratch.is_some(),
             "model",
             "expected exactly one of `path` (a checkpoint folder) or `[model.scratch]`",
         );
-        if let Some(s) = &m.scratch {
+        if let Some(s) = &self.scratch {
             check(
-                &mut out,
-                crate::model::Arch::parse(&s.arch).is_some(),
-                "model.scratch.arch",
-                format!(
-                    "expected \"llama\", \"mistral\" or \"qwen2\", got \"{}\"",
-                    s.arch
-                ),
-            );
-            check(
-                &mut out,
-                m.tokenizer.is_some(),
+                out,
+                self.tokenizer.is_some(),
                 "model.tokenizer",
                 "a scratch model needs `tokenizer` (a folder with tokenizer.json)",
             );
-            for (f, v) in [
-                ("hidden_size", s.hidden_size),
-                ("intermediate_size", s.intermediate_size),
-                ("num_hidden_layers", s.num_hidden_layers),
-                ("num_attention_heads", s.num_attention_heads),
-                ("num_key_value_heads", s.num_key_value_heads),
-                ("max_position_embeddings", s.max_position_embeddings),
-            ] {
-                check(
-                    &mut out,
-                    v >= 1,
-                    format!("model.scratch.{f}"),
-                    "expected at least 1",
-                );
-            }
+            s.problems(out);
+        }
+    }
+}
+
+impl ScratchSection {
+    fn problems(&self, out: &mut Vec<(String, String)>) {
+        let s = self;
+        check(
+            out,
+            crate::model::Arch::parse(&s.arch).is_some(),
+            "model.scratch.arch",
+            format!(
+                "expected \"llama\", \"mistral\" or \"qwen2\", got \"{}\"",
+                s.arch
+            ),
+        );
+        for (f, v) in [
+            ("hidden_size", s.hidden_size),
+            ("intermediate_size", s.intermediate_size),
+            ("num_hidden_layers", s.num_hidden_layers),
+            ("num_attention_heads", s.num_attention_heads),
+            ("num_key_value_heads", s.num_key_value_heads),
+            ("max_position_embeddings", s.max_position_embeddings),
+        ] {
             check(
-                &mut out,
-                s.num_attention_heads >= 1
-                    && s.hidden_size.is_multiple_of(s.num_attention_heads)
-                    && (s.hidden_size / s.num_attention_heads).is_multiple_of(2),
-                "model.scratch.num_attention_heads",
-                "hidden_size must be a multiple of num_attention_heads with an even head size",
-            );
-            check(
-                &mut out,
-                s.num_key_value_heads >= 1
-                    && s.num_attention_heads.is_multiple_of(s.num_key_value_heads),
-                "model.scratch.num_key_value_heads",
-                "num_attention_heads must be a multiple of num_key_value_heads",
+                out,
+                v >= 1,
+                format!("model.scratch.{f}"),
+                "expected at least 1",
             );
         }
         check(
-            &mut out,
-            !self.data.train.as_os_str().is_empty(),
+            out,
+            s.num_attention_heads >= 1
+                && s.hidden_size.is_multiple_of(s.num_attention_heads)
+                && (s.hidden_size / s.num_attention_heads).is_multiple_of(2),
+            "model.scratch.num_attention_heads",
+            "hidden_size must be a multiple of num_attention_heads with an even head size",
+        );
+        check(
+            out,
+            s.num_key_value_heads >= 1
+                && s.num_attention_heads.is_multiple_of(s.num_key_value_heads),
+            "model.scratch.num_key_value_heads",
+            "num_attention_heads must be a multiple of num_key_value_heads",
+        );
+    }
+}
+
+impl DataSection {
+    fn problems(&self, out: &mut Vec<(String, String)>) {
+        check(
+            out,
+            !self.train.as_os_str().is_empty(),
             "data.train",
             "expected the path of a JSONL file of preference pairs",
         );
         check(
-            &mut out,
-            self.data.max_len >= 2,
+            out,
+            self.max_len >= 2,
             "data.max_len",
             "expected at least 2 tokens",
         );
         check(
-            &mut out,
-            self.data.max_prompt_len >= 1 && self.data.max_prompt_len < self.data.max_len,
+            out,
+            self.max_prompt_len >= 1 && self.max_prompt_len < self.max_len,
             "data.max_prompt_len",
-            format!(
-                "expected 1 <= max_prompt_len < max_len ({})",
-                self.data.max_len
-            ),
+            format!("expected 1 <= max_prompt_len < max_len ({})", self.max_len),
         );
-        check(
-            &mut out,
-            crate::data::Format::parse(&self.data.format).is_some(),
-            "data.format",
-            format!(
-                "expected \"auto\", \"standard\" or \"conversational\", got \"{}\"",
-                self.data.format
-            ),
-        );
-        let d = &self.data;
         let fields = [
-            ("prompt_field", &d.prompt_field, "prompt"),
-            ("chosen_field", &d.chosen_field, "chosen"),
-            ("rejected_field", &d.rejected_field, "rejected"),
+            ("prompt_field", &self.prompt_field, "prompt"),
+            ("chosen_field", &self.chosen_field, "chosen"),
+            ("rejected_field", &self.rejected_field, "rejected"),
         ];
         for (f, v, _) in fields {
             check(
-                &mut out,
+                out,
                 !v.trim().is_empty(),
                 format!("data.{f}"),
                 "expected a field name",
@@ -848,125 +895,128 @@ impl WorkspaceConfig {
                 // Point at the one that was changed from its default.
                 let (at, other) = if b.1 != b.2 { (b, a) } else { (a, b) };
                 check(
-                    &mut out,
+                    out,
                     a.1.trim().is_empty() || a.1 != b.1,
                     format!("data.{}", at.0),
                     format!("\"{}\" is also data.{}", at.1, other.0),
                 );
             }
         }
-        out.extend(self.train.problems("train", None));
-        let mut names = std::collections::HashSet::new();
-        for (i, v) in self.variants.iter().enumerate() {
-            let prefix = format!("variant[{i}]");
-            let ok_name = !v.name.is_empty()
-                && v.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
-            check(
-                &mut out,
-                ok_name,
-                format!("{prefix}.name"),
-                format!(
-                    "expected a non-empty name of letters, digits and - _ . +, got \"{}\"",
-                    v.name
-                ),
-            );
-            check(
-                &mut out,
-                names.insert(v.name.clone()),
-                format!("{prefix}.name"),
-                format!("variant name \"{}\" is used twice", v.name),
-            );
-            let overridden = v.overridden();
-            out.extend(self.train.with(v).problems(&prefix, Some(&overridden)));
-        }
+    }
+}
+
+/// `[[variant]]` tables: valid, distinct names, and overrides that are in range.
+fn variant_problems(train: &TrainSettings, variants: &[Variant], out: &mut Vec<(String, String)>) {
+    let mut names = std::collections::HashSet::new();
+    for (i, v) in variants.iter().enumerate() {
+        let prefix = format!("variant[{i}]");
+        let ok_name = !v.name.is_empty()
+            && v.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
         check(
-            &mut out,
-            self.eval.pairs >= 1,
-            "eval.pairs",
-            "expected at least 1",
+            out,
+            ok_name,
+            format!("{prefix}.name"),
+            format!(
+                "expected a non-empty name of letters, digits and - _ . +, got \"{}\"",
+                v.name
+            ),
         );
         check(
-            &mut out,
-            self.eval.batch_size >= 1,
+            out,
+            names.insert(v.name.clone()),
+            format!("{prefix}.name"),
+            format!("variant name \"{}\" is used twice", v.name),
+        );
+        let overridden = v.overridden();
+        out.extend(train.with(v).problems(&prefix, Some(&overridden)));
+    }
+}
+
+impl EvalSection {
+    fn problems(&self, out: &mut Vec<(String, String)>) {
+        check(out, self.pairs >= 1, "eval.pairs", "expected at least 1");
+        check(
+            out,
+            self.batch_size >= 1,
             "eval.batch_size",
             "expected at least 1",
         );
         check(
-            &mut out,
-            self.eval.prefix_lengths.iter().all(|&j| j >= 1),
+            out,
+            self.prefix_lengths.iter().all(|&j| j >= 1),
             "eval.prefix_lengths",
             "prefix lengths start at 1",
         );
+    }
+}
+
+impl SampleSection {
+    fn problems(&self, out: &mut Vec<(String, String)>) {
         check(
-            &mut out,
-            self.sample.temperature >= 0.0 && self.sample.temperature.is_finite(),
+            out,
+            self.temperature >= 0.0 && self.temperature.is_finite(),
             "sample.temperature",
-            format!("expected a number >= 0, got {}", self.sample.temperature),
+            format!("expected a number >= 0, got {}", self.temperature),
         );
         check(
-            &mut out,
-            self.sample.top_p > 0.0 && self.sample.top_p <= 1.0,
+            out,
+            self.top_p > 0.0 && self.top_p <= 1.0,
             "sample.top_p",
-            format!("expected a number in (0, 1], got {}", self.sample.top_p),
+            format!("expected a number in (0, 1], got {}", self.top_p),
         );
+    }
+}
+
+impl CheckpointSection {
+    fn problems(&self, out: &mut Vec<(String, String)>) {
         check(
-            &mut out,
-            self.checkpoint.keep >= 1,
+            out,
+            self.keep >= 1,
             "checkpoint.keep",
             "expected at least 1",
         );
-        let ui = &self.ui;
+    }
+}
+
+impl UiSection {
+    fn problems(&self, out: &mut Vec<(String, String)>) {
         check(
-            &mut out,
-            (0.0..1.0).contains(&ui.smoothing),
+            out,
+            (0.0..1.0).contains(&self.smoothing),
             "ui.smoothing",
-            format!("expected a number in [0, 1), got {}", ui.smoothing),
+            format!("expected a number in [0, 1), got {}", self.smoothing),
         );
         check(
-            &mut out,
-            ui.refresh_hz > 0.0 && ui.refresh_hz <= 60.0,
+            out,
+            self.refresh_hz > 0.0 && self.refresh_hz <= 60.0,
             "ui.refresh_hz",
-            format!("expected a number in (0, 60], got {}", ui.refresh_hz),
+            format!("expected a number in (0, 60], got {}", self.refresh_hz),
+        );
+    }
+}
+
+impl SftSection {
+    fn problems(&self, out: &mut Vec<(String, String)>) {
+        check(
+            out,
+            self.lr > 0.0 && self.lr.is_finite(),
+            "sft.lr",
+            format!("expected a number > 0, got {}", self.lr),
         );
         check(
-            &mut out,
-            ["auto", "truecolor", "24bit", "256", "16", "none", "mono"]
-                .contains(&ui.color.as_str()),
-            "ui.color",
-            format!(
-                "expected auto, truecolor, 256, 16 or none, got \"{}\"",
-                ui.color
-            ),
+            out,
+            self.batch_size >= 1,
+            "sft.batch_size",
+            "expected at least 1",
         );
         check(
-            &mut out,
-            ["auto", "braille", "dot"].contains(&ui.markers.as_str()),
-            "ui.markers",
-            format!("expected auto, braille or dot, got \"{}\"", ui.markers),
+            out,
+            (0.0..1.0).contains(&self.warmup_ratio),
+            "sft.warmup_ratio",
+            format!("expected a number in [0, 1), got {}", self.warmup_ratio),
         );
-        if let Some(s) = &self.sft {
-            check(
-                &mut out,
-                s.lr > 0.0 && s.lr.is_finite(),
-                "sft.lr",
-                format!("expected a number > 0, got {}", s.lr),
-            );
-            check(
-                &mut out,
-                s.batch_size >= 1,
-                "sft.batch_size",
-                "expected at least 1",
-            );
-            check(
-                &mut out,
-                (0.0..1.0).contains(&s.warmup_ratio),
-                "sft.warmup_ratio",
-                format!("expected a number in [0, 1), got {}", s.warmup_ratio),
-            );
-        }
-        out
     }
 }
 
@@ -1064,7 +1114,27 @@ mod tests {
             ),
             (
                 "format = \"sharegpt\"\n",
-                "ws/gaplab.toml:5:10: data.format: expected \"auto\", \"standard\" or \"conversational\", got \"sharegpt\"",
+                "ws/gaplab.toml:5:10: data.format: unknown variant `sharegpt`, expected one of `auto`, `standard`, `conversational`",
+            ),
+            (
+                "[train]\ndevice = \"tpu\"\n",
+                "ws/gaplab.toml:6:10: train.device: expected \"auto\", \"cpu\" or \"cuda:N\", got \"tpu\"",
+            ),
+            (
+                "[train]\ndtype = \"f64\"\n",
+                "ws/gaplab.toml:6:9: train.dtype: unknown variant `f64`, expected one of `f32`, `bf16`, `f16`",
+            ),
+            (
+                "[judge]\ntask = \"math\"\n",
+                "ws/gaplab.toml:6:8: judge.task: unknown variant `math`, expected `` or `sort`",
+            ),
+            (
+                "[ui]\ncolor = \"8\"\n",
+                "ws/gaplab.toml:6:9: ui.color: unknown variant `8`",
+            ),
+            (
+                "[ui]\nmarkers = \"ascii\"\n",
+                "ws/gaplab.toml:6:11: ui.markers: unknown variant `ascii`, expected one of `auto`, `braille`, `dot`",
             ),
             (
                 "prompt_truncation = \"keep_middle\"\n",

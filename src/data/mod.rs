@@ -51,7 +51,8 @@ pub struct Prompt {
 }
 
 /// `data.format`: how the rows of a file are read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Per file, from the first row: a string `chosen` is standard, a list conversational.
     #[default]
@@ -61,19 +62,6 @@ pub enum Format {
     /// Lists of `{"role", "content"}` messages, with a `prompt` list or an implicit prompt
     /// (the leading messages chosen and rejected share).
     Conversational,
-}
-
-impl Format {
-    pub const NAMES: [&'static str; 3] = ["auto", "standard", "conversational"];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "auto" => Some(Self::Auto),
-            "standard" => Some(Self::Standard),
-            "conversational" => Some(Self::Conversational),
-            _ => None,
-        }
-    }
 }
 
 /// The names of the fields holding the prompt, the chosen and the rejected response.

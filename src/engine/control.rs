@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::command::Command;
+use crate::hash::fnv1a;
 
 /// The socket's file name in the run directory.
 pub const SOCKET: &str = "control.sock";
@@ -424,12 +425,6 @@ fn fits(path: &Path) -> bool {
     // SAFETY: sockaddr_un is plain old data; an all-zero value is valid.
     let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     path.as_os_str().len() < addr.sun_path.len()
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// The directory for sockets of runs whose own path is too long: `$XDG_RUNTIME_DIR/gaplab` when

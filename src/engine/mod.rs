@@ -18,7 +18,7 @@ pub use command::Command;
 use crate::config::{RunConfig, SftSection, Workspace};
 use crate::event::{now, EvalReport, Event, Level, RunState, StepMetrics};
 use crate::model::SeqBatch;
-use crate::model::{io, select_device, CausalLm, ModelConfig, ScratchSpec, Tok};
+use crate::model::{io, CausalLm, ModelConfig, ScratchSpec, Tok};
 use crate::runlog::{self, RunDir, Writer};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::refcache::{checkpoint_fingerprint, Fnv};
@@ -495,8 +495,8 @@ fn sft_stage(
     h.bytes(&cfg.train.seed.to_le_bytes());
     // The stage trains in the run's dtype: a bf16 SFT result is not an f32 one. (f32 adds
     // nothing, so caches made before half precision existed stay valid.)
-    if cfg.train.dtype != "f32" {
-        h.bytes(cfg.train.dtype.as_bytes());
+    if cfg.train.dtype != crate::model::Precision::F32 {
+        h.bytes(cfg.train.dtype.name().as_bytes());
     }
     let dir = runs_root.join(format!("sft-{:016x}", h.0));
     let ckpt = dir.join("checkpoint");
@@ -529,8 +529,8 @@ fn sft_train(
     em: &mut Emitter,
     ctl: &mut Control,
 ) -> Result<Option<PathBuf>> {
-    let device = select_device(&cfg.train.device)?;
-    let dtype = crate::model::train_dtype(&cfg.train.dtype)?;
+    let device = cfg.train.device.select()?;
+    let dtype = cfg.train.dtype.dtype();
     let model_cfg = ModelConfig::load(&base.join("config.json"))?;
     let data = load_dataset(
         cfg,

@@ -24,29 +24,86 @@ use candle_core::{DType, Device, Tensor, Var};
 pub use config::{Arch, ModelConfig, ScratchSpec};
 pub use tokenizer::Tok;
 
+use serde::{Deserialize, Serialize};
+
 use crate::rng::Rng;
 pub use batch::SeqBatch;
 
-/// The compute device named by `spec`: "cpu", "cuda", "cuda:N", or "auto" (the first CUDA
-/// device when gaplab is built with the `cuda` feature and one is present, else the CPU).
-pub fn select_device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let n: usize = match s.strip_prefix("cuda:") {
-                Some(n) => n
-                    .parse()
-                    .with_context(|| format!("device \"{s}\": expected cuda:N"))?,
-                None => 0,
-            };
-            if !candle_core::utils::cuda_is_available() {
-                bail!("device \"{s}\": this gaplab was built without CUDA (rebuild with `--features cuda`)");
-            }
-            Device::new_cuda(n).with_context(|| format!("device \"{s}\""))
+/// Where a model runs: `train.device` and `--device`. "cuda" alone means "cuda:0".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    /// The first CUDA device when gaplab is built with the `cuda` feature and one is present,
+    /// else the CPU.
+    Auto,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let expected = || format!("expected \"auto\", \"cpu\" or \"cuda:N\", got \"{s}\"");
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "auto" => Ok(Self::Auto),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(expected),
         }
-        s => bail!("device \"{s}\": expected auto, cpu or cuda:N"),
     }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Auto => f.write_str("auto"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    pub fn select(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+            Self::Cuda(n) => {
+                if !candle_core::utils::cuda_is_available() {
+                    bail!("device \"{self}\": this gaplab was built without CUDA (rebuild with `--features cuda`)");
+                }
+                Device::new_cuda(n).with_context(|| format!("device \"{self}\""))
+            }
+        }
+    }
+}
+
+/// The compute device named by `spec` ([`DeviceSpec`]'s names).
+pub fn select_device(spec: &str) -> Result<Device> {
+    let spec: DeviceSpec = spec
+        .parse()
+        .map_err(|e| anyhow::anyhow!("device \"{spec}\": {e}"))?;
+    spec.select()
 }
 
 /// How logs and the dashboard name where a model runs: "cpu", "cuda:0", with the dtype when it
@@ -66,20 +123,49 @@ pub fn device_label(device: &Device, dtype: DType) -> String {
     }
 }
 
-/// The dtype named by `train.dtype`: "f32", "bf16" or "f16".
-pub fn parse_dtype(name: &str) -> Option<DType> {
-    match name {
-        "f32" => Some(DType::F32),
-        "bf16" => Some(DType::BF16),
-        "f16" => Some(DType::F16),
-        _ => None,
+/// The dtype of weights and activations: `train.dtype` and `--dtype`. Optimizer state and
+/// loss math stay f32 whatever this is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Self::F32, Self::Bf16, Self::F16];
+
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
     }
 }
 
-/// [`parse_dtype`] for a validated config (an unknown name is an error naming the field).
-pub fn train_dtype(name: &str) -> Result<DType> {
-    parse_dtype(name)
-        .with_context(|| format!("train.dtype \"{name}\": expected \"f32\", \"bf16\" or \"f16\""))
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The dtype named "f32", "bf16" or "f16" (`--dtype`).
+pub fn parse_dtype(name: &str) -> Option<DType> {
+    Precision::ALL
+        .into_iter()
+        .find(|p| p.name() == name)
+        .map(Precision::dtype)
 }
 
 /// One weight of the decoder: its Hugging Face name, shape and how a fresh model initialises it.

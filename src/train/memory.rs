@@ -313,7 +313,7 @@ fn plan(
     train: &[TokenizedPair],
     eval: &[TokenizedPair],
 ) -> Result<String> {
-    let dtype = crate::model::train_dtype(&cfg.train.dtype)?;
+    let dtype = cfg.train.dtype.dtype();
     let (reference, preference, batch, accum) = match sft {
         Some(s) => (Reference::None, false, s.batch_size, 1),
         None => (

@@ -22,7 +22,7 @@ use crate::config::{
 use crate::data::chat::{ChatTemplate, TemplateResolver, TemplateSetting};
 use crate::data::{self, FileKind, FileSummary, PreferencePair, Prompt, TokenizedPair};
 use crate::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
-use crate::model::{io, ops, sample, select_device, CausalLm, ModelConfig, SeqBatch, Tok};
+use crate::model::{io, ops, sample, CausalLm, ModelConfig, SeqBatch, Tok};
 use crate::objective::prefix::{self, PairTokenLogps};
 use crate::objective::{self, Objective};
 use crate::rng::Rng;
@@ -115,7 +115,7 @@ pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset>
 
 fn read_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset> {
     let limits = cfg.data.length_limits();
-    let fmt = cfg.data.data_format()?;
+    let fmt = cfg.data.data_format();
     let mut templates = TemplateResolver::new(
         TemplateSetting::parse(&cfg.data.chat_template, &cfg.workspace),
         tok,
@@ -296,9 +296,9 @@ impl Trainer {
         from: Option<(PathBuf, TrainerState)>,
         cache_dir: &Path,
     ) -> Result<Self> {
-        let device = select_device(&cfg.train.device)?;
+        let device = cfg.train.device.select()?;
         let policy_dir = from.as_ref().map_or(initial, |f| f.0.as_path());
-        let dtype = crate::model::train_dtype(&cfg.train.dtype)?;
+        let dtype = cfg.train.dtype.dtype();
         // Config, tokenizer and data first: a run that cannot fit is refused before any
         // weight is read.
         let model_cfg = ModelConfig::load(&policy_dir.join("config.json"))?;
@@ -639,7 +639,7 @@ impl Trainer {
     /// reward prefers.
     fn judge_metrics(&self, model: &CausalLm, metrics: &mut BTreeMap<String, f64>) -> Result<()> {
         let j = &self.cfg.judge;
-        if j.task.is_empty() {
+        if j.task == crate::config::JudgeTask::None {
             return Ok(());
         }
         let n = j.prompts.min(self.data.eval_prompts.len());
