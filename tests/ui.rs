@@ -11,7 +11,7 @@ use std::path::Path;
 
 use gaplab::event::Event;
 use gaplab::ui::keymap::Action;
-use gaplab::ui::state::{App, HeatMetric, HeatmapMode, Mode, Pane};
+use gaplab::ui::state::{App, HeatMetric, HeatmapMode, Mode, Pane, Role};
 use gaplab::ui::theme::{ColorDepth, ThemeFile, BUILTIN};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
@@ -34,7 +34,7 @@ fn app() -> App {
     let theme = ThemeFile::parse(BUILTIN[0].1, "default")
         .unwrap()
         .resolve(ColorDepth::C16);
-    let mut app = App::new(Mode::Owner, theme);
+    let mut app = App::new(Role::Owner, theme);
     for (source, ev) in events() {
         app.on_event(source, ev);
     }
@@ -86,7 +86,7 @@ fn gap_chart_with_a_judge() {
     let theme = ThemeFile::parse(BUILTIN[0].1, "default")
         .unwrap()
         .resolve(ColorDepth::C16);
-    let mut a = App::new(Mode::Owner, theme);
+    let mut a = App::new(Role::Owner, theme);
     for (source, mut ev) in events() {
         if let Event::Eval(r) = &mut ev {
             // A judge score that falls while reward accuracy rises: the gap.
@@ -111,10 +111,10 @@ fn views_switched_by_keys() {
     a.focus = Pane::Heatmap;
     a.expanded = true;
     a.on_action(Action::HeatmapMetric);
-    assert_eq!(a.heat_metric, HeatMetric::Accuracy);
+    assert_eq!(a.heatmap.metric, HeatMetric::Accuracy);
     insta::assert_snapshot!("heatmap_accuracy", render(&mut a, 80, 24));
     a.on_action(Action::HeatmapMode);
-    assert_eq!(a.heatmap_mode, HeatmapMode::PerPair);
+    assert_eq!(a.heatmap.mode, HeatmapMode::PerPair);
     insta::assert_snapshot!("heatmap_per_pair", render(&mut a, 80, 24));
 
     let mut a = app();
@@ -148,7 +148,10 @@ fn overlays_help_and_quit_question() {
     for _ in 0..40 {
         a.on_action(Action::ScrollDown);
     }
-    assert!(a.help, "scrolling keeps the help open");
+    assert!(
+        matches!(a.mode, Mode::Help { .. }),
+        "scrolling keeps the help open"
+    );
     let bottom = render(&mut a, 80, 24);
     insta::assert_snapshot!("help_80x24_scrolled", bottom.clone());
     assert!(
@@ -156,10 +159,56 @@ fn overlays_help_and_quit_question() {
         "{bottom}"
     );
     assert!(!bottom.contains("focus next pane"), "{bottom}");
+    for dialog_key in ["answer yes: stop training and quit", "close the help"] {
+        assert!(bottom.contains(dialog_key), "{bottom}");
+    }
     a.on_action(Action::Help);
     a.on_action(Action::Quit);
-    assert!(a.confirm_quit);
+    assert_eq!(a.mode, Mode::QuitQuestion);
     insta::assert_snapshot!("confirm_80x24", render(&mut a, 80, 24));
+}
+
+/// The rows inside the help's border, trimmed at the end.
+fn help_rows(screen: &str) -> Vec<String> {
+    let lines: Vec<&str> = screen.lines().collect();
+    let top = lines
+        .iter()
+        .position(|l| l.contains("┌ keys"))
+        .expect("the help");
+    let corner = |line: &str, s: &str| line[..line.find(s).unwrap()].chars().count();
+    let left = corner(lines[top], "┌ keys");
+    let right = left + corner(&lines[top][lines[top].find("┌ keys").unwrap()..], "┐");
+    lines[top + 1..]
+        .iter()
+        .map(|l| l.chars().collect::<Vec<char>>())
+        .take_while(|l| l.get(left) != Some(&'└'))
+        .map(|l| {
+            l[left + 1..right.min(l.len())]
+                .iter()
+                .collect::<String>()
+                .trim_end()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Blank lines set the help's sections apart where they fit; where they do not, they go first,
+/// before the help has to scroll.
+#[test]
+fn help_sections_are_spaced_where_they_fit() {
+    let mut a = app();
+    a.on_action(Action::Help);
+    let tall = help_rows(&render(&mut a, 120, 50));
+    let fitted = help_rows(&render(&mut a, 120, 40));
+    assert!(tall.iter().any(|r| r.is_empty()), "{tall:#?}");
+    assert!(fitted.iter().all(|r| !r.is_empty()), "{fitted:#?}");
+    assert_eq!(
+        tall.into_iter()
+            .filter(|r| !r.is_empty())
+            .collect::<Vec<_>>(),
+        fitted,
+        "the same lines"
+    );
 }
 
 #[test]
@@ -195,7 +244,7 @@ fn tiny_and_zero_sizes_never_panic() {
         .unwrap()
         .resolve(ColorDepth::Mono);
     let mut empty = App::new(
-        Mode::Attached {
+        Role::Attached {
             controllable: false,
         },
         theme,
@@ -214,7 +263,7 @@ fn every_theme_and_depth_draws() {
             ColorDepth::Mono,
         ] {
             a.theme = ThemeFile::parse(text, name).unwrap().resolve(depth);
-            a.braille = depth != ColorDepth::Mono;
+            a.charts.braille = depth != ColorDepth::Mono;
             render(&mut a, 120, 40);
         }
     }

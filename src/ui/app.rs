@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ratatui::crossterm::event::{self as term, KeyCode, KeyEvent, KeyEventKind};
+use ratatui::crossterm::event::{self as term, KeyEvent, KeyEventKind};
 
-use super::keymap::{self, Action};
-use super::state::{App, Mode};
+use super::state::{App, Effect, Exit, Role};
 use super::terminal::{self, TerminalGuard};
 use super::theme::{self, ColorDepth, Theme};
 use super::view;
@@ -67,6 +66,8 @@ struct Looks {
     /// The theme as named by the user (a name or a path).
     spec: String,
     dirs: Vec<PathBuf>,
+    /// Themes the theme key cycles through.
+    names: Vec<String>,
     frame: Duration,
 }
 
@@ -83,11 +84,11 @@ impl Looks {
             Ok(t) => {
                 app.theme = t;
                 self.spec = spec.to_string();
-                app.reload = Some((true, format!("theme {spec} {why}")));
+                app.status.reload = Some((true, format!("theme {spec} {why}")));
             }
             Err(e) => {
                 let keep = &app.theme.name;
-                app.reload = Some((false, format!("theme error, keeping {keep}: {e:#}")));
+                app.status.reload = Some((false, format!("theme error, keeping {keep}: {e:#}")));
                 app.note(Level::Warn, format!("theme {spec}: {e:#}; keeping {keep}"));
             }
         }
@@ -101,7 +102,7 @@ impl Looks {
             "ui.theme" => self.set_theme(app, value, "(config)"),
             "ui.smoothing" => {
                 if let Ok(v) = value.parse::<f64>() {
-                    app.smoothing = v.clamp(0.0, 0.999);
+                    app.charts.smoothing = v.clamp(0.0, 0.999);
                 }
             }
             "ui.refresh_hz" => {
@@ -114,7 +115,7 @@ impl Looks {
                 let spec = self.spec.clone();
                 self.set_theme(app, &spec, "(colour depth changed)");
             }
-            "ui.markers" => app.braille = value != "dot",
+            "ui.markers" => app.charts.braille = value != "dot",
             _ => {}
         }
     }
@@ -257,6 +258,7 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
         depth: opts.color.unwrap_or_else(ColorDepth::detect),
         spec: theme_name.clone(),
         dirs: opts.theme_dirs.clone(),
+        names: theme::available(&opts.theme_dirs),
         frame: frame_for(opts.refresh_hz.unwrap_or(15.0)),
     };
     let (theme, theme_error) = match looks.resolve(&theme_name) {
@@ -269,10 +271,10 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
     let (tx, rx) = mpsc::channel();
     let _theme_watch = watch_themes(&opts, &theme_name, tx.clone());
     let stop_follow = Arc::new(AtomicBool::new(false));
-    let (mut engine, mode, mut controls) = match source {
+    let (mut engine, role, mut controls) = match source {
         Source::Engine { engine, overlay } => {
             spawn_follow(overlay, 1, tx.clone(), stop_follow.clone());
-            (Some(engine), Mode::Owner, Vec::new())
+            (Some(engine), Role::Owner, Vec::new())
         }
         Source::Runs(dirs) => {
             let controls: Vec<Option<ControlClient>> = dirs
@@ -281,7 +283,7 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
                 .collect();
             let controllable = controls.iter().any(Option::is_some);
             spawn_follow(dirs, 0, tx.clone(), stop_follow.clone());
-            (None, Mode::Attached { controllable }, controls)
+            (None, Role::Attached { controllable }, controls)
         }
     };
     let commands = engine.as_ref().map(|e| e.commands.clone());
@@ -298,14 +300,13 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
         });
     }
     lower_priority();
-    let mut app = App::new(mode, theme);
-    app.theme_names = theme::available(&opts.theme_dirs);
-    app.braille = !opts.ascii;
+    let mut app = App::new(role, theme);
+    app.charts.braille = !opts.ascii;
     if let Some(s) = opts.smoothing {
-        app.smoothing = s;
+        app.charts.smoothing = s;
     }
     if let Some(e) = theme_error {
-        app.reload = Some((false, e));
+        app.status.reload = Some((false, e));
     }
     // Keys redraw within one frame at most `refresh_hz` times a second; training events only
     // every DATA_FRAME at most: a live chart needs no more, and on a small machine every frame
@@ -322,8 +323,8 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
             hung_up = true;
             break;
         }
-        if signals.terminate.load(Ordering::SeqCst) && !app.quitting {
-            app.quitting = true;
+        if signals.terminate.load(Ordering::SeqCst) && app.exit == Exit::Stay {
+            app.exit = Exit::Stopping;
             app.dirty = true;
             if engine.is_none() {
                 break;
@@ -358,8 +359,8 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
         }
         if engine.is_some() && last_mem.elapsed() > Duration::from_secs(1) {
             let m = rss_bytes();
-            if m != app.memory {
-                app.memory = m;
+            if m != app.status.memory {
+                app.status.memory = m;
                 app.dirty = true;
             }
             last_mem = Instant::now();
@@ -374,7 +375,7 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
             urgent = false;
             last_draw = Instant::now();
         }
-        if app.quit || (app.quitting && app.engine_done) {
+        if app.exit == Exit::Now || (app.exit == Exit::Stopping && app.engine_done) {
             break;
         }
     }
@@ -438,40 +439,17 @@ fn handle(
             app.dirty = true;
         }
         Msg::Resize => app.dirty = true,
-        Msg::Key(k) => {
-            if app.confirm_quit {
-                let yes = matches!(k.code, KeyCode::Char('y') | KeyCode::Char('Y'));
-                if let Some(cmd) = app.confirm(yes) {
-                    send(app, cmd, commands, controls);
-                }
-                return;
-            }
-            if k.code == KeyCode::Esc {
-                app.help = false;
-                app.dirty = true;
-                return;
-            }
-            let Some(action) = keymap::action_for(&k) else {
-                if app.help {
-                    app.help = false;
-                    app.dirty = true;
-                }
-                return;
-            };
-            if action == Action::ThemeCycle && !app.help {
-                cycle_theme(app, looks);
-                return;
-            }
-            if let Some(cmd) = app.on_action(action) {
-                send(app, cmd, commands, controls);
-            }
-        }
+        Msg::Key(k) => match app.on_key(&k) {
+            Some(Effect::Send(cmd)) => send(app, cmd, commands, controls),
+            Some(Effect::NextTheme) => cycle_theme(app, looks),
+            None => {}
+        },
     }
 }
 
 fn cycle_theme(app: &mut App, looks: &mut Looks) {
     app.dirty = true;
-    let names = &app.theme_names;
+    let names = &looks.names;
     if names.is_empty() {
         return;
     }

@@ -1,4 +1,5 @@
-//! The keymap: one table that both the key handling and the help overlay read.
+//! The keymap: one table that both the key handling and the help overlay read, with the keys of
+//! the dialogs drawn over the dashboard beside the dashboard's own.
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -30,6 +31,31 @@ pub enum Action {
     ThemeCycle,
     Help,
     Quit,
+    /// Closes the dialog on top (answering no to the quit question).
+    Close,
+    /// Yes to the quit question.
+    ConfirmQuit,
+}
+
+/// Where a binding applies. A dialog over the dashboard takes keys first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Dashboard,
+    /// The key help: its own keys, then the dashboard's (most of which close it).
+    Help,
+    /// "Stop training and quit?": its own keys only; any other answers no.
+    QuitQuestion,
+}
+
+impl Scope {
+    /// Where a key pressed in this scope is looked up, first match first.
+    fn lookup(self) -> &'static [Scope] {
+        match self {
+            Scope::Dashboard => &[Scope::Dashboard],
+            Scope::Help => &[Scope::Help, Scope::Dashboard],
+            Scope::QuitQuestion => &[Scope::QuitQuestion],
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +111,8 @@ impl Key {
 pub struct Binding {
     pub keys: &'static [Key],
     pub action: Action,
+    pub scope: Scope,
+    /// The help overlay's section.
     pub group: &'static str,
     pub help: &'static str,
 }
@@ -95,170 +123,220 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &[Tab],
         action: Action::FocusNext,
+        scope: Scope::Dashboard,
         group: "panes",
         help: "focus next pane",
     },
     Binding {
         keys: &[BackTab],
         action: Action::FocusPrev,
+        scope: Scope::Dashboard,
         group: "panes",
         help: "focus previous pane",
     },
     Binding {
         keys: &[Enter, Char('z')],
         action: Action::Expand,
+        scope: Scope::Dashboard,
         group: "panes",
         help: "expand / collapse the focused pane",
     },
     Binding {
         keys: &[Char('j'), Down, PageDown],
         action: Action::ScrollDown,
+        scope: Scope::Dashboard,
         group: "panes",
-        help: "scroll down (samples, log)",
+        help: "scroll down (samples, log, help)",
     },
     Binding {
         keys: &[Char('k'), Up, PageUp],
         action: Action::ScrollUp,
+        scope: Scope::Dashboard,
         group: "panes",
-        help: "scroll up (samples, log)",
+        help: "scroll up (samples, log, help)",
     },
     Binding {
         keys: &[Char(' ')],
         action: Action::PauseResume,
+        scope: Scope::Dashboard,
         group: "training",
         help: "pause / resume training",
     },
     Binding {
         keys: &[Char('.')],
         action: Action::Step,
+        scope: Scope::Dashboard,
         group: "training",
         help: "one step while paused",
     },
     Binding {
         keys: &[Char('g')],
         action: Action::SampleNow,
+        scope: Scope::Dashboard,
         group: "training",
         help: "generate samples now",
     },
     Binding {
         keys: &[Char('c')],
         action: Action::Checkpoint,
+        scope: Scope::Dashboard,
         group: "training",
         help: "checkpoint now",
     },
     Binding {
         keys: &[Char('+'), Char('=')],
         action: Action::SmoothMore,
+        scope: Scope::Dashboard,
         group: "charts",
         help: "more smoothing",
     },
     Binding {
         keys: &[Char('-')],
         action: Action::SmoothLess,
+        scope: Scope::Dashboard,
         group: "charts",
         help: "less smoothing",
     },
     Binding {
         keys: &[Char('l')],
         action: Action::LogScale,
+        scope: Scope::Dashboard,
         group: "charts",
         help: "log scale (loss)",
     },
     Binding {
         keys: &[Char('o')],
         action: Action::Outliers,
+        scope: Scope::Dashboard,
         group: "charts",
         help: "ignore outliers (5th-95th percentile range)",
     },
     Binding {
         keys: &[Char('y')],
         action: Action::LockY,
+        scope: Scope::Dashboard,
         group: "charts",
         help: "lock / unlock the y-range",
     },
     Binding {
         keys: &[Char('a')],
         action: Action::Overlay,
+        scope: Scope::Dashboard,
         group: "charts",
         help: "overlay all runs / only the selected run",
     },
     Binding {
         keys: &[Char('r')],
         action: Action::NextRun,
+        scope: Scope::Dashboard,
         group: "charts",
         help: "select the next run (heatmap, samples, status)",
     },
     Binding {
         keys: &[Char('m')],
         action: Action::HeatmapMode,
+        scope: Scope::Dashboard,
         group: "heatmap",
         help: "heatmap: over training / per pair",
     },
     Binding {
         keys: &[Char('v')],
         action: Action::HeatmapMetric,
+        scope: Scope::Dashboard,
         group: "heatmap",
         help: "heatmap: prefix margin / prefix accuracy",
     },
     Binding {
         keys: &[Char('n')],
         action: Action::NextPrompt,
+        scope: Scope::Dashboard,
         group: "samples",
         help: "next prompt",
     },
     Binding {
         keys: &[Char('p')],
         action: Action::PrevPrompt,
+        scope: Scope::Dashboard,
         group: "samples",
         help: "previous prompt",
     },
     Binding {
         keys: &[Char(']')],
         action: Action::NextSampleStep,
+        scope: Scope::Dashboard,
         group: "samples",
         help: "later sampling step",
     },
     Binding {
         keys: &[Char('[')],
         action: Action::PrevSampleStep,
+        scope: Scope::Dashboard,
         group: "samples",
         help: "earlier sampling step",
     },
     Binding {
         keys: &[Char('s')],
         action: Action::SwapCompare,
+        scope: Scope::Dashboard,
         group: "samples",
         help: "compare with the reference / another variant",
     },
     Binding {
         keys: &[Char('t')],
         action: Action::ThemeCycle,
+        scope: Scope::Dashboard,
         group: "general",
         help: "next theme",
     },
     Binding {
         keys: &[Char('?'), Char('h')],
         action: Action::Help,
+        scope: Scope::Dashboard,
         group: "general",
         help: "help",
     },
     Binding {
         keys: &[Char('q'), Ctrl('c')],
         action: Action::Quit,
+        scope: Scope::Dashboard,
         group: "general",
         help: "quit (asks first while training runs)",
     },
+    Binding {
+        keys: &[Char('y'), Char('Y')],
+        action: Action::ConfirmQuit,
+        scope: Scope::QuitQuestion,
+        group: "quit question",
+        help: "answer yes: stop training and quit",
+    },
+    Binding {
+        keys: &[Char('n'), Esc],
+        action: Action::Close,
+        scope: Scope::QuitQuestion,
+        group: "quit question",
+        help: "answer no: keep training (any other key too)",
+    },
+    Binding {
+        keys: &[Esc],
+        action: Action::Close,
+        scope: Scope::Help,
+        group: "help",
+        help: "close the help (most other keys too)",
+    },
 ];
 
-/// The action bound to a key press, if any.
-pub fn action_for(ev: &KeyEvent) -> Option<Action> {
-    KEYMAP
-        .iter()
-        .find(|b| b.keys.iter().any(|k| k.matches(ev)))
-        .map(|b| b.action)
+/// The action bound to a key pressed in `scope`, if any.
+pub fn action_for(scope: Scope, ev: &KeyEvent) -> Option<Action> {
+    scope.lookup().iter().find_map(|&s| {
+        KEYMAP
+            .iter()
+            .find(|b| b.scope == s && b.keys.iter().any(|k| k.matches(ev)))
+            .map(|b| b.action)
+    })
 }
 
-/// Help overlay lines: (group, keys, description), in table order.
+/// Help overlay lines: (group, keys, description), in table order (a group's bindings are
+/// next to each other).
 pub fn help_entries() -> Vec<(&'static str, String, &'static str)> {
     KEYMAP
         .iter()
@@ -283,11 +361,35 @@ mod tests {
         }
     }
 
+    const SCOPES: [Scope; 3] = [Scope::Dashboard, Scope::Help, Scope::QuitQuestion];
+
+    /// A dialog may rebind a dashboard key (y answers the quit question), but no key means two
+    /// things where it is pressed.
     #[test]
-    fn no_key_is_bound_twice() {
-        let all: Vec<Key> = KEYMAP.iter().flat_map(|b| b.keys.iter().copied()).collect();
-        for (i, k) in all.iter().enumerate() {
-            assert!(!all[i + 1..].contains(k), "{k:?} bound twice");
+    fn no_key_is_bound_twice_in_one_scope() {
+        for scope in SCOPES {
+            let all: Vec<Key> = KEYMAP
+                .iter()
+                .filter(|b| b.scope == scope)
+                .flat_map(|b| b.keys.iter().copied())
+                .collect();
+            for (i, k) in all.iter().enumerate() {
+                assert!(!all[i + 1..].contains(k), "{k:?} bound twice in {scope:?}");
+            }
+        }
+    }
+
+    /// The help shows one section per group: a group's bindings sit together and share a scope.
+    #[test]
+    fn groups_are_contiguous_and_of_one_scope() {
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, b) in KEYMAP.iter().enumerate() {
+            if i > 0 && KEYMAP[i - 1].group == b.group {
+                assert_eq!(KEYMAP[i - 1].scope, b.scope, "{}", b.group);
+            } else {
+                assert!(!seen.contains(&b.group), "{} split", b.group);
+                seen.push(b.group);
+            }
         }
     }
 
@@ -321,6 +423,8 @@ mod tests {
             ThemeCycle,
             Help,
             Quit,
+            Close,
+            ConfirmQuit,
         ] {
             let b = KEYMAP.iter().find(|b| b.action == a).expect("bound");
             assert!(!b.keys.is_empty() && !b.help.is_empty());
@@ -330,6 +434,7 @@ mod tests {
 
     #[test]
     fn lookup_respects_modifiers() {
+        let action_for = |ev: &KeyEvent| action_for(Scope::Dashboard, ev);
         assert_eq!(
             action_for(&key(KeyCode::Char('q'), KeyModifiers::NONE)),
             Some(Action::Quit)
@@ -354,6 +459,29 @@ mod tests {
             action_for(&key(KeyCode::Char('Z'), KeyModifiers::SHIFT)),
             None
         );
+    }
+
+    #[test]
+    fn dialogs_take_keys_first() {
+        let y = key(KeyCode::Char('y'), KeyModifiers::NONE);
+        let esc = key(KeyCode::Esc, KeyModifiers::NONE);
+        let j = key(KeyCode::Char('j'), KeyModifiers::NONE);
+        assert_eq!(action_for(Scope::Dashboard, &y), Some(Action::LockY));
+        assert_eq!(
+            action_for(Scope::QuitQuestion, &y),
+            Some(Action::ConfirmQuit)
+        );
+        assert_eq!(
+            action_for(
+                Scope::QuitQuestion,
+                &key(KeyCode::Char('Y'), KeyModifiers::SHIFT)
+            ),
+            Some(Action::ConfirmQuit)
+        );
+        assert_eq!(action_for(Scope::QuitQuestion, &j), None, "no fall-through");
+        assert_eq!(action_for(Scope::Help, &j), Some(Action::ScrollDown));
+        assert_eq!(action_for(Scope::Help, &esc), Some(Action::Close));
+        assert_eq!(action_for(Scope::Dashboard, &esc), None);
     }
 
     /// The README's key table is the keymap's, row for row, so the docs cannot drift.

@@ -1,12 +1,22 @@
 //! The dashboard's state: what the runs reported and what the user chose to look at. Pure:
-//! events and key actions go in, commands for the engine come out; drawing reads it.
+//! events and keys go in, commands for the engine come out; drawing reads it.
 
-use std::collections::{BTreeMap, VecDeque};
+mod mode;
+mod panes;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use ratatui::crossterm::event::KeyEvent;
+
+pub use self::mode::{Exit, Mode};
+pub use self::panes::{
+    ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane, SamplesPane,
+    StatusBar,
+};
 use crate::engine::Command;
 use crate::event::{Change, EvalReport, Event, Level, RunState, Sample, StepMetrics};
-use crate::ui::keymap::Action;
+use crate::ui::keymap::{self, Action};
 use crate::ui::theme::Theme;
 
 /// A metric over steps; a record repeated for a step (a resumed run) replaces the old one.
@@ -148,129 +158,82 @@ impl Pane {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeatmapMode {
-    /// x = eval step, y = prefix length j.
-    OverTraining,
-    /// rows = eval pairs, columns = response positions.
-    PerPair,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeatMetric {
-    Margin,
-    Accuracy,
-}
-
-/// What the samples view compares the selected run's policy with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compare {
-    Reference,
-    /// The policy of another run (by index).
-    Run(usize),
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct LogLine {
-    pub run: String,
-    pub step: usize,
-    pub level: Level,
-    pub text: String,
-}
-
 /// Where events come from: whether the dashboard owns the training (quitting stops it) and
 /// whether it can send commands at all (an attached finished run is read-only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub enum Role {
     Owner,
     Attached { controllable: bool },
 }
 
+impl Role {
+    /// Whether keys may pause, step, sample or checkpoint.
+    pub fn can_steer(self) -> bool {
+        matches!(self, Role::Owner | Role::Attached { controllable: true })
+    }
+}
+
+/// What a key asks of the loop around this state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// A command for the engine (this process's, or the selected run's over its socket).
+    Send(Command),
+    /// The next theme: the loop owns the theme files.
+    NextTheme,
+}
+
 pub struct App {
+    // What the runs reported, and which run the heatmap, samples and status bar show.
     pub runs: Vec<RunView>,
     /// Which run each event source currently feeds.
     sources: BTreeMap<usize, usize>,
     pub selected: usize,
-    pub focus: Pane,
-    pub expanded: bool,
-    pub overlay_all: bool,
-    pub smoothing: f64,
-    pub log_scale: bool,
-    pub outliers: bool,
-    /// Frozen y-ranges by chart name, while locked.
-    pub y_locked: bool,
-    pub locked_ranges: BTreeMap<&'static str, (f64, f64)>,
-    pub heatmap_mode: HeatmapMode,
-    pub heat_metric: HeatMetric,
-    pub prompt: usize,
-    /// None follows the latest sampling step.
-    pub sample_step: Option<usize>,
-    pub compare: Compare,
-    pub sample_scroll: u16,
-    pub log: VecDeque<LogLine>,
-    pub log_scroll: u16,
-    pub help: bool,
-    /// First line of the help overlay shown (when it is taller than the terminal).
-    pub help_scroll: u16,
-    pub confirm_quit: bool,
-    pub quitting: bool,
-    pub quit: bool,
-    pub mode: Mode,
+    /// The selected run is paused (space resumes it).
     pub paused: bool,
+    pub role: Role,
+    /// The engine this dashboard owns has ended (every variant done, stopped or failed).
+    pub engine_done: bool,
+
+    // What the user chose to look at.
+    pub focus: Pane,
+    /// The focused pane fills the screen.
+    pub expanded: bool,
+    pub charts: ChartsPane,
+    pub heatmap: HeatmapPane,
+    pub samples: SamplesPane,
+    pub log: LogPane,
+    pub status: StatusBar,
     pub theme: Theme,
-    pub theme_names: Vec<String>,
-    pub braille: bool,
-    /// Resident memory of the training process in bytes, when it is this process.
-    pub memory: Option<u64>,
-    /// Last config or theme reload: (ok, message).
-    pub reload: Option<(bool, String)>,
+    pub mode: Mode,
+    pub exit: Exit,
+
     /// `ui.*` settings changed by config edits, for the main loop to take (theme, colour
     /// depth, smoothing, refresh rate, markers).
     pub ui_changes: Vec<Change>,
-    /// The engine this dashboard owns has ended (every variant done, stopped or failed).
-    pub engine_done: bool,
     /// Something changed since the last frame.
     pub dirty: bool,
 }
 
-const LOG_LINES: usize = 500;
-
 impl App {
-    pub fn new(mode: Mode, theme: Theme) -> Self {
+    pub fn new(role: Role, theme: Theme) -> Self {
         Self {
             runs: Vec::new(),
             sources: BTreeMap::new(),
             selected: 0,
+            paused: false,
+            role,
+            engine_done: false,
             focus: Pane::Loss,
             expanded: false,
-            overlay_all: true,
-            smoothing: 0.6,
-            log_scale: false,
-            outliers: false,
-            y_locked: false,
-            locked_ranges: BTreeMap::new(),
-            heatmap_mode: HeatmapMode::OverTraining,
-            heat_metric: HeatMetric::Margin,
-            prompt: 0,
-            sample_step: None,
-            compare: Compare::Reference,
-            sample_scroll: 0,
-            log: VecDeque::new(),
-            log_scroll: 0,
-            help: false,
-            help_scroll: 0,
-            confirm_quit: false,
-            quitting: false,
-            quit: false,
-            mode,
-            paused: false,
+            charts: ChartsPane::default(),
+            heatmap: HeatmapPane::default(),
+            samples: SamplesPane::default(),
+            log: LogPane::default(),
+            status: StatusBar::default(),
             theme,
-            theme_names: Vec::new(),
-            braille: true,
-            memory: None,
-            reload: None,
+            mode: Mode::Dashboard,
+            exit: Exit::Stay,
             ui_changes: Vec::new(),
-            engine_done: false,
             dirty: true,
         }
     }
@@ -281,7 +244,7 @@ impl App {
 
     /// Runs drawn on the charts.
     pub fn visible_runs(&self) -> Vec<usize> {
-        if self.overlay_all {
+        if self.charts.overlay_all {
             (0..self.runs.len()).collect()
         } else if self.runs.is_empty() {
             vec![]
@@ -292,9 +255,9 @@ impl App {
 
     /// Whether training this dashboard can steer is still going on.
     pub fn training(&self) -> bool {
-        match self.mode {
-            Mode::Owner => !self.engine_done,
-            Mode::Attached { controllable } => {
+        match self.role {
+            Role::Owner => !self.engine_done,
+            Role::Attached { controllable } => {
                 controllable && self.runs.iter().any(|r| !r.state.is_over())
             }
         }
@@ -308,15 +271,12 @@ impl App {
     }
 
     fn log_line(&mut self, run: String, step: usize, level: Level, text: String) {
-        self.log.push_back(LogLine {
+        self.log.push(LogLine {
             run,
             step,
             level,
             text,
         });
-        while self.log.len() > LOG_LINES {
-            self.log.pop_front();
-        }
     }
 
     /// Takes one event from source `source` (the live engine, or one followed run directory).
@@ -338,7 +298,7 @@ impl App {
                 self.runs.len() - 1
             });
             let r = &mut self.runs[idx];
-            r.owned = self.mode == Mode::Owner && source == 0;
+            r.owned = self.role == Role::Owner && source == 0;
             r.total_steps = *total_steps;
             r.step = r.step.max(*start_step);
             if !device.is_empty() {
@@ -453,12 +413,13 @@ impl App {
                 if !ignored.is_empty() {
                     text += &format!("; needs restart, ignored: {}", ignored.join(", "));
                 }
-                self.reload = Some((true, text.clone()));
+                self.status.reload = Some((true, text.clone()));
                 self.log_line(name, step, Level::Info, text);
             }
             Event::ConfigRejected { step, error } => {
                 // The status bar is narrow: the file name says enough there, the log has all.
-                self.reload = Some((false, format!("config rejected: {}", short_path(&error))));
+                self.status.reload =
+                    Some((false, format!("config rejected: {}", short_path(&error))));
                 self.log_line(
                     name,
                     step,
@@ -515,173 +476,128 @@ impl App {
         self.log_line("gaplab".into(), 0, Level::Error, message);
     }
 
-    /// Applies a key action; returns a command for the engine when the action asks for one.
-    pub fn on_action(&mut self, a: Action) -> Option<Command> {
+    /// A key press, as the keymap reads it for what is on screen.
+    pub fn on_key(&mut self, key: &KeyEvent) -> Option<Effect> {
+        match keymap::action_for(self.mode.scope(), key) {
+            Some(a) => self.on_action(a),
+            None => {
+                self.on_unbound_key();
+                None
+            }
+        }
+    }
+
+    /// A key the keymap does not bind where it was pressed: it closes a dialog (answering no
+    /// to the quit question).
+    pub fn on_unbound_key(&mut self) {
+        if self.mode != Mode::Dashboard {
+            self.mode = Mode::Dashboard;
+            self.dirty = true;
+        }
+    }
+
+    /// Applies a key action; returns what it asks of the loop, if anything.
+    pub fn on_action(&mut self, a: Action) -> Option<Effect> {
         self.dirty = true;
-        if self.confirm_quit {
-            // Any key other than the confirmation closes the question.
-            self.confirm_quit = false;
-            return None;
-        }
-        if self.help {
-            match a {
+        match self.mode {
+            Mode::QuitQuestion => return self.answer_quit(a == Action::ConfirmQuit),
+            Mode::Help { scroll } => match a {
                 // The help may be taller than the terminal: scrolling keys scroll it.
-                Action::ScrollDown => self.help_scroll = self.help_scroll.saturating_add(1),
-                Action::ScrollUp => self.help_scroll = self.help_scroll.saturating_sub(1),
+                Action::ScrollDown | Action::ScrollUp => {
+                    let down = a == Action::ScrollDown;
+                    self.mode = Mode::Help {
+                        scroll: panes::scrolled(scroll, down),
+                    };
+                    return None;
+                }
+                // The help key closes the help; quitting works from it.
                 Action::Help | Action::Quit => {}
-                _ => self.help = false,
-            }
-            if !matches!(a, Action::Help | Action::Quit) {
-                return None;
-            }
+                _ => {
+                    self.mode = Mode::Dashboard;
+                    return None;
+                }
+            },
+            Mode::Dashboard => {}
         }
-        let controllable = matches!(
-            self.mode,
-            Mode::Owner | Mode::Attached { controllable: true }
-        );
+        let steer = self.role.can_steer();
         match a {
             Action::FocusNext | Action::FocusPrev => {
                 let i = PANES.iter().position(|&p| p == self.focus).unwrap_or(0);
-                let n = PANES.len();
-                let j = if a == Action::FocusNext {
-                    (i + 1) % n
-                } else {
-                    (i + n - 1) % n
-                };
-                self.focus = PANES[j];
+                self.focus = PANES[panes::wrap(i, PANES.len(), a == Action::FocusNext)];
             }
             Action::Expand => self.expanded = !self.expanded,
             Action::ScrollDown | Action::ScrollUp => {
-                let field = if self.focus == Pane::Log {
-                    &mut self.log_scroll
+                let at = if self.focus == Pane::Log {
+                    &mut self.log.scroll
                 } else {
-                    &mut self.sample_scroll
+                    &mut self.samples.scroll
                 };
-                *field = if a == Action::ScrollDown {
-                    field.saturating_add(1)
-                } else {
-                    field.saturating_sub(1)
-                };
+                *at = panes::scrolled(*at, a == Action::ScrollDown);
             }
-            Action::PauseResume if controllable => {
-                return Some(if self.paused {
+            Action::PauseResume if steer => {
+                return Some(Effect::Send(if self.paused {
                     Command::Resume
                 } else {
                     Command::Pause
-                });
+                }));
             }
-            Action::Step if controllable && self.paused => return Some(Command::Step),
-            Action::SampleNow if controllable => return Some(Command::SampleNow),
-            Action::Checkpoint if controllable => return Some(Command::Checkpoint),
+            Action::Step if steer && self.paused => return Some(Effect::Send(Command::Step)),
+            Action::SampleNow if steer => return Some(Effect::Send(Command::SampleNow)),
+            Action::Checkpoint if steer => return Some(Effect::Send(Command::Checkpoint)),
             Action::PauseResume | Action::Step | Action::SampleNow | Action::Checkpoint => {}
-            Action::SmoothMore => {
-                self.smoothing = ((self.smoothing + 0.1).min(0.99) * 100.0).round() / 100.0
-            }
-            Action::SmoothLess => {
-                self.smoothing = ((self.smoothing - 0.1).max(0.0) * 100.0).round() / 100.0
-            }
-            Action::LogScale => {
-                self.log_scale = !self.log_scale;
-                self.locked_ranges.clear();
-            }
-            Action::Outliers => self.outliers = !self.outliers,
-            Action::LockY => {
-                self.y_locked = !self.y_locked;
-                if !self.y_locked {
-                    self.locked_ranges.clear();
-                }
-            }
-            Action::Overlay => self.overlay_all = !self.overlay_all,
+            Action::SmoothMore => self.charts.smooth_more(),
+            Action::SmoothLess => self.charts.smooth_less(),
+            Action::LogScale => self.charts.toggle_log_scale(),
+            Action::Outliers => self.charts.ignore_outliers = !self.charts.ignore_outliers,
+            Action::LockY => self.charts.toggle_y_lock(),
+            Action::Overlay => self.charts.overlay_all = !self.charts.overlay_all,
             Action::NextRun => {
                 if !self.runs.is_empty() {
                     self.selected = (self.selected + 1) % self.runs.len();
                     self.paused = self.runs[self.selected].state == RunState::Paused;
                 }
             }
-            Action::HeatmapMode => {
-                self.heatmap_mode = match self.heatmap_mode {
-                    HeatmapMode::OverTraining => HeatmapMode::PerPair,
-                    HeatmapMode::PerPair => HeatmapMode::OverTraining,
-                }
-            }
-            Action::HeatmapMetric => {
-                self.heat_metric = match self.heat_metric {
-                    HeatMetric::Margin => HeatMetric::Accuracy,
-                    HeatMetric::Accuracy => HeatMetric::Margin,
-                }
-            }
+            Action::HeatmapMode => self.heatmap.toggle_mode(),
+            Action::HeatmapMetric => self.heatmap.toggle_metric(),
             Action::NextPrompt | Action::PrevPrompt => {
-                let n = self.prompt_count().max(1);
-                self.prompt = if a == Action::NextPrompt {
-                    (self.prompt + 1) % n
-                } else {
-                    (self.prompt + n - 1) % n
-                };
-                self.sample_scroll = 0;
+                let n = self.prompt_count();
+                self.samples.move_prompt(n, a == Action::NextPrompt);
             }
             Action::NextSampleStep | Action::PrevSampleStep => {
                 let steps = self
                     .selected_run()
                     .map(|r| r.sample_steps())
                     .unwrap_or_default();
-                if let Some(&last) = steps.last() {
-                    let cur = self.sample_step.unwrap_or(last);
-                    let i = steps
-                        .iter()
-                        .position(|&s| s >= cur)
-                        .unwrap_or(steps.len() - 1);
-                    let j = if a == Action::NextSampleStep {
-                        (i + 1).min(steps.len() - 1)
-                    } else {
-                        i.saturating_sub(1)
-                    };
-                    self.sample_step = if steps[j] == last {
-                        None
-                    } else {
-                        Some(steps[j])
-                    };
-                }
+                self.samples.move_step(&steps, a == Action::NextSampleStep);
             }
-            Action::SwapCompare => {
-                let others: Vec<usize> = (0..self.runs.len())
-                    .filter(|&i| i != self.selected)
-                    .collect();
-                self.compare = match self.compare {
-                    Compare::Reference => others
-                        .first()
-                        .map_or(Compare::Reference, |&i| Compare::Run(i)),
-                    Compare::Run(i) => others
-                        .iter()
-                        .find(|&&j| j > i)
-                        .map_or(Compare::Reference, |&j| Compare::Run(j)),
+            Action::SwapCompare => self.samples.next_compare(self.selected, self.runs.len()),
+            Action::ThemeCycle => return Some(Effect::NextTheme),
+            Action::Help => {
+                self.mode = match self.mode {
+                    Mode::Help { .. } => Mode::Dashboard,
+                    _ => Mode::Help { scroll: 0 },
                 };
             }
-            Action::ThemeCycle => {} // handled by the app loop (it owns theme files)
-            Action::Help => {
-                self.help = !self.help;
-                self.help_scroll = 0;
-            }
             Action::Quit => {
-                if self.mode == Mode::Owner && self.training() {
-                    self.confirm_quit = true;
+                if self.role == Role::Owner && self.training() {
+                    self.mode = Mode::QuitQuestion;
                 } else {
-                    self.quit = true;
+                    self.exit = Exit::Now;
                 }
             }
+            // Only the dialogs bind these.
+            Action::Close | Action::ConfirmQuit => {}
         }
         None
     }
 
-    /// The answer to the quit question: stop the run (with a checkpoint), then leave.
-    pub fn confirm(&mut self, yes: bool) -> Option<Command> {
-        self.dirty = true;
-        self.confirm_quit = false;
-        if yes {
-            self.quitting = true;
-            Some(Command::Stop)
-        } else {
-            None
-        }
+    /// The answer to the quit question: yes stops the run (with a checkpoint), then leaves.
+    fn answer_quit(&mut self, yes: bool) -> Option<Effect> {
+        self.mode = Mode::Dashboard;
+        yes.then(|| {
+            self.exit = Exit::Stopping;
+            Effect::Send(Command::Stop)
+        })
     }
 
     pub fn prompt_count(&self) -> usize {
@@ -729,7 +645,7 @@ mod tests {
         let theme = ThemeFile::parse(BUILTIN[0].1, "default")
             .unwrap()
             .resolve(ColorDepth::C16);
-        App::new(Mode::Owner, theme)
+        App::new(Role::Owner, theme)
     }
 
     fn started(dir: &str, variant: &str) -> Event {
@@ -790,11 +706,19 @@ mod tests {
             },
         );
         assert_eq!(a.on_action(Action::Quit), None);
-        assert!(a.confirm_quit && !a.quit);
-        assert_eq!(a.confirm(true), Some(Command::Stop));
-        assert!(a.quitting);
+        assert_eq!((a.mode, a.exit), (Mode::QuitQuestion, Exit::Stay));
+        // Any other key answers no.
+        a.on_action(Action::LockY);
+        assert_eq!((a.mode, a.exit), (Mode::Dashboard, Exit::Stay));
+        assert!(a.charts.y_lock.is_none(), "the answer does nothing else");
+        a.on_action(Action::Quit);
+        assert_eq!(
+            a.on_action(Action::ConfirmQuit),
+            Some(Effect::Send(Command::Stop))
+        );
+        assert_eq!((a.mode, a.exit), (Mode::Dashboard, Exit::Stopping));
         // Attached viewers just leave.
-        let mut b = App::new(Mode::Attached { controllable: true }, a.theme.clone());
+        let mut b = App::new(Role::Attached { controllable: true }, a.theme.clone());
         b.on_event(0, started("/r/dpo", "dpo"));
         b.on_event(
             0,
@@ -804,14 +728,17 @@ mod tests {
             },
         );
         b.on_action(Action::Quit);
-        assert!(b.quit);
+        assert_eq!(b.exit, Exit::Now);
     }
 
     #[test]
     fn pause_toggles_and_read_only_viewers_send_nothing() {
         let mut a = app();
         a.on_event(0, started("/r/dpo", "dpo"));
-        assert_eq!(a.on_action(Action::PauseResume), Some(Command::Pause));
+        assert_eq!(
+            a.on_action(Action::PauseResume),
+            Some(Effect::Send(Command::Pause))
+        );
         a.on_event(
             0,
             Event::State {
@@ -819,10 +746,13 @@ mod tests {
                 state: RunState::Paused,
             },
         );
-        assert_eq!(a.on_action(Action::Step), Some(Command::Step));
-        assert_eq!(a.on_action(Action::PauseResume), Some(Command::Resume));
+        assert_eq!(a.on_action(Action::Step), Some(Effect::Send(Command::Step)));
+        assert_eq!(
+            a.on_action(Action::PauseResume),
+            Some(Effect::Send(Command::Resume))
+        );
         let mut ro = App::new(
-            Mode::Attached {
+            Role::Attached {
                 controllable: false,
             },
             a.theme.clone(),
@@ -837,11 +767,68 @@ mod tests {
         for _ in 0..20 {
             a.on_action(Action::SmoothMore);
         }
-        assert_eq!(a.smoothing, 0.99);
+        assert_eq!(a.charts.smoothing, 0.99);
         for _ in 0..20 {
             a.on_action(Action::SmoothLess);
         }
-        assert_eq!(a.smoothing, 0.0);
+        assert_eq!(a.charts.smoothing, 0.0);
+    }
+
+    #[test]
+    fn the_help_scrolls_and_any_other_key_closes_it() {
+        let mut a = app();
+        a.on_action(Action::Help);
+        a.on_action(Action::ScrollDown);
+        a.on_action(Action::ScrollDown);
+        a.on_action(Action::ScrollUp);
+        assert_eq!(a.mode, Mode::Help { scroll: 1 });
+        assert_eq!(a.samples.scroll, 0, "the help scrolled, not the samples");
+        assert_eq!(
+            a.on_action(Action::ThemeCycle),
+            None,
+            "closes the help only"
+        );
+        assert_eq!(a.mode, Mode::Dashboard);
+        assert_eq!(a.on_action(Action::ThemeCycle), Some(Effect::NextTheme));
+        for close in [Action::Help, Action::Close, Action::Expand] {
+            a.on_action(Action::Help);
+            assert_eq!(a.mode, Mode::Help { scroll: 0 }, "opens at the top");
+            a.on_action(close);
+            assert_eq!(a.mode, Mode::Dashboard, "{close:?}");
+        }
+        assert!(!a.expanded);
+        a.on_action(Action::Help);
+        a.on_unbound_key();
+        assert_eq!(a.mode, Mode::Dashboard);
+    }
+
+    #[test]
+    fn a_key_means_what_the_dialog_on_screen_binds_it_to() {
+        use ratatui::crossterm::event::{KeyCode, KeyModifiers};
+        let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
+        let mut a = app();
+        a.on_event(0, started("/r/dpo", "dpo"));
+        a.on_key(&key(KeyCode::Char('y')));
+        assert!(a.charts.y_lock.is_some(), "y locks the y-range");
+        a.on_key(&key(KeyCode::Char('q')));
+        assert_eq!(a.mode, Mode::QuitQuestion);
+        assert_eq!(a.on_key(&key(KeyCode::Char('x'))), None, "unbound: no");
+        a.on_key(&key(KeyCode::Char('q')));
+        assert_eq!(a.on_key(&key(KeyCode::Esc)), None);
+        assert_eq!((a.mode, a.exit), (Mode::Dashboard, Exit::Stay));
+        a.on_key(&key(KeyCode::Char('q')));
+        assert_eq!(
+            a.on_key(&key(KeyCode::Char('Y'))),
+            Some(Effect::Send(Command::Stop))
+        );
+        assert!(a.charts.y_lock.is_some(), "y answered, it did not unlock");
+        assert_eq!(a.exit, Exit::Stopping);
+        a.on_key(&key(KeyCode::Char('?')));
+        a.on_key(&key(KeyCode::Char('j')));
+        assert_eq!(a.mode, Mode::Help { scroll: 1 });
+        a.on_key(&key(KeyCode::Esc));
+        assert_eq!(a.mode, Mode::Dashboard);
+        assert_eq!(a.exit, Exit::Stopping, "still stopping");
     }
 
     fn change(field: &str, old: &str, new: &str) -> Change {
@@ -881,7 +868,7 @@ mod tests {
             1,
             "only ui.* settings go to the main loop"
         );
-        let (ok, text) = a.reload.clone().unwrap();
+        let (ok, text) = a.status.reload.clone().unwrap();
         assert!(
             ok && text.contains("train.steps 10→50") && text.contains("ignored: train.batch_size")
         );
@@ -893,7 +880,7 @@ mod tests {
                 error: "/home/me/ws/gaplab.toml:3:8: train.beta: expected a number > 0".into(),
             },
         );
-        let (ok, text) = a.reload.clone().unwrap();
+        let (ok, text) = a.status.reload.clone().unwrap();
         assert!(!ok);
         assert_eq!(
             text,
@@ -901,6 +888,7 @@ mod tests {
         );
         assert!(a
             .log
+            .lines
             .back()
             .unwrap()
             .text

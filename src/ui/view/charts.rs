@@ -20,14 +20,15 @@ struct Curve {
 }
 
 pub fn loss_title(app: &App) -> String {
-    let mut t = format!("Loss · smoothing {:.2}", app.smoothing);
-    if app.log_scale {
+    let c = &app.charts;
+    let mut t = format!("Loss · smoothing {:.2}", c.smoothing);
+    if c.log_scale {
         t += " · log";
     }
-    if app.outliers {
+    if c.ignore_outliers {
         t += " · no outliers";
     }
-    if app.y_locked {
+    if c.y_lock.is_some() {
         t += " · y locked";
     }
     t
@@ -59,9 +60,9 @@ fn train_curves(
     if raw.is_empty() {
         return vec![];
     }
-    let smoothed = math::smooth(&raw, app.smoothing);
+    let smoothed = math::smooth(&raw, app.charts.smoothing);
     let mut out = Vec::new();
-    if app.smoothing > 0.0 {
+    if app.charts.smoothing > 0.0 {
         out.push(Curve {
             points: raw,
             color: faded,
@@ -117,12 +118,11 @@ fn chart(
         .flat_map(|c| c.points.iter().map(|p| p.1))
         .collect();
     let computed = fixed
-        .or_else(|| math::y_range(&ys, app.outliers))
+        .or_else(|| math::y_range(&ys, app.charts.ignore_outliers))
         .unwrap_or((0.0, 1.0));
-    let (y0, y1) = if app.y_locked && fixed.is_none() {
-        *app.locked_ranges.entry(key).or_insert(computed)
-    } else {
-        computed
+    let (y0, y1) = match fixed {
+        Some(_) => computed,
+        None => app.charts.y_range(key, computed),
     };
     // Steps where live settings changed: vertical marks.
     let applied: Vec<Vec<(f64, f64)>> = app
@@ -141,7 +141,7 @@ fn chart(
             c.points = math::downsample(&c.points, max_points);
         }
     }
-    let marker = if app.braille {
+    let marker = if app.charts.braille {
         Marker::Braille
     } else {
         Marker::Dot
@@ -198,19 +198,13 @@ fn chart(
 pub fn loss(f: &mut Frame, app: &mut App, area: Rect) {
     let mut curves = Vec::new();
     let runs = app.visible_runs();
+    let log = app.charts.log_scale;
     for (i, &r) in runs.iter().enumerate() {
         let (c, faded) = (app.theme.series(r), app.theme.series_faded(r));
         let name = (runs.len() > 1 || i == 0).then(|| app.runs[r].name.clone());
-        curves.extend(train_curves(app, r, "loss", c, faded, name, app.log_scale));
-        curves.extend(eval_curve(
-            app,
-            r,
-            "eval_loss",
-            app.theme.eval,
-            app.log_scale,
-        ));
+        curves.extend(train_curves(app, r, "loss", c, faded, name, log));
+        curves.extend(eval_curve(app, r, "eval_loss", app.theme.eval, log));
     }
-    let log = app.log_scale;
     chart(f, app, area, "loss", curves, None, log);
 }
 

@@ -20,8 +20,8 @@ pub fn title(app: &App) -> String {
     let run = app
         .selected_run()
         .map_or(String::new(), |r| format!(" · {}", r.name));
-    match app.heatmap_mode {
-        HeatmapMode::OverTraining => match app.heat_metric {
+    match app.heatmap.mode {
+        HeatmapMode::OverTraining => match app.heatmap.metric {
             HeatMetric::Margin => format!("Gap: prefix margin by j over training{run}"),
             HeatMetric::Accuracy => format!("Gap: prefix accuracy by j over training{run}"),
         },
@@ -54,7 +54,7 @@ pub fn over_training(app: &App) -> Option<Grid> {
         .collect();
     js.sort();
     js.dedup();
-    let acc = app.heat_metric == HeatMetric::Accuracy;
+    let acc = app.heatmap.metric == HeatMetric::Accuracy;
     let rows: Vec<Vec<f64>> = js
         .iter()
         .map(|&j| {
@@ -215,7 +215,7 @@ impl Widget for Cells<'_> {
 }
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
-    let grid = match app.heatmap_mode {
+    let grid = match app.heatmap.mode {
         HeatmapMode::OverTraining => over_training(app),
         HeatmapMode::PerPair => per_pair(app),
     };

@@ -13,7 +13,8 @@ use ratatui::Frame;
 
 use super::keymap;
 use super::math;
-use super::state::{state_name, App, Pane};
+use super::state::{state_name, App, Exit, Mode, Pane, Role};
+use super::theme::Theme;
 use crate::event::{Level, RunState};
 
 /// Below this the dashboard shows a notice instead of panes.
@@ -60,11 +61,10 @@ pub fn draw(f: &mut Frame, app: &mut App) {
         pane(f, app, Pane::Log, bottom);
     }
     status_bar(f, app, status);
-    if app.help {
-        help(f, app, area);
-    }
-    if app.confirm_quit {
-        confirm(f, app, area);
+    match app.mode {
+        Mode::Dashboard => {}
+        Mode::Help { scroll } => help(f, app, scroll, area),
+        Mode::QuitQuestion => confirm(f, app, area),
     }
 }
 
@@ -116,10 +116,11 @@ fn level_style(app: &App, level: Level) -> Style {
 
 fn log(f: &mut Frame, app: &App, area: Rect) {
     let h = area.height as usize;
-    let end = app.log.len().saturating_sub(app.log_scroll as usize);
+    let end = app.log.lines.len().saturating_sub(app.log.scroll as usize);
     let start = end.saturating_sub(h);
     let lines: Vec<Line> = app
         .log
+        .lines
         .range(start..end)
         .map(|l| {
             Line::from(vec![
@@ -178,10 +179,10 @@ fn status_bar(f: &mut Frame, app: &App, area: Rect) {
             let dev = if r.device.is_empty() { "-" } else { &r.device };
             spans.push(Span::styled(dev.to_string(), th.status));
             spans.push(sep.clone());
-            let mem = app.memory.map_or("mem -".to_string(), human_bytes);
+            let mem = app.status.memory.map_or("mem -".to_string(), human_bytes);
             spans.push(Span::styled(mem, th.status));
             spans.push(sep.clone());
-            let (text, style) = if app.quitting && !r.state.is_over() {
+            let (text, style) = if app.exit == Exit::Stopping && !r.state.is_over() {
                 ("stopping…".to_string(), th.warn)
             } else {
                 match &r.state {
@@ -198,14 +199,14 @@ fn status_bar(f: &mut Frame, app: &App, area: Rect) {
         }
         None => spans.push(Span::styled(" waiting for a run… ", th.status)),
     }
-    if let Some((ok, msg)) = &app.reload {
+    if let Some((ok, msg)) = &app.status.reload {
         spans.push(sep.clone());
         let style = if *ok { th.status } else { th.error };
         spans.push(Span::styled(math::sanitize(msg).replace('\n', " "), style));
     }
-    if let Mode::Attached {
+    if let Role::Attached {
         controllable: false,
-    } = app.mode
+    } = app.role
     {
         spans.push(sep.clone());
         spans.push(Span::styled("read-only", th.status));
@@ -219,8 +220,6 @@ fn status_bar(f: &mut Frame, app: &App, area: Rect) {
     f.render_widget(Paragraph::new(line).style(th.status), area);
 }
 
-use super::state::Mode;
-
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let w = w.min(area.width);
     let h = h.min(area.height);
@@ -232,19 +231,18 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
     )
 }
 
-fn help(f: &mut Frame, app: &App, area: Rect) {
-    let th = &app.theme;
-    let entries = keymap::help_entries();
-    let key_w = entries
-        .iter()
-        .map(|e| e.1.chars().count())
-        .max()
-        .unwrap_or(0);
+/// The help's lines: each group under its heading, after a blank line when `spaced`.
+fn help_lines(
+    entries: &[(&'static str, String, &'static str)],
+    key_w: usize,
+    spaced: bool,
+    th: &Theme,
+) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
     let mut group = "";
-    for (g, keys, text) in &entries {
+    for (g, keys, text) in entries {
         if *g != group {
-            if !group.is_empty() {
+            if spaced && !group.is_empty() {
                 lines.push(Line::raw(""));
             }
             lines.push(Line::styled(g.to_string(), th.title_focused));
@@ -255,12 +253,28 @@ fn help(f: &mut Frame, app: &App, area: Rect) {
             Span::styled(text.to_string(), th.text),
         ]));
     }
+    lines
+}
+
+fn help(f: &mut Frame, app: &App, scroll: u16, area: Rect) {
+    let th = &app.theme;
+    let entries = keymap::help_entries();
+    let key_w = entries
+        .iter()
+        .map(|e| e.1.chars().count())
+        .max()
+        .unwrap_or(0);
+    // Blank lines between the groups only while everything fits with them (inside the border).
+    let mut lines = help_lines(&entries, key_w, true, th);
+    if lines.len() + 2 > area.height as usize {
+        lines = help_lines(&entries, key_w, false, th);
+    }
     let w = (key_w + 52) as u16;
     let h = lines.len() as u16 + 2;
     let r = centered(area, w, h);
     // Taller than the terminal: j/k scroll, and the title says so.
     let overflow = (lines.len() as u16).saturating_sub(r.height.saturating_sub(2));
-    let scroll = app.help_scroll.min(overflow);
+    let scroll = scroll.min(overflow);
     let title = if overflow > 0 {
         format!(
             " keys {}/{} (j/k scroll, other keys close) ",

@@ -98,10 +98,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         f.render_widget(Paragraph::new("no samples yet").style(th.dim), area);
         return;
     };
-    let step = app.sample_step.unwrap_or(latest);
-    let prompt = app.prompt.min(app.prompt_count().saturating_sub(1));
+    let pane = &app.samples;
+    let step = pane.step.unwrap_or(latest);
+    let prompt = pane.prompt.min(app.prompt_count().saturating_sub(1));
     let left = run.sample_at("policy", prompt, step);
-    let (right, right_name) = match app.compare {
+    let (right, right_name) = match pane.compare {
         Compare::Reference => (
             run.sample_at("reference", prompt, 0),
             "reference".to_string(),
@@ -118,11 +119,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let prompt_text = left.or(right).map_or(String::new(), |s| {
         math::sanitize(&s.prompt).replace('\n', " ↵ ")
     });
-    let which = if app.sample_step.is_none() {
-        " (latest)"
-    } else {
-        ""
-    };
+    let which = if pane.step.is_none() { " (latest)" } else { "" };
     let head = vec![
         Line::from(vec![
             Span::styled(
@@ -170,7 +167,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         f.render_widget(
             Paragraph::new(content)
                 .wrap(Wrap { trim: false })
-                .scroll((app.sample_scroll, 0)),
+                .scroll((pane.scroll, 0)),
             text,
         );
     }
