@@ -52,7 +52,10 @@ pub fn render_path(segs: &[Seg]) -> String {
 
 /// 1-based line and column of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -142,6 +145,82 @@ fn walk_value(v: &Spanned<DeValue>, offset: usize, path: &mut Vec<Seg>) -> bool 
             false
         }
         _ => false,
+    }
+}
+
+/// Where a TOML/serde error points, for one-line messages `file:line:col: path: message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorSite {
+    /// 1-based line and column (in characters); None when the error has no position.
+    pub at: Option<(usize, usize)>,
+    /// The field path (`train.beta`, `variant[1].name`), empty at the top level.
+    pub path: String,
+    /// The first line of the parser's message.
+    pub message: String,
+}
+
+/// Locates a `toml::from_str` error in `text`: the deepest field at the error's offset, else the
+/// key path the parser recorded, else (a document that does not parse) the enclosing `[table]`
+/// and key of the error's line.
+pub fn error_site(err: &toml::de::Error, text: &str) -> ErrorSite {
+    let message = err
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid TOML")
+        .trim()
+        .to_string();
+    let offset = err.span().map(|span| span.start.min(text.len()));
+    let deepest = offset
+        .map(|o| render_path(&path_at(text, o)))
+        .filter(|p| !p.is_empty());
+    let path = deepest
+        .or_else(|| recorded_keys(err))
+        .or_else(|| offset.and_then(|o| enclosing_key(text, o)))
+        .unwrap_or_default();
+    ErrorSite {
+        at: offset.map(|o| line_col(text, o)),
+        path,
+        message,
+    }
+}
+
+/// The key path the toml crate recorded for a value error. It only exposes the path through
+/// `Display` (as a line "in `a.b.c`", printed when no source text is attached), so it is read
+/// back from there.
+fn recorded_keys(err: &toml::de::Error) -> Option<String> {
+    let mut bare = err.clone();
+    bare.set_input(None);
+    bare.to_string().lines().find_map(|line| {
+        let keys = line.strip_prefix("in `")?.strip_suffix('`')?;
+        (!keys.is_empty()).then(|| keys.to_string())
+    })
+}
+
+/// Best-effort field path for a document that does not parse: the last `[table]` header before
+/// `offset` and the key of the error's line.
+fn enclosing_key(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = text[line_start..line_end].trim();
+    let header = |l: &str| {
+        let inner = l.trim().strip_prefix('[')?.trim_start_matches('[');
+        inner.split(']').next().map(|name| name.trim().to_string())
+    };
+    if let Some(h) = header(line) {
+        return Some(h);
+    }
+    let table = text[..line_start].lines().rev().find_map(header);
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('#'));
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (t, k) => t.or(k),
     }
 }
 

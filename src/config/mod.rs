@@ -504,21 +504,14 @@ impl Workspace {
     /// Parses and validates the text of `file` (the whole document or nothing).
     pub fn parse(dir: &Path, file: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: WorkspaceConfig = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            let (line, col) = locate::line_col(text, offset);
-            let path = locate::render_path(&locate::path_at(text, offset));
-            let message = e
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("invalid TOML")
-                .to_string();
+            let site = locate::error_site(&e, text);
+            let (line, col) = site.at.unwrap_or((1, 1));
             ConfigError {
                 file: file.to_path_buf(),
                 line,
                 col,
-                path,
-                message,
+                path: site.path,
+                message: site.message,
             }
         })?;
         let ws = Self {

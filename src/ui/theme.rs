@@ -515,74 +515,16 @@ impl ThemeFile {
 
 /// One-line description of a TOML/serde error: `<origin>:<line>:<col>: <path>: <message>`.
 fn describe_error(err: &toml::de::Error, text: &str, origin: &str) -> String {
-    let message = err
-        .message()
-        .lines()
-        .next()
-        .unwrap_or("invalid theme")
-        .trim();
-    let offset = err.span().map(|span| span.start.min(text.len()));
-    let path = error_keys(err)
-        .or_else(|| offset.and_then(|o| enclosing_key(text, o)))
-        .unwrap_or_else(|| "(top level)".to_string());
-    match offset {
-        Some(offset) => {
-            let (line, col) = line_col(text, offset);
-            format!("{origin}:{line}:{col}: {path}: {message}")
-        }
-        None => format!("{origin}: {path}: {message}"),
-    }
-}
-
-/// The key path the toml crate recorded for a value error. It only exposes the path through
-/// `Display` (as a line "in `a.b.c`", printed when no source text is attached), so it is read
-/// back from there.
-fn error_keys(err: &toml::de::Error) -> Option<String> {
-    let mut bare = err.clone();
-    bare.set_input(None);
-    bare.to_string().lines().find_map(|line| {
-        let keys = line.strip_prefix("in `")?.strip_suffix('`')?;
-        (!keys.is_empty()).then(|| keys.to_string())
-    })
-}
-
-/// Best-effort field path for errors without a recorded key path (syntax errors, unknown
-/// top-level keys): the last `[table]` header before `offset` and the key of the error's line.
-fn enclosing_key(text: &str, offset: usize) -> Option<String> {
-    let before = text.get(..offset)?;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[line_start..]
-        .find('\n')
-        .map_or(text.len(), |i| line_start + i);
-    let line = text[line_start..line_end].trim();
-    let header = |l: &str| {
-        let inner = l.trim().strip_prefix('[')?.trim_start_matches('[');
-        inner.split(']').next().map(|name| name.trim().to_string())
+    let site = crate::config::locate::error_site(err, text);
+    let path = if site.path.is_empty() {
+        "(top level)"
+    } else {
+        &site.path
     };
-    if let Some(h) = header(line) {
-        return Some(h);
+    match site.at {
+        Some((line, col)) => format!("{origin}:{line}:{col}: {path}: {}", site.message),
+        None => format!("{origin}: {path}: {}", site.message),
     }
-    let table = text[..line_start].lines().rev().find_map(header);
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"').to_string())
-        .filter(|k| !k.is_empty() && !k.starts_with('#'));
-    match (table, key) {
-        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
-        (t, k) => t.or(k),
-    }
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1089,7 +1031,7 @@ mod tests {
         let line = line_of(&text, "axes = ");
         assert!(!err.contains('\n'), "{err}");
         assert!(
-            err.starts_with(&format!("bad.toml:{line}:1: chart: ")),
+            err.starts_with(&format!("bad.toml:{line}:1: chart.axes: ")),
             "{err}"
         );
         assert!(err.contains("axes"), "{err}");
