@@ -6,6 +6,7 @@
 //! struct, its defaults and the classification, so a new field cannot go unclassified.
 
 pub mod locate;
+pub mod range;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -614,16 +615,12 @@ impl TrainSettings {
                 check(&mut out, ok, p(f), m)
             }
         };
-        c(
-            self.beta > 0.0 && self.beta.is_finite(),
-            "beta",
-            format!("expected a number > 0, got {}", self.beta),
-        );
-        c(
-            self.gamma.is_finite(),
-            "gamma",
-            format!("expected a finite number, got {}", self.gamma),
-        );
+        if let Err(m) = range::beta(self.beta) {
+            c(false, "beta", m);
+        }
+        if let Err(m) = range::gamma(self.gamma) {
+            c(false, "gamma", m);
+        }
         c(
             self.lr > 0.0 && self.lr.is_finite(),
             "lr",
@@ -899,18 +896,12 @@ impl WorkspaceConfig {
             "eval.prefix_lengths",
             "prefix lengths start at 1",
         );
-        check(
-            &mut out,
-            self.sample.temperature >= 0.0 && self.sample.temperature.is_finite(),
-            "sample.temperature",
-            format!("expected a number >= 0, got {}", self.sample.temperature),
-        );
-        check(
-            &mut out,
-            self.sample.top_p > 0.0 && self.sample.top_p <= 1.0,
-            "sample.top_p",
-            format!("expected a number in (0, 1], got {}", self.sample.top_p),
-        );
+        if let Err(m) = range::temperature(self.sample.temperature) {
+            check(&mut out, false, "sample.temperature", m);
+        }
+        if let Err(m) = range::top_p(self.sample.top_p) {
+            check(&mut out, false, "sample.top_p", m);
+        }
         check(
             &mut out,
             self.checkpoint.keep >= 1,
