@@ -305,6 +305,49 @@ fn bad_arguments_exit_with_2() {
 }
 
 #[test]
+fn out_of_range_flags_are_worded_as_in_gaplab_toml() {
+    // One checker validates both --beta and train.beta, --top-p and sample.top_p, ...
+    let eval = ["eval", "--model", "x", "--data", "y", "--objective"];
+    let sample = ["sample", "--model", "x", "--prompt", "p"];
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            [&eval[..], &["dpo", "--beta=-0.5"]].concat(),
+            "error: --beta: expected a number > 0, got -0.5",
+        ),
+        (
+            [&eval[..], &["simpo", "--gamma", "inf"]].concat(),
+            "error: --gamma: expected a finite number, got inf",
+        ),
+        (
+            [&sample[..], &["--temperature=-1"]].concat(),
+            "error: --temperature: expected a number >= 0, got -1",
+        ),
+        (
+            [&sample[..], &["--top-p", "1.5"]].concat(),
+            "error: --top-p: expected a number in (0, 1], got 1.5",
+        ),
+    ];
+    for (args, line) in cases {
+        let out = gaplab(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(stderr(&out).trim_end(), line);
+    }
+}
+
+#[test]
+fn eval_offers_only_preference_objectives() {
+    let out = gaplab(&["eval", "--help"]);
+    assert!(
+        stdout(&out).contains("--objective <OBJECTIVE>    [possible values: dpo, simpo, ipo]"),
+        "{}",
+        stdout(&out)
+    );
+    let out = gaplab(&["eval", "--model", "x", "--data", "y", "--objective", "sft"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("invalid value 'sft' for '--objective <OBJECTIVE>'"));
+}
+
+#[test]
 fn prefix_curve_is_reported() {
     let out = gaplab(&[
         "eval",

@@ -6,7 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use crate::runlog::CONFIG;
-use crate::ui::app::{self, Options, Source};
+use crate::ui::app::{self, Source};
+
+/// Open the dashboard on run directories (or all runs of a workspace), following them live.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AttachArgs {
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub ui: super::UiArgs,
+}
 
 /// Run directories named by `paths`: a run directory itself, or every run of a workspace.
 pub fn run_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -44,8 +53,9 @@ pub fn run_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-pub fn run(paths: &[PathBuf], mut opts: Options) -> Result<()> {
-    let dirs = run_dirs(paths)?;
+pub fn run(args: &AttachArgs) -> Result<()> {
+    let mut opts = args.ui.options()?;
+    let dirs = run_dirs(&args.runs)?;
     if !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
         bail!("attach draws a dashboard and needs a terminal");
     }

@@ -20,16 +20,35 @@ use crate::rng::Rng;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::{self, memory, reference_logps};
 
+use super::{print, DeviceArgs};
+
+/// Measure training-step and sampling throughput (see docs/PERFORMANCE.md).
+#[derive(clap::Args, Clone, Debug)]
+#[command(mut_arg("dtype", |a| a.help(
+    "f32, bf16 or f16 (weights and activations; optimizer state stays f32)"
+)))]
 pub struct BenchArgs {
+    #[arg(long, default_value_t = 10)]
     pub iters: usize,
+    #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    #[arg(long, default_value_t = 8)]
     pub pairs: usize,
+    #[arg(long, default_value_t = 32)]
     pub prompt_len: usize,
+    #[arg(long, default_value_t = 96)]
     pub response_len: usize,
+    #[arg(long, default_value_t = 128)]
     pub new_tokens: usize,
+    /// Run only these benchmarks (dpo, dpo_poet, simpo, sft, sample).
+    #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    pub device: Device,
-    pub dtype: DType,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Model shape: small (5.3M-parameter Llama) or qwen2.5-0.5b (random weights).
+    #[arg(long, default_value = "small")]
     pub shape: String,
 }
 
@@ -124,16 +143,31 @@ fn time(
     })
 }
 
-pub fn run(args: &BenchArgs) -> Result<BenchReport> {
+/// Runs the benchmarks and prints the report (pretty JSON with `--json`).
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.prompt_len == 0 || args.response_len == 0 || args.pairs == 0 {
+        bail!("--pairs, --prompt-len and --response-len must be at least 1");
+    }
+    let (device, dtype) = args.device.resolve()?;
+    let report = measure(args, &device, dtype)?;
+    if args.json {
+        print(&(serde_json::to_string_pretty(&report)? + "\n"));
+    } else {
+        print(&render(&report));
+    }
+    Ok(())
+}
+
+/// Times the benchmarks `args.only` names (all by default) on `dev` in `dtype`.
+pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchReport> {
     let cfg = ModelConfig::from_scratch(&bench_spec(&args.shape)?)?;
     let params = cfg.num_params();
-    let dev = &args.device;
     let random = |seed| -> Result<CausalLm> {
         let m = CausalLm::random(cfg.clone(), seed, dev)?;
-        if args.dtype == DType::F32 {
+        if dtype == DType::F32 {
             Ok(m)
         } else {
-            m.to_dtype(args.dtype)
+            m.to_dtype(dtype)
         }
     };
     let vocab = cfg.vocab_size;
@@ -261,7 +295,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         )?);
     }
     let shape = memory::RunShape {
-        dtype_bytes: args.dtype.size_in_bytes(),
+        dtype_bytes: dtype.size_in_bytes(),
         reference: memory::Reference::Model,
         grad_accum: 1,
         rows: pair_batch.rows(),
@@ -281,7 +315,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         threads: rayon::current_num_threads(),
         params,
         device: crate::model::device_label(dev, DType::F32),
-        dtype: format!("{:?}", args.dtype).to_lowercase(),
+        dtype: format!("{:?}", dtype).to_lowercase(),
         shape: args.shape.clone(),
         results,
         peak_rss_bytes: peak_rss_bytes(),

@@ -2,7 +2,7 @@
 //! training, and print data statistics.
 
 use std::fmt::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -63,7 +63,19 @@ fn preview(s: &str, max: usize) -> String {
     format!("{head:?} ... {tail:?} ({n} characters)")
 }
 
-pub fn run(path: &Path) -> Result<String> {
+/// Validate a workspace (config, model, tokenizer, data) and print data statistics.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CheckArgs {
+    pub workspace: PathBuf,
+}
+
+pub fn run(args: &CheckArgs) -> Result<()> {
+    super::print(&report(&args.workspace)?);
+    Ok(())
+}
+
+/// What `check` prints: "config ok", the model, data statistics and each variant's plan.
+pub fn report(path: &Path) -> Result<String> {
     let ws = Workspace::load(path)?;
     let names = ws.variant_names();
     let cfgs = names

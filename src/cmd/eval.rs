@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
+use crate::config::range;
 use crate::data::{self, TokenizedPair};
 use crate::model::SeqBatch;
 use crate::model::{io, CausalLm, Tok};
@@ -13,14 +14,63 @@ use crate::objective::prefix::{self, PairTokenLogps, PrefixCurve};
 use crate::objective::{self, Loss, Objective, PairStats};
 use crate::train::reference_logps;
 
+use super::{check_flag, print, DeviceArgs};
+
+/// Score preference pairs: log-probs, rewards, margins, loss and prefix diagnostics.
+#[derive(clap::Args, Clone, Debug)]
+#[command(mut_arg("dtype", |a| a.help(
+    "f32, bf16 or f16 (weights and activations; log-probs are computed in f32)"
+)))]
 pub struct EvalArgs {
+    /// Hugging Face checkpoint folder of the policy.
+    #[arg(long)]
     pub model: PathBuf,
+    /// Checkpoint folder of the reference model (DPO/IPO); default: the policy itself.
+    #[arg(long = "ref")]
     pub reference: Option<PathBuf>,
+    /// JSONL or Parquet file of pairs (or a quoted glob over shards): string fields
+    /// prompt, chosen, rejected, or conversational (message lists, rendered with the
+    /// model's chat template).
+    #[arg(long)]
     pub data: PathBuf,
-    pub objective: Objective,
-    pub batch_pairs: usize,
-    pub device: Device,
-    pub dtype: DType,
+    #[arg(long, value_enum)]
+    pub objective: Loss,
+    /// Default: 0.1 for dpo and ipo, 2.0 for simpo.
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// SimPO's target margin (absolute, not gamma/beta).
+    #[arg(long, default_value_t = 1.0)]
+    pub gamma: f64,
+    /// Count only the first k = min(|chosen|, |rejected|) response tokens of each pair.
+    #[arg(long)]
+    pub poet: bool,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl EvalArgs {
+    /// The objective the flags name, with beta's default for the loss; a value out of range
+    /// is an error naming its flag.
+    pub fn objective(&self) -> Result<Objective> {
+        let loss = self.objective;
+        let beta = self
+            .beta
+            .unwrap_or(if loss == Loss::Simpo { 2.0 } else { 0.1 });
+        check_flag("beta", range::beta(beta))?;
+        check_flag("gamma", range::gamma(self.gamma))?;
+        Ok(Objective {
+            loss,
+            beta,
+            gamma: self.gamma,
+            poet: self.poet,
+        })
+    }
 }
 
 /// A pair as `--json` prints it.
@@ -77,15 +127,33 @@ struct PairTokens {
     ref_rejected: Option<Vec<f32>>,
 }
 
-pub fn run(args: &EvalArgs) -> Result<EvalReport> {
-    let obj = args.objective;
+/// Scores the pairs and prints the report (a table, or JSON with `--json`).
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let obj = args.objective()?;
+    let (device, dtype) = args.device.resolve()?;
+    let report = evaluate(args, &obj, &device, dtype)?;
+    if args.json {
+        print(&(serde_json::to_string(&report)? + "\n"));
+    } else {
+        print(&render(&report));
+    }
+    Ok(())
+}
+
+/// The report of `obj` on the pairs of `args.data`.
+pub fn evaluate(
+    args: &EvalArgs,
+    obj: &Objective,
+    device: &Device,
+    dtype: DType,
+) -> Result<EvalReport> {
     if obj.loss == Loss::Sft {
         bail!("--objective: eval scores preference pairs (dpo, simpo or ipo)");
     }
-    let (policy, tok) = io::load_dir(&args.model, &args.device, args.dtype)?;
+    let (policy, tok) = io::load_dir(&args.model, device, dtype)?;
     let reference: Option<CausalLm> = match &args.reference {
         Some(dir) if obj.loss.needs_reference() => {
-            let r = io::load_model(dir, &args.device, args.dtype)?;
+            let r = io::load_model(dir, device, dtype)?;
             if r.cfg.vocab_size != policy.cfg.vocab_size {
                 bail!(
                     "{}: vocab_size {} differs from the policy's {}",
@@ -118,22 +186,33 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
             policy.cfg.vocab_size,
         )?);
     }
-    let (stats, tokens) = score(&policy, reference.as_ref(), &tok, &pairs, &obj, args)?;
-    Ok(report(&obj, stats, &tokens))
+    let (stats, tokens) = score(
+        &policy,
+        reference.as_ref(),
+        &tok,
+        &pairs,
+        obj,
+        args.batch_size,
+        device,
+    )?;
+    Ok(report(obj, stats, &tokens))
 }
 
+/// Per-pair statistics and per-token log-probs under the policy and the reference, scored in
+/// batches of `batch_pairs` pairs.
 fn score(
     policy: &CausalLm,
     reference: Option<&CausalLm>,
     tok: &Tok,
     pairs: &[TokenizedPair],
     obj: &Objective,
-    args: &EvalArgs,
+    batch_pairs: usize,
+    device: &Device,
 ) -> Result<(Vec<PairStats>, Vec<PairTokens>)> {
     let mut stats = Vec::with_capacity(pairs.len());
     let mut tokens = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(args.batch_pairs.max(1)) {
-        let batch = SeqBatch::from_pairs(chunk, tok.pad_id(), &args.device)?;
+    for chunk in pairs.chunks(batch_pairs.max(1)) {
+        let batch = SeqBatch::from_pairs(chunk, tok.pad_id(), device)?;
         let pol = reference_logps(policy, &batch)?;
         // Without --ref the policy is its own reference.
         let refp = match (obj.loss.needs_reference(), reference) {
@@ -141,7 +220,7 @@ fn score(
             (true, Some(r)) => Some(reference_logps(r, &batch)?),
             (true, None) => Some(pol.clone()),
         };
-        let pol_t = candle_core::Tensor::new(pol.as_slice(), &args.device)?;
+        let pol_t = candle_core::Tensor::new(pol.as_slice(), device)?;
         let out = objective::preference_loss(obj, &batch, &pol_t, refp.as_deref())?;
         stats.extend(out.pairs);
         let rows = batch.split(&pol);

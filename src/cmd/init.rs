@@ -1,6 +1,6 @@
 //! `gaplab init`: writes a commented starter workspace.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -124,8 +124,23 @@ const EVAL: &str = r#"{"prompt": "What is one plus one?", "chosen": " Two.", "re
 {"prompt": "Name an animal that barks.", "chosen": " A dog.", "rejected": " A cat, probably."}
 "#;
 
+/// Write a commented starter workspace.
+#[derive(clap::Args, Clone, Debug)]
+pub struct InitArgs {
+    pub dir: PathBuf,
+    /// Checkpoint folder to put in [model] path.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+pub fn run(args: &InitArgs) -> Result<()> {
+    super::print(&write(&args.dir, args.model.as_deref())?);
+    Ok(())
+}
+
 /// Writes DIR/gaplab.toml and example data; refuses to overwrite an existing workspace.
-pub fn run(dir: &Path, model: Option<&Path>) -> Result<String> {
+/// Returns what to tell the user.
+pub fn write(dir: &Path, model: Option<&Path>) -> Result<String> {
     let file = dir.join(FILE_NAME);
     if file.exists() {
         bail!("{}: already exists (not overwritten)", file.display());

@@ -6,21 +6,51 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
+use crate::config::range;
 use crate::data::chat::ChatTemplate;
 use crate::model::{io, sample};
 use crate::rng::Rng;
 
+use super::{check_flag, print, DeviceArgs};
+
+/// Generate a continuation of a prompt (KV-cached; temperature 0 is greedy).
+#[derive(clap::Args, Clone, Debug)]
 pub struct SampleArgs {
+    #[arg(long)]
     pub model: PathBuf,
+    #[arg(long)]
     pub prompt: String,
-    /// Render the prompt with the model's chat template: an optional system message, the
-    /// prompt as a user message, and the generation prompt.
+    /// Render the prompt as a user message with the model's chat template.
+    #[arg(long)]
     pub chat: bool,
+    /// A system message before the prompt (with --chat).
+    #[arg(long)]
     pub system: Option<String>,
-    pub params: sample::SampleParams,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    pub device: Device,
-    pub dtype: DType,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl SampleArgs {
+    /// The sampling settings; a value out of range is an error naming its flag.
+    pub fn params(&self) -> Result<sample::SampleParams> {
+        check_flag("temperature", range::temperature(self.temperature))?;
+        check_flag("top-p", range::top_p(self.top_p))?;
+        Ok(sample::SampleParams {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -31,8 +61,29 @@ pub struct SampleOutput {
     pub text: String,
 }
 
-pub fn run(args: &SampleArgs) -> Result<SampleOutput> {
-    let (model, tok) = io::load_dir(&args.model, &args.device, args.dtype)?;
+/// Generates and prints the text (or JSON with `--json`).
+pub fn run(args: &SampleArgs) -> Result<()> {
+    let params = args.params()?;
+    let (device, dtype) = args.device.resolve()?;
+    let out = generate(args, &params, &device, dtype)?;
+    if args.json {
+        print(&(serde_json::to_string(&out)? + "\n"));
+    } else {
+        print(&(out.text + "\n"));
+    }
+    Ok(())
+}
+
+/// The continuation of `args.prompt`; with `args.chat` the prompt is rendered with the model's
+/// chat template: an optional system message, the prompt as a user message, and the
+/// generation prompt.
+pub fn generate(
+    args: &SampleArgs,
+    params: &sample::SampleParams,
+    device: &Device,
+    dtype: DType,
+) -> Result<SampleOutput> {
+    let (model, tok) = io::load_dir(&args.model, device, dtype)?;
     let prompt = if args.chat {
         let src = tok.chat_template.as_ref().with_context(|| {
             format!(
@@ -56,7 +107,7 @@ pub fn run(args: &SampleArgs) -> Result<SampleOutput> {
         "--prompt: the prompt has no tokens (the tokenizer adds no BOS and the text is empty)"
     );
     let mut rng = Rng::new(args.seed);
-    let token_ids = sample::generate(&model, &prompt, &tok.stop, &args.params, &mut rng)?;
+    let token_ids = sample::generate(&model, &prompt, &tok.stop, params, &mut rng)?;
     let text = tok.decode(&token_ids)?;
     Ok(SampleOutput {
         prompt_ids: prompt,

@@ -21,15 +21,27 @@ use crate::config::Workspace;
 use crate::engine::{self, Command, Outcome, Plan, Work};
 use crate::event::{Event, RunState};
 
+/// Train the variants of a workspace (or one of them, or resume a run).
+#[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
+    /// Workspace folder (holding gaplab.toml).
     pub workspace: PathBuf,
+    /// Run only this variant.
+    #[arg(long)]
     pub variant: Option<String>,
+    /// Continue a run directory from its latest checkpoint.
+    #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Where run directories go (default: WORKSPACE/runs).
+    #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Progress on stderr even on a terminal.
+    /// Progress on stderr instead of the dashboard (the default when stdout is not a
+    /// terminal).
+    #[arg(long)]
     pub headless: bool,
-    /// Dashboard options from the command line (they override the config's `[ui]`).
-    pub ui: crate::ui::app::Options,
+    /// Dashboard options (they override the config's `[ui]`).
+    #[command(flatten)]
+    pub ui: super::UiArgs,
 }
 
 /// Builds the engine's plan from the arguments.
@@ -151,12 +163,13 @@ fn previous_runs(root: &std::path::Path, max: usize) -> Vec<PathBuf> {
 /// Trains with the dashboard when stdout and stdin are a terminal (unless `--headless`),
 /// otherwise with progress on stderr.
 pub fn run(args: &TrainArgs) -> Result<Outcome> {
+    // Checked with or without the dashboard: a bad flag is an error either way.
+    let mut opts = args.ui.options()?;
     let tty = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     if args.headless || !tty {
         return run_headless(args);
     }
     let plan = plan(args)?;
-    let mut opts = args.ui.clone();
     if let Ok(ws) = Workspace::load(&args.workspace) {
         let ui = &ws.config.ui;
         opts.theme = opts.theme.or(Some(ui.theme.clone()));
@@ -202,7 +215,7 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
 pub fn run_headless(args: &TrainArgs) -> Result<Outcome> {
     let plan = plan(args)?;
     let engine = engine::spawn(plan)?;
-    let _watch = watch_config(&args.workspace, args.ui.watch, engine.commands.clone())?;
+    let _watch = watch_config(&args.workspace, args.ui.watch(), engine.commands.clone())?;
     // Headless runs ignore SIGHUP (training goes on when the shell that started it closes).
     let unused = Arc::new(AtomicBool::new(false));
     on_signals(engine.commands.clone(), unused.clone(), unused, false)?;

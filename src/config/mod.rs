@@ -6,6 +6,7 @@
 //! struct, its defaults and the classification, so a new field cannot go unclassified.
 
 pub mod locate;
+pub mod range;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -662,16 +663,12 @@ impl TrainSettings {
                 check(&mut out, ok, p(f), m)
             }
         };
-        c(
-            self.beta > 0.0 && self.beta.is_finite(),
-            "beta",
-            format!("expected a number > 0, got {}", self.beta),
-        );
-        c(
-            self.gamma.is_finite(),
-            "gamma",
-            format!("expected a finite number, got {}", self.gamma),
-        );
+        if let Err(m) = range::beta(self.beta) {
+            c(false, "beta", m);
+        }
+        if let Err(m) = range::gamma(self.gamma) {
+            c(false, "gamma", m);
+        }
         c(
             self.lr > 0.0 && self.lr.is_finite(),
             "lr",
@@ -947,18 +944,12 @@ impl EvalSection {
 
 impl SampleSection {
     fn problems(&self, out: &mut Vec<(String, String)>) {
-        check(
-            out,
-            self.temperature >= 0.0 && self.temperature.is_finite(),
-            "sample.temperature",
-            format!("expected a number >= 0, got {}", self.temperature),
-        );
-        check(
-            out,
-            self.top_p > 0.0 && self.top_p <= 1.0,
-            "sample.top_p",
-            format!("expected a number in (0, 1], got {}", self.top_p),
-        );
+        if let Err(m) = range::temperature(self.temperature) {
+            check(out, false, "sample.temperature", m);
+        }
+        if let Err(m) = range::top_p(self.top_p) {
+            check(out, false, "sample.top_p", m);
+        }
     }
 }
 

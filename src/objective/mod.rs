@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::SeqBatch;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loss {
     /// Mean negative log-likelihood of the chosen response tokens.
     Sft,
@@ -27,17 +26,50 @@ pub enum Loss {
 }
 
 impl Loss {
+    /// Every loss, in declaration order (serde's variant index) and the order messages list them.
+    pub const ALL: [Loss; 4] = [Loss::Sft, Loss::Dpo, Loss::Simpo, Loss::Ipo];
+
+    /// The losses of preference pairs: the values a command line's `--objective` offers (SFT is
+    /// a stage of a workspace, `[sft]`, never an objective to pick).
+    pub const PREFERENCE: [Loss; 3] = [Loss::Dpo, Loss::Simpo, Loss::Ipo];
+
+    /// [`Loss::name`] of each of [`Loss::ALL`], for serde's "expected one of" messages.
+    const NAMES: [&'static str; 4] = {
+        let mut names = [""; 4];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = Loss::ALL[i].name();
+            i += 1;
+        }
+        names
+    };
+
     pub fn needs_reference(self) -> bool {
         matches!(self, Loss::Dpo | Loss::Ipo)
     }
 
-    pub fn name(self) -> &'static str {
+    /// The one spelling of each loss: in gaplab.toml, on the command line, in run directories
+    /// and in output.
+    pub const fn name(self) -> &'static str {
         match self {
             Loss::Sft => "sft",
             Loss::Dpo => "dpo",
             Loss::Simpo => "simpo",
             Loss::Ipo => "ipo",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Loss> {
+        Loss::ALL.into_iter().find(|l| l.name() == name)
+    }
+}
+
+/// "a, b or c".
+fn or_list(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
     }
 }
 
@@ -50,13 +82,88 @@ impl fmt::Display for Loss {
 impl FromStr for Loss {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "sft" => Loss::Sft,
-            "dpo" => Loss::Dpo,
-            "simpo" => Loss::Simpo,
-            "ipo" => Loss::Ipo,
-            _ => bail!("unknown objective \"{s}\" (expected sft, dpo, simpo or ipo)"),
+        Loss::from_name(s).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown objective \"{s}\" (expected {})",
+                or_list(&Loss::NAMES)
+            )
         })
+    }
+}
+
+// Serde as `#[derive]` with lowercase names would do it (a unit variant; the same messages for
+// an unknown name), but spelled by `Loss::name`.
+impl Serialize for Loss {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit_variant("Loss", *self as u32, self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Loss {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_enum("Loss", &Loss::NAMES, LossVisitor)
+    }
+}
+
+struct LossVisitor;
+
+impl<'de> serde::de::Visitor<'de> for LossVisitor {
+    type Value = Loss;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("enum Loss")
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Loss, A::Error> {
+        let (VariantName(loss), variant) = data.variant()?;
+        serde::de::VariantAccess::unit_variant(variant)?;
+        Ok(loss)
+    }
+}
+
+/// A variant's name (or index), checked against the name table.
+struct VariantName(Loss);
+
+impl<'de> Deserialize<'de> for VariantName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Id;
+        impl serde::de::Visitor<'_> for Id {
+            type Value = VariantName;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("variant identifier")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<VariantName, E> {
+                Loss::from_name(s)
+                    .map(VariantName)
+                    .ok_or_else(|| E::unknown_variant(s, &Loss::NAMES))
+            }
+            fn visit_u64<E: serde::de::Error>(self, i: u64) -> Result<VariantName, E> {
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| Loss::ALL.get(i).copied())
+                    .map(VariantName)
+                    .ok_or_else(|| {
+                        E::invalid_value(
+                            serde::de::Unexpected::Unsigned(i),
+                            &"variant index 0 <= i < 4",
+                        )
+                    })
+            }
+        }
+        d.deserialize_identifier(Id)
+    }
+}
+
+/// The command line's `--objective` values: [`Loss::PREFERENCE`], by [`Loss::name`].
+impl clap::ValueEnum for Loss {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Loss::PREFERENCE
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Loss::PREFERENCE
+            .contains(self)
+            .then(|| clap::builder::PossibleValue::new(self.name()))
     }
 }
 
@@ -466,5 +573,55 @@ mod tests {
         let get = |k: &str| m.iter().find(|x| x.0 == k).unwrap().1;
         assert_eq!(get("rewards/accuracies"), 1.0);
         assert!((get("poet/kept_frac") - 4.0 / 5.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn one_name_table_spells_every_loss() {
+        for l in Loss::ALL {
+            assert_eq!(l.to_string(), l.name());
+            assert_eq!(l.name().parse::<Loss>().unwrap(), l);
+            assert_eq!(
+                serde_json::to_string(&l).unwrap(),
+                format!("\"{}\"", l.name())
+            );
+            assert_eq!(
+                serde_json::from_str::<Loss>(&format!("\"{}\"", l.name())).unwrap(),
+                l
+            );
+        }
+        assert_eq!(
+            "kto".parse::<Loss>().unwrap_err().to_string(),
+            "unknown objective \"kto\" (expected sft, dpo, simpo or ipo)"
+        );
+        // The message serde's derive gives, which gaplab.toml errors show.
+        let err = serde_json::from_str::<Loss>("\"kto\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("unknown variant `kto`, expected one of `sft`, `dpo`, `simpo`, `ipo`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_command_line_offers_only_preference_losses() {
+        use clap::ValueEnum;
+        let offered: Vec<String> = Loss::value_variants()
+            .iter()
+            .filter_map(|l| l.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect();
+        assert_eq!(offered, ["dpo", "simpo", "ipo"]);
+        assert!(Loss::Sft.to_possible_value().is_none());
+        assert_eq!(<Loss as ValueEnum>::from_str("ipo", false), Ok(Loss::Ipo));
+        assert!(<Loss as ValueEnum>::from_str("sft", false).is_err());
+    }
+
+    #[test]
+    fn or_list_joins_names() {
+        assert_eq!(or_list(&[]), "");
+        assert_eq!(or_list(&["a"]), "a");
+        assert_eq!(or_list(&["a", "b"]), "a or b");
+        assert_eq!(or_list(&["a", "b", "c"]), "a, b or c");
     }
 }
