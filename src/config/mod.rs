@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataFormat, Fields, Format, LengthLimits};
+use crate::model::ScratchSpec;
 use crate::objective::Loss;
 
 /// Whether a changed field can be applied to a running variant or needs a new run.
@@ -105,27 +106,25 @@ section! {
     /// (`[model.scratch]`, which needs a `tokenizer` folder).
     pub struct ModelSection {
         path: Option<PathBuf> = None, Restart;
-        scratch: Option<ScratchSection> = None, Restart;
+        scratch: Option<ScratchSpec> = None, Restart;
         tokenizer: Option<PathBuf> = None, Restart;
     }
 }
 
-section! {
-    /// `[model.scratch]`: the shape of a freshly initialised decoder.
-    pub struct ScratchSection {
-        arch: String = "llama".into(), Restart;
-        hidden_size: usize = 128, Restart;
-        intermediate_size: usize = 344, Restart;
-        num_hidden_layers: usize = 2, Restart;
-        num_attention_heads: usize = 4, Restart;
-        num_key_value_heads: usize = 4, Restart;
-        max_position_embeddings: usize = 512, Restart;
-        rope_theta: f64 = 10000.0, Restart;
-        tie_word_embeddings: bool = true, Restart;
-        /// Seed of the initial weights (shared by every variant).
-        seed: u64 = 0, Restart;
-    }
-}
+/// `[model.scratch]`: every field shapes the initial weights, so none applies live. (The model
+/// layer owns the fields themselves: [`ScratchSpec`].)
+pub const SCRATCH_FIELDS: &[(&str, Reload)] = &[
+    ("arch", Reload::Restart),
+    ("hidden_size", Reload::Restart),
+    ("intermediate_size", Reload::Restart),
+    ("num_hidden_layers", Reload::Restart),
+    ("num_attention_heads", Reload::Restart),
+    ("num_key_value_heads", Reload::Restart),
+    ("max_position_embeddings", Reload::Restart),
+    ("rope_theta", Reload::Restart),
+    ("tie_word_embeddings", Reload::Restart),
+    ("seed", Reload::Restart),
+];
 
 section! {
     /// `[data]`: preference pairs (JSONL or Parquet: standard strings or conversational
@@ -979,7 +978,7 @@ pub fn all_fields() -> Vec<(String, Reload)> {
         }
     };
     add("model", ModelSection::FIELDS);
-    add("model.scratch", ScratchSection::FIELDS);
+    add("model.scratch", SCRATCH_FIELDS);
     add("data", DataSection::FIELDS);
     add("train", TrainSettings::FIELDS);
     add("eval", EvalSection::FIELDS);
@@ -1140,7 +1139,7 @@ mod tests {
         let value = toml::Value::try_from(WorkspaceConfig {
             sft: Some(SftSection::default()),
             model: ModelSection {
-                scratch: Some(ScratchSection::default()),
+                scratch: Some(ScratchSpec::default()),
                 path: Some("p".into()),
                 tokenizer: Some("t".into()),
             },

@@ -11,15 +11,16 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 
 pub use command::Command;
 
 use crate::config::{RunConfig, SftSection, Workspace};
 use crate::event::{now, EvalReport, Event, Level, RunState, StepMetrics};
 use crate::model::SeqBatch;
-use crate::model::{io, select_device, CausalLm, ModelConfig, ScratchSpec, Tok};
+use crate::model::{io, select_device, ModelConfig, Tok};
 use crate::runlog::{self, RunDir, Writer};
+use crate::train::initial::ModelSource;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::refcache::{checkpoint_fingerprint, Fnv};
 use crate::train::trainer::{load_dataset, stream_indices, StepResult, Trainer};
@@ -254,7 +255,7 @@ fn run(
             let Some(first) = cfgs.first() else {
                 return Ok(Outcome::Finished);
             };
-            let base = initial_base(first, &plan.runs_root)?;
+            let base = ModelSource::of(&first.model)?.initial_dir(&plan.runs_root)?;
             let initial = match &first.sft {
                 Some(s) if s.steps > 0 => {
                     match sft_stage(first, s, &base, &plan.runs_root, &tx, &mut ctl)? {
@@ -402,76 +403,6 @@ fn evaluate(t: &mut Trainer, em: &mut Emitter) -> Result<()> {
         em.emit(Event::Eval(Box::new(r)))?;
     }
     Ok(())
-}
-
-/// The HF folder every variant starts from before any SFT: the configured checkpoint, or a
-/// seeded from-scratch model saved once under `runs_root/init-<hash>`.
-fn initial_base(cfg: &RunConfig, runs_root: &Path) -> Result<PathBuf> {
-    if let Some(p) = &cfg.model.path {
-        return Ok(p.clone());
-    }
-    let scratch = cfg
-        .model
-        .scratch
-        .as_ref()
-        .context("model: expected `path` or `[model.scratch]`")?;
-    let tok_dir = cfg
-        .model
-        .tokenizer
-        .as_ref()
-        .context("model.tokenizer: a scratch model needs a tokenizer folder")?;
-    let mut h = Fnv::default();
-    h.bytes(toml::to_string(scratch)?.as_bytes());
-    checkpoint_fingerprint(tok_dir, &mut h)?;
-    let dir = runs_root.join(format!("init-{:016x}", h.0));
-    if dir.join("config.json").exists() {
-        return Ok(dir);
-    }
-    let tok = Tok::load(tok_dir, None)?;
-    let mc = scratch_config(scratch, &tok)?;
-    let model = CausalLm::random(mc, scratch.seed, &Device::Cpu)?;
-    save_atomic(&dir, |tmp| io::save_dir(&model, Some(tok_dir), tmp))?;
-    Ok(dir)
-}
-
-/// The model config of a from-scratch model over `tok`'s vocabulary.
-pub fn scratch_config(scratch: &crate::config::ScratchSection, tok: &Tok) -> Result<ModelConfig> {
-    let arch = crate::model::Arch::parse(&scratch.arch)
-        .with_context(|| format!("model.scratch.arch: unknown \"{}\"", scratch.arch))?;
-    let mut mc = ModelConfig::from_scratch(&ScratchSpec {
-        arch,
-        vocab_size: tok.vocab_size(),
-        hidden_size: scratch.hidden_size,
-        intermediate_size: scratch.intermediate_size,
-        num_hidden_layers: scratch.num_hidden_layers,
-        num_attention_heads: scratch.num_attention_heads,
-        num_key_value_heads: scratch.num_key_value_heads,
-        max_position_embeddings: scratch.max_position_embeddings,
-        rope_theta: scratch.rope_theta,
-        tie_word_embeddings: scratch.tie_word_embeddings,
-    })?;
-    mc.bos_token_id = tok.bos;
-    mc.eos_token_ids = vec![tok.eos];
-    mc.pad_token_id = tok.pad;
-    Ok(mc)
-}
-
-/// Writes a folder through a temporary sibling and a rename.
-fn save_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = parent.join(format!(".tmp-{name}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
-    fill(&tmp)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::rename(&tmp, dir)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))
 }
 
 /// The supervised stage shared by every variant: trains `base` on the chosen responses and
@@ -647,7 +578,7 @@ fn sft_train(
         })))?;
     }
     let weights = crate::train::checkpoint_weights(&policy, &opt);
-    save_atomic(ckpt, |tmp| {
+    crate::train::save_dir_atomic(ckpt, |tmp| {
         io::save_weights(&policy.cfg, &weights, Some(base), tmp)
     })?;
     em.emit(Event::Checkpoint {

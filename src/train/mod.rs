@@ -1,13 +1,16 @@
 //! Training: the optimizer, schedules, the step functions (gradients of one batch, one
 //! optimizer update) and the trainer that runs a variant end to end.
 
+pub mod initial;
 pub mod memory;
 pub mod optim;
 pub mod refcache;
 pub mod schedule;
 pub mod trainer;
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
@@ -34,6 +37,25 @@ pub struct MicroOutput {
 pub fn reference_logps(reference: &CausalLm, batch: &SeqBatch) -> Result<Vec<f32>> {
     let s = reference.response_scores(batch)?;
     Ok(s.logps.detach().to_dtype(DType::F32)?.to_vec1()?)
+}
+
+/// Writes the folder `dir` through a temporary sibling and a rename: a crash leaves no
+/// half-written folder under the final name.
+pub fn save_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = parent.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    fill(&tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))
 }
 
 /// The weights a checkpoint of `policy` stores: half-precision training saves the optimizer's
