@@ -10,9 +10,9 @@ use crate::config::Workspace;
 use crate::data::stats::{self, DataStats, Spread};
 use crate::data::FileKind;
 use crate::model::select_device;
+use crate::train::dataset::load_dataset;
 use crate::train::initial::ModelSource;
 use crate::train::memory;
-use crate::train::trainer::load_dataset;
 
 fn spread_row(out: &mut String, name: &str, s: &Spread) {
     let _ = writeln!(

@@ -20,10 +20,11 @@ use crate::event::{now, EvalReport, Event, Level, RunState, StepMetrics};
 use crate::model::SeqBatch;
 use crate::model::{io, select_device, ModelConfig, Tok};
 use crate::runlog::{self, RunDir, Writer};
+use crate::train::dataset::{load_dataset, stream_indices};
 use crate::train::initial::ModelSource;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::refcache::{checkpoint_fingerprint, Fnv};
-use crate::train::trainer::{load_dataset, stream_indices, StepResult, Trainer};
+use crate::train::trainer::{StepResult, Trainer};
 use crate::train::{schedule, sft_grads};
 
 /// What the engine is asked to do.

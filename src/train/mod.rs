@@ -1,6 +1,7 @@
 //! Training: the optimizer, schedules, the step functions (gradients of one batch, one
 //! optimizer update) and the trainer that runs a variant end to end.
 
+pub mod dataset;
 pub mod initial;
 pub mod memory;
 pub mod optim;
