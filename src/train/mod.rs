@@ -3,6 +3,7 @@
 
 pub mod dataset;
 pub mod initial;
+pub mod judge;
 pub mod memory;
 pub mod optim;
 pub mod refcache;

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{load_dataset, stream_indices, Dataset};
+use super::judge::{self, Judge, Verdict};
 use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
 use super::{accumulate, logit_sums, memory, preference_grads, reference_logps, schedule};
@@ -86,6 +87,8 @@ pub struct Trainer {
     reference: Reference,
     bad_steps: usize,
     fault_nan: Vec<usize>,
+    /// The judge of `judge.task`.
+    judge: Option<Box<dyn Judge>>,
 }
 
 impl Trainer {
@@ -198,6 +201,7 @@ impl Trainer {
         let (step, bad_steps, tokens_seen) = from
             .as_ref()
             .map_or((0, 0, 0), |(_, s)| (s.step, s.bad_steps, s.tokens_seen));
+        let judge = judge::for_task(&cfg.judge.task)?;
         let mut t = Self {
             memory,
             cfg,
@@ -216,6 +220,7 @@ impl Trainer {
             reference,
             bad_steps,
             fault_nan,
+            judge,
         };
         if from.is_none() {
             // The reference's generations, once: they never change.
@@ -468,10 +473,10 @@ impl Trainer {
     /// sampled, as `eval_judge/*` metrics: what the policy generates, next to what its implicit
     /// reward prefers.
     fn judge_metrics(&self, model: &CausalLm, metrics: &mut BTreeMap<String, f64>) -> Result<()> {
-        let j = &self.cfg.judge;
-        if j.task.is_empty() {
+        let Some(judge) = &self.judge else {
             return Ok(());
-        }
+        };
+        let j = &self.cfg.judge;
         let n = j.prompts.min(self.data.eval_prompts.len());
         let greedy = sample::SampleParams {
             max_new_tokens: j.max_new_tokens,
@@ -486,19 +491,21 @@ impl Trainer {
         let mut rng = Rng::new(
             self.cfg.train.seed ^ 0x6a75_6467_6500 ^ (self.step as u64).wrapping_mul(0x9e37_79b9),
         );
-        let (mut g, mut s) = (Vec::new(), Vec::new());
+        let (mut g, mut s): (Vec<Verdict>, Vec<Verdict>) = (Vec::new(), Vec::new());
         for (i, prompt) in self.data.eval_prompts[..n].iter().enumerate() {
             let ids = self.prompt_ids(prompt)?;
             let prompt = &prompt.text;
             let verdict = |params: &sample::SampleParams, rng: &mut Rng| -> Result<_> {
                 let out = sample::generate(model, &ids, &self.tok.stop, params, rng)?;
-                crate::demo::judge::judge(prompt, &self.tok.decode(&out)?).with_context(|| {
-                    format!(
-                        "judge.task = \"{}\": eval prompt {} is not one of the task's prompts",
-                        j.task,
-                        i + 1
-                    )
-                })
+                judge
+                    .judge(prompt, &self.tok.decode(&out)?)
+                    .with_context(|| {
+                        format!(
+                            "judge.task = \"{}\": eval prompt {} is not one of the task's prompts",
+                            j.task,
+                            i + 1
+                        )
+                    })
             };
             g.push(verdict(&greedy, &mut rng)?);
             for _ in 0..j.samples {
@@ -506,17 +513,7 @@ impl Trainer {
             }
         }
         for (suffix, verdicts) in [("", &g), ("_sampled", &s)] {
-            if verdicts.is_empty() {
-                continue;
-            }
-            let sum = crate::demo::judge::summarize(verdicts);
-            for (name, v) in [
-                ("score", sum.score),
-                ("correct", sum.correct),
-                ("length", sum.length),
-                ("tail", sum.tail),
-                ("overrun", sum.overrun),
-            ] {
+            for (name, v) in super::judge::means(verdicts) {
                 metrics.insert(format!("eval_judge/{name}{suffix}"), v);
             }
         }
