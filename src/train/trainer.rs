@@ -1,6 +1,7 @@
 //! The trainer of one run: owns the policy and its optimizer, the reference, the data and the
-//! run directory, and does steps, evaluations, samplings and checkpoints. The engine drives it
-//! and turns what it returns into events.
+//! run directory, and does steps, evaluations, samplings and checkpoints. It trains either
+//! stage of a workspace ([`Stage`]): the SFT stage or a variant's preference objective. The
+//! engine drives it and turns what it returns into events.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,22 +16,81 @@ use super::dataset::{load_dataset, stream_indices, Dataset};
 use super::judge::{self, Judge, Verdict};
 use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
-use super::{accumulate, logit_sums, memory, preference_grads, reference_logps, schedule};
+use super::{accumulate, logit_sums, memory, reference_logps, schedule};
 use crate::config::{
     CheckpointSection, DataSection, EvalSection, JudgeSection, ModelSection, Reload, RunConfig,
-    SampleSection, SftSection, TrainSettings, UiSection,
+    SampleSection, Schedule, SftSection, TrainSettings, UiSection,
 };
 use crate::data::{self, Prompt, TokenizedPair};
 use crate::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
 use crate::model::{io, ops, sample, select_device, CausalLm, ModelConfig, SeqBatch, Tok};
 use crate::objective::prefix::{self, PairTokenLogps};
-use crate::objective::{self, Objective};
+use crate::objective::{self, Loss, LossKind, Objective};
 use crate::rng::Rng;
 use crate::runlog::{RunDir, OPTIMIZER, TRAINER_STATE};
 
 /// Steps (1-based, comma-separated) whose loss is replaced by NaN: fault injection for testing
 /// that a bad step never reaches the weights.
 pub const FAULT_NAN_ENV: &str = "GAPLAB_FAULT_NAN_STEPS";
+
+/// What a trainer trains.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stage {
+    /// `[sft]`: the SFT loss on the chosen responses, with the section's own optimisation
+    /// settings. It runs straight through to one result, [`sft_checkpoint`] of its run
+    /// directory (no reference, samples, judge or interim checkpoints; a stopped stage starts
+    /// over).
+    Sft(SftSection),
+    /// A variant: its `[train]` objective, steered live, sampled, judged, checkpointed as it
+    /// goes and resumable.
+    Variant,
+}
+
+/// Where the SFT stage in `run_dir` saves its result: an HF folder, the initial policy and
+/// reference of every variant.
+pub fn sft_checkpoint(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoint")
+}
+
+/// The optimisation of one step.
+#[derive(Clone, Debug, PartialEq)]
+struct StepSettings {
+    /// AdamW at the peak learning rate (the schedule scales it step by step).
+    adam: AdamWConfig,
+    schedule: Schedule,
+    warmup: usize,
+    /// Pairs per micro-batch.
+    batch_size: usize,
+    grad_accum: usize,
+    /// Global gradient-norm clipping; 0 turns it off.
+    max_grad_norm: f64,
+}
+
+/// The SFT stage's settings (Adam's moments at their defaults), or `[train]`'s.
+fn step_settings(stage: &Stage, t: &TrainSettings, total_steps: usize) -> StepSettings {
+    match stage {
+        Stage::Sft(s) => StepSettings {
+            adam: AdamWConfig {
+                lr: s.lr,
+                weight_decay: s.weight_decay,
+                ..Default::default()
+            },
+            schedule: s.schedule,
+            warmup: schedule::warmup_steps(total_steps, s.warmup_ratio, 0),
+            batch_size: s.batch_size,
+            grad_accum: 1,
+            max_grad_norm: s.max_grad_norm,
+        },
+        Stage::Variant => StepSettings {
+            adam: adam_config(t),
+            schedule: t.schedule,
+            warmup: schedule::warmup_steps(total_steps, t.warmup_ratio, t.warmup_steps),
+            batch_size: t.batch_size,
+            grad_accum: t.grad_accum,
+            max_grad_norm: t.max_grad_norm,
+        },
+    }
+}
 
 /// Saved with every checkpoint: what a resumed run needs beyond the weights and moments.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +129,8 @@ pub enum StepResult {
 
 pub struct Trainer {
     pub cfg: RunConfig,
+    /// What this trainer trains.
+    pub stage: Stage,
     pub run: RunDir,
     pub device: Device,
     pub tok: Tok,
@@ -87,17 +149,23 @@ pub struct Trainer {
     reference: Reference,
     bad_steps: usize,
     fault_nan: Vec<usize>,
-    /// The judge of `judge.task`.
+    /// The judge of `judge.task` (variants only).
     judge: Option<Box<dyn Judge>>,
 }
 
 impl Trainer {
-    /// A new run of `cfg` in `run`, starting from the HF folder `initial`.
-    pub fn start(cfg: RunConfig, run: RunDir, initial: &Path, cache_dir: &Path) -> Result<Self> {
-        Self::build(cfg, run, initial, None, cache_dir)
+    /// A new run of `stage` of `cfg` in `run`, starting from the HF folder `initial`.
+    pub fn start(
+        cfg: RunConfig,
+        stage: Stage,
+        run: RunDir,
+        initial: &Path,
+        cache_dir: &Path,
+    ) -> Result<Self> {
+        Self::build(cfg, stage, run, initial, None, cache_dir)
     }
 
-    /// Continues the run in `run` from its latest complete checkpoint.
+    /// Continues the variant's run in `run` from its latest complete checkpoint.
     pub fn resume(run: RunDir, cache_dir: &Path) -> Result<Self> {
         let mut cfg = run.read_config()?;
         let (step, ckpt) = run.latest_checkpoint().with_context(|| {
@@ -119,11 +187,19 @@ impl Trainer {
         cfg.judge = state.judge.clone();
         run.truncate_after(step)?;
         let initial = state.initial.clone();
-        Self::build(cfg, run, &initial, Some((ckpt, state)), cache_dir)
+        Self::build(
+            cfg,
+            Stage::Variant,
+            run,
+            &initial,
+            Some((ckpt, state)),
+            cache_dir,
+        )
     }
 
     fn build(
         cfg: RunConfig,
+        stage: Stage,
         run: RunDir,
         initial: &Path,
         from: Option<(PathBuf, TrainerState)>,
@@ -150,12 +226,17 @@ impl Trainer {
         if data.train.is_empty() {
             bail!("{}: no training pairs", cfg.data.train.display());
         }
-        let memory = memory::plan_run(&cfg, None, &model_cfg, &device, &data.train, &data.eval)?;
+        let (sft, total_steps) = match &stage {
+            Stage::Sft(s) => (Some(s), s.steps),
+            Stage::Variant => (None, cfg.train.total_steps(data.train.len())),
+        };
+        let total_steps = total_steps.max(1);
+        let memory = memory::plan_run(&cfg, sft, &model_cfg, &device, &data.train, &data.eval)?;
         let (policy, tok) = io::load_dir(policy_dir, &device, dtype)?;
-        let total_steps = cfg.train.total_steps(data.train.len()).max(1);
         let (policy, named) = policy.into_trainable()?;
         let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
-        let mut opt = AdamW::new(named, adam_config(&cfg.train))?;
+        let settings = step_settings(&stage, &cfg.train, total_steps);
+        let mut opt = AdamW::new(named, settings.adam)?;
         if let Some((ckpt, state)) = &from {
             let st = candle_core::safetensors::load(ckpt.join(OPTIMIZER), &Device::Cpu)
                 .with_context(|| format!("{}: cannot read {OPTIMIZER}", ckpt.display()))?;
@@ -165,7 +246,7 @@ impl Trainer {
         let pad = tok.pad_id();
         let mut reference_samples = Vec::new();
         let mut this_reference = None;
-        let reference = if !cfg.train.objective.needs_reference() {
+        let reference = if !objective_of(&stage, &cfg.train).loss.needs_reference() {
             Reference::None
         } else if cfg.train.precompute_ref {
             let bs = cfg.eval.batch_size;
@@ -201,10 +282,14 @@ impl Trainer {
         let (step, bad_steps, tokens_seen) = from
             .as_ref()
             .map_or((0, 0, 0), |(_, s)| (s.step, s.bad_steps, s.tokens_seen));
-        let judge = judge::for_task(&cfg.judge.task)?;
+        let judge = match stage {
+            Stage::Sft(_) => None,
+            Stage::Variant => judge::for_task(&cfg.judge.task)?,
+        };
         let mut t = Self {
             memory,
             cfg,
+            stage,
             run,
             device: device.clone(),
             tok,
@@ -222,7 +307,7 @@ impl Trainer {
             fault_nan,
             judge,
         };
-        if from.is_none() {
+        if from.is_none() && t.stage == Stage::Variant {
             // The reference's generations, once: they never change.
             let model = match (&t.reference, this_reference) {
                 (Reference::Model(m), _) => Some(m.detached()?),
@@ -238,21 +323,22 @@ impl Trainer {
     }
 
     pub fn objective(&self) -> Objective {
-        let t = &self.cfg.train;
-        Objective {
-            loss: t.objective,
-            beta: t.beta,
-            gamma: t.gamma,
-            poet: t.poet,
-        }
+        objective_of(&self.stage, &self.cfg.train)
     }
 
     pub fn num_params(&self) -> usize {
         self.policy.cfg.num_params()
     }
 
+    /// This step's optimisation: `[train]`'s are read at every step, so that applied edits
+    /// take effect at the next one.
+    fn step_settings(&self) -> StepSettings {
+        step_settings(&self.stage, &self.cfg.train, self.total_steps)
+    }
+
     fn pairs_per_step(&self) -> usize {
-        self.cfg.train.pairs_per_step()
+        let s = self.step_settings();
+        s.batch_size * s.grad_accum
     }
 
     /// The train pairs of optimizer step `step` (0-based); see [`stream_indices`].
@@ -270,13 +356,9 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepResult> {
         let started = Instant::now();
         let step = self.step;
-        let ts = self.cfg.train.clone();
-        let warmup = schedule::warmup_steps(self.total_steps, ts.warmup_ratio, ts.warmup_steps);
-        let lr = schedule::lr_at(ts.schedule, ts.lr, step, warmup, self.total_steps);
-        self.opt.cfg = AdamWConfig {
-            lr,
-            ..adam_config(&ts)
-        };
+        let ts = self.step_settings();
+        let lr = schedule::lr_at(ts.schedule, ts.adam.lr, step, ts.warmup, self.total_steps);
+        self.opt.cfg = AdamWConfig { lr, ..ts.adam };
         let idx = self.batch_indices(step);
         let obj = self.objective();
         let poison = self.fault_nan.contains(&(step + 1));
@@ -289,14 +371,14 @@ impl Trainer {
         for chunk in idx.chunks(ts.batch_size) {
             let batch_pairs: Vec<TokenizedPair> =
                 chunk.iter().map(|&i| self.data.train[i].clone()).collect();
-            let batch = SeqBatch::from_pairs(&batch_pairs, pad, &self.device)?;
+            let batch = super::batch_for(&obj, &batch_pairs, pad, &self.device)?;
             let refp = match &self.reference {
                 Reference::Model(m) => Some(reference_logps(m, &batch)?),
                 Reference::Cached { train, .. } => Some(train.packed(chunk)),
                 Reference::None => None,
             };
             let scale = 1.0 / ts.grad_accum as f64;
-            let m = preference_grads(&self.policy, refp.as_deref(), &batch, &obj, scale, poison)?;
+            let m = super::grads(&self.policy, refp.as_deref(), &batch, &obj, scale, poison)?;
             losses.push(m.loss);
             tokens += m.tokens;
             lc = (lc.0 + m.logits_chosen.0, lc.1 + m.logits_chosen.1);
@@ -326,7 +408,7 @@ impl Trainer {
         }
         if let Some(reason) = bad {
             self.bad_steps += 1;
-            if self.bad_steps >= ts.max_bad_steps {
+            if self.bad_steps >= self.cfg.train.max_bad_steps {
                 bail!(
                     "{} consecutive steps with a non-finite loss or gradient (last at step {}: {reason}); the weights were never updated with them and the last checkpoint is intact",
                     self.bad_steps,
@@ -338,21 +420,30 @@ impl Trainer {
         self.bad_steps = 0;
         self.tokens_seen += tokens as u64;
         let loss = losses.iter().sum::<f64>() / losses.len() as f64;
-        let mut metrics: BTreeMap<String, f64> = objective::pair_metrics(&pairs, loss)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut metrics = BTreeMap::new();
+        match obj.loss.kind() {
+            LossKind::Sft => {
+                metrics.insert("loss".into(), loss);
+            }
+            LossKind::Preference(_) => {
+                metrics.extend(
+                    objective::pair_metrics(&pairs, loss)
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v)),
+                );
+                metrics.insert("logits/chosen".into(), lc.0 / lc.1.max(1) as f64);
+                metrics.insert("logits/rejected".into(), lr_sum.0 / lr_sum.1.max(1) as f64);
+                metrics.insert(
+                    "epoch".into(),
+                    (self.step * self.pairs_per_step()) as f64 / self.data.train.len() as f64,
+                );
+            }
+        }
         let elapsed = started.elapsed().as_secs_f64();
-        metrics.insert("logits/chosen".into(), lc.0 / lc.1.max(1) as f64);
-        metrics.insert("logits/rejected".into(), lr_sum.0 / lr_sum.1.max(1) as f64);
         metrics.insert("grad_norm".into(), grad_norm);
         metrics.insert("learning_rate".into(), lr);
         metrics.insert("num_tokens".into(), self.tokens_seen as f64);
         metrics.insert("tokens_per_s".into(), tokens as f64 / elapsed.max(1e-9));
-        metrics.insert(
-            "epoch".into(),
-            (self.step * self.pairs_per_step()) as f64 / self.data.train.len() as f64,
-        );
         Ok(StepResult::Done(StepMetrics {
             step: self.step,
             time: now(),
@@ -360,9 +451,47 @@ impl Trainer {
         }))
     }
 
-    /// Metrics and prefix diagnostics on the first `eval.pairs` eval pairs (None without eval
-    /// data).
+    /// The stage's evaluation (None without eval data).
     pub fn evaluate(&self) -> Result<Option<EvalReport>> {
+        match &self.stage {
+            Stage::Sft(s) => self.evaluate_sft(s.batch_size),
+            Stage::Variant => self.evaluate_pairs(),
+        }
+    }
+
+    /// `eval_loss`: the SFT loss of every eval pair's chosen response, per response token.
+    fn evaluate_sft(&self, batch_size: usize) -> Result<Option<EvalReport>> {
+        if self.data.eval.is_empty() {
+            return Ok(None);
+        }
+        let policy = self.policy.detached()?;
+        let pad = self.tok.pad_id();
+        let (mut sum, mut n) = (0f64, 0usize);
+        for chunk in self.data.eval.chunks(batch_size.max(1)) {
+            let batch = SeqBatch::chosen_only(chunk, pad, &self.device)?;
+            let scores = policy.response_scores(&batch)?;
+            sum -= scores
+                .logps
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            n += batch.num_response_tokens();
+        }
+        Ok(Some(EvalReport {
+            step: self.step,
+            time: now(),
+            metrics: [("eval_loss".to_string(), sum / n.max(1) as f64)]
+                .into_iter()
+                .collect(),
+            prefix: Default::default(),
+            token_diffs: vec![],
+            entropy: vec![],
+            cross_entropy: vec![],
+        }))
+    }
+
+    /// Metrics, the judge's and prefix diagnostics on the first `eval.pairs` eval pairs.
+    fn evaluate_pairs(&self) -> Result<Option<EvalReport>> {
         let n = self.cfg.eval.pairs.min(self.data.eval.len());
         if n == 0 {
             return Ok(None);
@@ -600,8 +729,12 @@ impl Trainer {
         Ok(out)
     }
 
-    /// Saves weights (HF layout), optimizer moments and trainer state as `step-N`.
+    /// Saves weights (HF layout), optimizer moments and trainer state as `step-N`; the SFT
+    /// stage saves its result instead.
     pub fn checkpoint(&self) -> Result<PathBuf> {
+        if let Stage::Sft(_) = self.stage {
+            return self.save_sft_result();
+        }
         let state = TrainerState {
             step: self.step,
             total_steps: self.total_steps,
@@ -625,6 +758,17 @@ impl Trainer {
                 std::fs::write(dir.join(TRAINER_STATE), serde_json::to_vec_pretty(&state)?)?;
                 Ok(())
             })
+    }
+
+    /// Saves the weights (HF layout) as [`sft_checkpoint`]: no optimizer or trainer state, as
+    /// the stage is never resumed.
+    fn save_sft_result(&self) -> Result<PathBuf> {
+        let dir = sft_checkpoint(&self.run.path);
+        let weights = super::checkpoint_weights(&self.policy, &self.opt);
+        super::save_dir_atomic(&dir, |tmp| {
+            io::save_weights(&self.policy.cfg, &weights, Some(&self.initial_dir), tmp)
+        })?;
+        Ok(dir)
     }
 
     /// Applies the live fields of `new` (an edited config of this run's variant), all or
@@ -682,6 +826,19 @@ impl Trainer {
     }
 }
 
+/// What `stage` optimizes: the SFT loss, or the variant's objective with its live settings.
+fn objective_of(stage: &Stage, t: &TrainSettings) -> Objective {
+    Objective {
+        loss: match stage {
+            Stage::Sft(_) => Loss::Sft,
+            Stage::Variant => t.objective,
+        },
+        beta: t.beta,
+        gamma: t.gamma,
+        poet: t.poet,
+    }
+}
+
 fn adam_config(t: &TrainSettings) -> AdamWConfig {
     AdamWConfig {
         lr: t.lr,
@@ -731,4 +888,73 @@ fn merge_live<T: Serialize + serde::de::DeserializeOwned>(
         }
     }
     Ok(o.try_into()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sft() -> SftSection {
+        SftSection {
+            steps: 10,
+            lr: 2e-3,
+            batch_size: 4,
+            warmup_ratio: 0.25,
+            schedule: Schedule::Linear,
+            weight_decay: 0.1,
+            max_grad_norm: 0.5,
+        }
+    }
+
+    #[test]
+    fn the_sft_stage_optimizes_with_its_own_settings() {
+        let train = TrainSettings {
+            adam_beta1: 0.8,
+            grad_accum: 3,
+            warmup_steps: 7,
+            ..Default::default()
+        };
+        let s = step_settings(&Stage::Sft(sft()), &train, 10);
+        assert_eq!(
+            s,
+            StepSettings {
+                adam: AdamWConfig {
+                    lr: 2e-3,
+                    weight_decay: 0.1,
+                    ..Default::default()
+                },
+                schedule: Schedule::Linear,
+                warmup: 3,
+                batch_size: 4,
+                grad_accum: 1,
+                max_grad_norm: 0.5,
+            }
+        );
+        assert_eq!(objective_of(&Stage::Sft(sft()), &train).loss, Loss::Sft);
+    }
+
+    #[test]
+    fn a_variant_optimizes_with_train_settings() {
+        let train = TrainSettings {
+            objective: Loss::Simpo,
+            adam_beta1: 0.8,
+            grad_accum: 3,
+            warmup_steps: 7,
+            ..Default::default()
+        };
+        let s = step_settings(&Stage::Variant, &train, 10);
+        assert_eq!(s.adam, adam_config(&train));
+        assert_eq!((s.warmup, s.batch_size, s.grad_accum), (7, 8, 3));
+        assert_eq!(s.schedule, train.schedule);
+        let obj = objective_of(&Stage::Variant, &train);
+        assert_eq!((obj.loss, obj.beta), (Loss::Simpo, train.beta));
+    }
+
+    #[test]
+    fn the_sft_result_lives_in_its_run_directory() {
+        assert_eq!(
+            sft_checkpoint(Path::new("runs/sft-00ab")),
+            Path::new("runs/sft-00ab/checkpoint")
+        );
+    }
 }
