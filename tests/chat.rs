@@ -320,7 +320,7 @@ fn eval_prompts_are_templated() {
         );
         let w = gaplab::config::Workspace::load(&ws).unwrap();
         let cfg = w.run_config(&w.variant_names()[0]).unwrap();
-        let d = gaplab::train::trainer::load_dataset(&cfg, &tok, 322).unwrap();
+        let d = gaplab::train::dataset::load_dataset(&cfg, &tok, 322).unwrap();
         assert_eq!(d.eval_prompts[0], want_eval, "holdout {holdout}");
         assert!(d.chat.is_some());
         let ids = u32s(&expected["files"]["pairs.jsonl"][0]["prompt_ids"]);

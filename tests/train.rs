@@ -693,7 +693,7 @@ fn runs_that_cannot_fit_are_refused_before_loading() {
 fn datasets_are_reused_until_a_data_file_changes() {
     use gaplab::config::Workspace;
     use gaplab::model::Tok;
-    use gaplab::train::trainer::load_dataset;
+    use gaplab::train::dataset::load_dataset;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("pairs.jsonl");
     std::fs::copy(fixture("pairs.jsonl"), &data).unwrap();

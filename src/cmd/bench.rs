@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::data::TokenizedPair;
 use crate::model::SeqBatch;
-use crate::model::{sample, Arch, CausalLm, ModelConfig, ScratchSpec};
+use crate::model::{sample, CausalLm, ModelConfig, ScratchSpec};
 use crate::objective::{Loss, Objective};
 use crate::rng::Rng;
 use crate::train::optim::{AdamW, AdamWConfig};
@@ -78,35 +78,43 @@ pub struct BenchReport {
 /// The model shapes `--shape` names.
 pub const SHAPES: &[&str] = &["small", "qwen2.5-0.5b"];
 
-fn bench_spec(shape: &str) -> Result<ScratchSpec> {
-    Ok(match shape {
-        "small" => ScratchSpec {
-            arch: Arch::Llama,
-            vocab_size: 4096,
-            hidden_size: 256,
-            intermediate_size: 688,
-            num_hidden_layers: 4,
-            num_attention_heads: 8,
-            num_key_value_heads: 8,
-            max_position_embeddings: 512,
-            rope_theta: 10000.0,
-            tie_word_embeddings: false,
-        },
+/// The model config of the shape `--shape` names.
+fn bench_config(shape: &str) -> Result<ModelConfig> {
+    let (spec, vocab_size) = match shape {
+        "small" => (
+            ScratchSpec {
+                arch: crate::model::Arch::Llama,
+                hidden_size: 256,
+                intermediate_size: 688,
+                num_hidden_layers: 4,
+                num_attention_heads: 8,
+                num_key_value_heads: 8,
+                max_position_embeddings: 512,
+                rope_theta: 10000.0,
+                tie_word_embeddings: false,
+                seed: 0,
+            },
+            4096,
+        ),
         // Qwen/Qwen2.5-0.5B-Instruct's config.json.
-        "qwen2.5-0.5b" => ScratchSpec {
-            arch: Arch::Qwen2,
-            vocab_size: 151936,
-            hidden_size: 896,
-            intermediate_size: 4864,
-            num_hidden_layers: 24,
-            num_attention_heads: 14,
-            num_key_value_heads: 2,
-            max_position_embeddings: 32768,
-            rope_theta: 1000000.0,
-            tie_word_embeddings: true,
-        },
+        "qwen2.5-0.5b" => (
+            ScratchSpec {
+                arch: crate::model::Arch::Qwen2,
+                hidden_size: 896,
+                intermediate_size: 4864,
+                num_hidden_layers: 24,
+                num_attention_heads: 14,
+                num_key_value_heads: 2,
+                max_position_embeddings: 32768,
+                rope_theta: 1000000.0,
+                tie_word_embeddings: true,
+                seed: 0,
+            },
+            151936,
+        ),
         s => bail!("--shape {s}: expected one of {}", SHAPES.join(", ")),
-    })
+    };
+    ModelConfig::from_scratch(&spec, vocab_size)
 }
 
 /// Peak resident set size of this process (VmHWM), where /proc has it.
@@ -160,7 +168,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 /// Times the benchmarks `args.only` names (all by default) on `dev` in `dtype`.
 pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchReport> {
-    let cfg = ModelConfig::from_scratch(&bench_spec(&args.shape)?)?;
+    let cfg = bench_config(&args.shape)?;
     let params = cfg.num_params();
     let random = |seed| -> Result<CausalLm> {
         let m = CausalLm::random(cfg.clone(), seed, dev)?;
@@ -357,15 +365,11 @@ mod tests {
 
     #[test]
     fn shapes_have_their_models_parameter_counts() {
-        let count = |s: &str| {
-            ModelConfig::from_scratch(&bench_spec(s).unwrap())
-                .unwrap()
-                .num_params()
-        };
+        let count = |s: &str| bench_config(s).unwrap().num_params();
         // 2 * 4096 * 256 embeddings + 4 * (4 * 256^2 + 3 * 256 * 688 + 2 * 256) + 256
         assert_eq!(count("small"), 5_261_568);
         // Qwen2.5-0.5B-Instruct: 494,032,768 parameters (tied embeddings).
         assert_eq!(count("qwen2.5-0.5b"), 494_032_768);
-        assert!(bench_spec("7b").is_err());
+        assert!(bench_config("7b").is_err());
     }
 }

@@ -9,9 +9,10 @@ use anyhow::{bail, Context, Result};
 use crate::config::Workspace;
 use crate::data::stats::{self, DataStats, Spread};
 use crate::data::FileKind;
-use crate::model::{io, DeviceSpec, ModelConfig, Tok};
+use crate::model::DeviceSpec;
+use crate::train::dataset::load_dataset;
+use crate::train::initial::ModelSource;
 use crate::train::memory;
-use crate::train::trainer::load_dataset;
 
 fn spread_row(out: &mut String, name: &str, s: &Spread) {
     let _ = writeln!(
@@ -85,39 +86,24 @@ pub fn report(path: &Path) -> Result<String> {
     let cfg = &cfgs[0];
     let mut out = String::new();
     let _ = writeln!(out, "{}: config ok", ws.file.display());
-    let (tok, model_cfg, what) = match (&cfg.model.path, &cfg.model.scratch) {
-        (Some(dir), _) => {
-            let mc = ModelConfig::load(&dir.join("config.json"))?;
-            io::weight_files(dir)?;
-            let tok = Tok::load(dir, Some(&mc))?;
-            let what = format!(
-                "{} ({}, {:.2}M parameters, vocab {})",
-                dir.display(),
-                mc.arch.model_type(),
-                mc.num_params() as f64 / 1e6,
-                mc.vocab_size
-            );
-            (tok, mc, what)
-        }
-        (None, Some(s)) => {
-            let dir = cfg
-                .model
-                .tokenizer
-                .as_ref()
-                .context("model.tokenizer missing")?;
-            let tok = Tok::load(dir, None)?;
-            let mc = crate::engine::scratch_config(s, &tok)?;
-            let v = tok.vocab_size();
-            let what = format!(
-                "from scratch: {} hidden {} x {} layers, tokenizer {} (vocab {v})",
-                s.arch,
-                s.hidden_size,
-                s.num_hidden_layers,
-                dir.display()
-            );
-            (tok, mc, what)
-        }
-        _ => bail!("model: expected `path` or `[model.scratch]`"),
+    let source = ModelSource::of(&cfg.model)?;
+    let (model_cfg, tok) = source.inspect()?;
+    let what = match source {
+        ModelSource::Checkpoint(dir) => format!(
+            "{} ({}, {:.2}M parameters, vocab {})",
+            dir.display(),
+            model_cfg.arch.model_type(),
+            model_cfg.num_params() as f64 / 1e6,
+            model_cfg.vocab_size
+        ),
+        ModelSource::Scratch { spec, tokenizer } => format!(
+            "from scratch: {} hidden {} x {} layers, tokenizer {} (vocab {})",
+            spec.arch.model_type(),
+            spec.hidden_size,
+            spec.num_hidden_layers,
+            tokenizer.display(),
+            tok.vocab_size()
+        ),
     };
     let (vocab, max_pos) = (model_cfg.vocab_size, model_cfg.max_position_embeddings);
     if cfg.data.max_len > max_pos {

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataFormat, Fields, Format, LengthLimits};
-use crate::model::{DeviceSpec, Precision};
+use crate::model::{DeviceSpec, Precision, ScratchSpec};
 use crate::objective::Loss;
 
 /// Whether a changed field can be applied to a running variant or needs a new run.
@@ -107,27 +107,25 @@ section! {
     /// (`[model.scratch]`, which needs a `tokenizer` folder).
     pub struct ModelSection {
         path: Option<PathBuf> = None, Restart;
-        scratch: Option<ScratchSection> = None, Restart;
+        scratch: Option<ScratchSpec> = None, Restart;
         tokenizer: Option<PathBuf> = None, Restart;
     }
 }
 
-section! {
-    /// `[model.scratch]`: the shape of a freshly initialised decoder.
-    pub struct ScratchSection {
-        arch: String = "llama".into(), Restart;
-        hidden_size: usize = 128, Restart;
-        intermediate_size: usize = 344, Restart;
-        num_hidden_layers: usize = 2, Restart;
-        num_attention_heads: usize = 4, Restart;
-        num_key_value_heads: usize = 4, Restart;
-        max_position_embeddings: usize = 512, Restart;
-        rope_theta: f64 = 10000.0, Restart;
-        tie_word_embeddings: bool = true, Restart;
-        /// Seed of the initial weights (shared by every variant).
-        seed: u64 = 0, Restart;
-    }
-}
+/// `[model.scratch]`: every field shapes the initial weights, so none applies live. (The model
+/// layer owns the fields themselves: [`ScratchSpec`].)
+pub const SCRATCH_FIELDS: &[(&str, Reload)] = &[
+    ("arch", Reload::Restart),
+    ("hidden_size", Reload::Restart),
+    ("intermediate_size", Reload::Restart),
+    ("num_hidden_layers", Reload::Restart),
+    ("num_attention_heads", Reload::Restart),
+    ("num_key_value_heads", Reload::Restart),
+    ("max_position_embeddings", Reload::Restart),
+    ("rope_theta", Reload::Restart),
+    ("tie_word_embeddings", Reload::Restart),
+    ("seed", Reload::Restart),
+];
 
 section! {
     /// `[data]`: preference pairs (JSONL or Parquet: standard strings or conversational
@@ -796,54 +794,42 @@ impl ModelSection {
                 "model.tokenizer",
                 "a scratch model needs `tokenizer` (a folder with tokenizer.json)",
             );
-            s.problems(out);
+            scratch_problems(s, out);
         }
     }
 }
 
-impl ScratchSection {
-    fn problems(&self, out: &mut Vec<(String, String)>) {
-        let s = self;
+/// `[model.scratch]`: a shape the decoder can be built with.
+fn scratch_problems(s: &ScratchSpec, out: &mut Vec<(String, String)>) {
+    for (f, v) in [
+        ("hidden_size", s.hidden_size),
+        ("intermediate_size", s.intermediate_size),
+        ("num_hidden_layers", s.num_hidden_layers),
+        ("num_attention_heads", s.num_attention_heads),
+        ("num_key_value_heads", s.num_key_value_heads),
+        ("max_position_embeddings", s.max_position_embeddings),
+    ] {
         check(
             out,
-            crate::model::Arch::parse(&s.arch).is_some(),
-            "model.scratch.arch",
-            format!(
-                "expected \"llama\", \"mistral\" or \"qwen2\", got \"{}\"",
-                s.arch
-            ),
-        );
-        for (f, v) in [
-            ("hidden_size", s.hidden_size),
-            ("intermediate_size", s.intermediate_size),
-            ("num_hidden_layers", s.num_hidden_layers),
-            ("num_attention_heads", s.num_attention_heads),
-            ("num_key_value_heads", s.num_key_value_heads),
-            ("max_position_embeddings", s.max_position_embeddings),
-        ] {
-            check(
-                out,
-                v >= 1,
-                format!("model.scratch.{f}"),
-                "expected at least 1",
-            );
-        }
-        check(
-            out,
-            s.num_attention_heads >= 1
-                && s.hidden_size.is_multiple_of(s.num_attention_heads)
-                && (s.hidden_size / s.num_attention_heads).is_multiple_of(2),
-            "model.scratch.num_attention_heads",
-            "hidden_size must be a multiple of num_attention_heads with an even head size",
-        );
-        check(
-            out,
-            s.num_key_value_heads >= 1
-                && s.num_attention_heads.is_multiple_of(s.num_key_value_heads),
-            "model.scratch.num_key_value_heads",
-            "num_attention_heads must be a multiple of num_key_value_heads",
+            v >= 1,
+            format!("model.scratch.{f}"),
+            "expected at least 1",
         );
     }
+    check(
+        out,
+        s.num_attention_heads >= 1
+            && s.hidden_size.is_multiple_of(s.num_attention_heads)
+            && (s.hidden_size / s.num_attention_heads).is_multiple_of(2),
+        "model.scratch.num_attention_heads",
+        "hidden_size must be a multiple of num_attention_heads with an even head size",
+    );
+    check(
+        out,
+        s.num_key_value_heads >= 1 && s.num_attention_heads.is_multiple_of(s.num_key_value_heads),
+        "model.scratch.num_key_value_heads",
+        "num_attention_heads must be a multiple of num_key_value_heads",
+    );
 }
 
 impl DataSection {
@@ -1013,7 +999,7 @@ pub fn all_fields() -> Vec<(String, Reload)> {
         }
     };
     add("model", ModelSection::FIELDS);
-    add("model.scratch", ScratchSection::FIELDS);
+    add("model.scratch", SCRATCH_FIELDS);
     add("data", DataSection::FIELDS);
     add("train", TrainSettings::FIELDS);
     add("eval", EvalSection::FIELDS);
@@ -1194,7 +1180,7 @@ mod tests {
         let value = toml::Value::try_from(WorkspaceConfig {
             sft: Some(SftSection::default()),
             model: ModelSection {
-                scratch: Some(ScratchSection::default()),
+                scratch: Some(ScratchSpec::default()),
                 path: Some("p".into()),
                 tokenizer: Some("t".into()),
             },

@@ -1,6 +1,7 @@
 //! The engine: runs training on a worker thread and talks to the rest of gaplab only through
 //! [`Event`]s out and [`Command`]s in. Every event is written to the run directory before it is
-//! sent, so a run is complete on disk whether or not anyone watches.
+//! sent, so a run is complete on disk whether or not anyone watches. It orchestrates the stages
+//! of a workspace (the SFT stage unless cached, then every variant), each run by a [`Trainer`].
 
 pub mod command;
 pub mod control;
@@ -8,22 +9,17 @@ pub mod control;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
 
 pub use command::Command;
 
 use crate::config::{RunConfig, SftSection, Workspace};
-use crate::event::{now, EvalReport, Event, Level, RunState, StepMetrics};
-use crate::model::SeqBatch;
-use crate::model::{io, CausalLm, ModelConfig, ScratchSpec, Tok};
+use crate::event::{Event, Level, RunState};
 use crate::runlog::{self, RunDir, Writer};
-use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::initial::ModelSource;
 use crate::train::refcache::{checkpoint_fingerprint, Fnv};
-use crate::train::trainer::{load_dataset, stream_indices, StepResult, Trainer};
-use crate::train::{schedule, sft_grads};
+use crate::train::trainer::{sft_checkpoint, Stage, StepResult, Trainer};
 
 /// What the engine is asked to do.
 pub enum Work {
@@ -254,10 +250,10 @@ fn run(
             let Some(first) = cfgs.first() else {
                 return Ok(Outcome::Finished);
             };
-            let base = initial_base(first, &plan.runs_root)?;
+            let base = ModelSource::of(&first.model)?.initial_dir(&plan.runs_root)?;
             let initial = match &first.sft {
                 Some(s) if s.steps > 0 => {
-                    match sft_stage(first, s, &base, &plan.runs_root, &tx, &mut ctl)? {
+                    match sft_stage(first, s, &base, &plan.runs_root, &cache, &tx, &mut ctl)? {
                         Some(dir) => dir,
                         None => return Ok(Outcome::Stopped),
                     }
@@ -272,7 +268,7 @@ fn run(
                     writer: Writer::new(&run, &cfg.variant, 0)?,
                 };
                 let variant = cfg.variant.clone();
-                let t = Trainer::start(cfg, run, &initial, &cache)
+                let t = Trainer::start(cfg, Stage::Variant, run, &initial, &cache)
                     .map_err(|e| em.fail(0, e.context(format!("variant {variant}"))))?;
                 if drive(t, &mut em, &mut ctl)? == Outcome::Stopped {
                     return Ok(Outcome::Stopped);
@@ -287,21 +283,28 @@ fn every(interval: usize, step: usize) -> bool {
     interval > 0 && step.is_multiple_of(interval)
 }
 
-/// Runs one variant to its end (or a stop), emitting everything it does.
+/// Runs one stage to its end (or a stop), emitting everything it does. A variant is steered
+/// (commands, config edits, attached viewers), evaluated and sampled at its start and at
+/// intervals, checkpointed as it goes and when stopped; the SFT stage trains straight through
+/// to one evaluation and its result.
 fn drive(mut t: Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<Outcome> {
     // Viewers of the same user attached to the run directory may steer it too.
-    let _socket = match control::serve(&t.run.path, ctl.remote.clone()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            em.log(t.step, Level::Warn, format!("no control socket: {e:#}"))?;
-            None
-        }
+    let _socket = match t.stage {
+        Stage::Sft(_) => None,
+        Stage::Variant => match control::serve(&t.run.path, ctl.remote.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                em.log(t.step, Level::Warn, format!("no control socket: {e:#}"))?;
+                None
+            }
+        },
     };
     let r = drive_inner(&mut t, em, ctl);
     r.map_err(|e| em.fail(t.step, e))
 }
 
 fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<Outcome> {
+    let variant = t.stage == Stage::Variant;
     em.emit(Event::Started {
         variant: t.cfg.variant.clone(),
         run_dir: t.run.path.clone(),
@@ -316,26 +319,15 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
         state: RunState::Running,
     })?;
     em.log(t.step, Level::Info, t.memory.clone())?;
-    // Edits made while earlier variants (or the SFT stage) ran count for this one too.
-    if let Some(ws) = ctl.latest.clone() {
-        reload(t, &ws, em, t.step)?;
-    }
-    let (train_fit, eval_fit) = (t.data.train_fit, t.data.eval_fit);
-    if train_fit.any() || eval_fit.any() {
-        let mut msg = format!(
-            "pairs fit to {}: train: {train_fit}",
-            t.cfg.data.length_limits()
-        );
-        if eval_fit.pairs > 0 {
-            msg.push_str(&format!("; eval: {eval_fit}"));
-            if eval_fit.dropped == eval_fit.pairs {
-                msg.push_str(" (no eval pairs left)");
-            }
+    if variant {
+        // Edits made while earlier variants (or the SFT stage) ran count for this one too.
+        if let Some(ws) = ctl.latest.clone() {
+            reload(t, &ws, em, t.step)?;
         }
-        em.log(t.step, Level::Warn, msg)?;
+        fit_warning(t, em)?;
     }
     let mut evaluated_at = None;
-    if t.step == 0 {
+    if t.step == 0 && variant {
         evaluate(t, em)?;
         evaluated_at = Some(0);
         let mut samples = std::mem::take(&mut t.reference_samples);
@@ -344,9 +336,12 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
     }
     loop {
         let step = t.step;
-        if let Flow::Stop = ctl.poll(Some(t), em, step)? {
-            let path = t.checkpoint()?;
-            em.emit(Event::Checkpoint { step: t.step, path })?;
+        let steered = if variant { Some(&mut *t) } else { None };
+        if let Flow::Stop = ctl.poll(steered, em, step)? {
+            if variant {
+                let path = t.checkpoint()?;
+                em.emit(Event::Checkpoint { step: t.step, path })?;
+            }
             em.emit(Event::State {
                 step: t.step,
                 state: RunState::Stopped,
@@ -365,7 +360,7 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
         }
         ctl.stepped();
         let s = t.step;
-        if s < t.total_steps {
+        if s < t.total_steps && variant {
             if every(t.cfg.eval.interval, s) {
                 evaluate(t, em)?;
                 evaluated_at = Some(s);
@@ -383,11 +378,13 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
     if evaluated_at != Some(t.step) {
         evaluate(t, em)?;
     }
-    let samples = t.sample()?;
-    em.emit(Event::Samples {
-        step: t.step,
-        samples,
-    })?;
+    if variant {
+        let samples = t.sample()?;
+        em.emit(Event::Samples {
+            step: t.step,
+            samples,
+        })?;
+    }
     let path = t.checkpoint()?;
     em.emit(Event::Checkpoint { step: t.step, path })?;
     em.emit(Event::State {
@@ -397,81 +394,30 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
     Ok(Outcome::Finished)
 }
 
+/// Warns when fitting to the length limits cut or dropped pairs.
+fn fit_warning(t: &Trainer, em: &mut Emitter) -> Result<()> {
+    let (train_fit, eval_fit) = (t.data.train_fit, t.data.eval_fit);
+    if train_fit.any() || eval_fit.any() {
+        let mut msg = format!(
+            "pairs fit to {}: train: {train_fit}",
+            t.cfg.data.length_limits()
+        );
+        if eval_fit.pairs > 0 {
+            msg.push_str(&format!("; eval: {eval_fit}"));
+            if eval_fit.dropped == eval_fit.pairs {
+                msg.push_str(" (no eval pairs left)");
+            }
+        }
+        em.log(t.step, Level::Warn, msg)?;
+    }
+    Ok(())
+}
+
 fn evaluate(t: &mut Trainer, em: &mut Emitter) -> Result<()> {
     if let Some(r) = t.evaluate()? {
         em.emit(Event::Eval(Box::new(r)))?;
     }
     Ok(())
-}
-
-/// The HF folder every variant starts from before any SFT: the configured checkpoint, or a
-/// seeded from-scratch model saved once under `runs_root/init-<hash>`.
-fn initial_base(cfg: &RunConfig, runs_root: &Path) -> Result<PathBuf> {
-    if let Some(p) = &cfg.model.path {
-        return Ok(p.clone());
-    }
-    let scratch = cfg
-        .model
-        .scratch
-        .as_ref()
-        .context("model: expected `path` or `[model.scratch]`")?;
-    let tok_dir = cfg
-        .model
-        .tokenizer
-        .as_ref()
-        .context("model.tokenizer: a scratch model needs a tokenizer folder")?;
-    let mut h = Fnv::default();
-    h.bytes(toml::to_string(scratch)?.as_bytes());
-    checkpoint_fingerprint(tok_dir, &mut h)?;
-    let dir = runs_root.join(format!("init-{:016x}", h.0));
-    if dir.join("config.json").exists() {
-        return Ok(dir);
-    }
-    let tok = Tok::load(tok_dir, None)?;
-    let mc = scratch_config(scratch, &tok)?;
-    let model = CausalLm::random(mc, scratch.seed, &Device::Cpu)?;
-    save_atomic(&dir, |tmp| io::save_dir(&model, Some(tok_dir), tmp))?;
-    Ok(dir)
-}
-
-/// The model config of a from-scratch model over `tok`'s vocabulary.
-pub fn scratch_config(scratch: &crate::config::ScratchSection, tok: &Tok) -> Result<ModelConfig> {
-    let arch = crate::model::Arch::parse(&scratch.arch)
-        .with_context(|| format!("model.scratch.arch: unknown \"{}\"", scratch.arch))?;
-    let mut mc = ModelConfig::from_scratch(&ScratchSpec {
-        arch,
-        vocab_size: tok.vocab_size(),
-        hidden_size: scratch.hidden_size,
-        intermediate_size: scratch.intermediate_size,
-        num_hidden_layers: scratch.num_hidden_layers,
-        num_attention_heads: scratch.num_attention_heads,
-        num_key_value_heads: scratch.num_key_value_heads,
-        max_position_embeddings: scratch.max_position_embeddings,
-        rope_theta: scratch.rope_theta,
-        tie_word_embeddings: scratch.tie_word_embeddings,
-    })?;
-    mc.bos_token_id = tok.bos;
-    mc.eos_token_ids = vec![tok.eos];
-    mc.pad_token_id = tok.pad;
-    Ok(mc)
-}
-
-/// Writes a folder through a temporary sibling and a rename.
-fn save_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = parent.join(format!(".tmp-{name}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
-    fill(&tmp)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::rename(&tmp, dir)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))
 }
 
 /// The supervised stage shared by every variant: trains `base` on the chosen responses and
@@ -482,24 +428,12 @@ fn sft_stage(
     sft: &SftSection,
     base: &Path,
     runs_root: &Path,
+    cache: &Path,
     tx: &Sender<Event>,
     ctl: &mut Control,
 ) -> Result<Option<PathBuf>> {
-    let mut h = Fnv::default();
-    checkpoint_fingerprint(base, &mut h)?;
-    h.bytes(toml::to_string(sft)?.as_bytes());
-    h.bytes(toml::to_string(&cfg.data)?.as_bytes());
-    for f in crate::data::source_files(&cfg.data.train).unwrap_or_default() {
-        h.bytes(&std::fs::read(f).unwrap_or_default());
-    }
-    h.bytes(&cfg.train.seed.to_le_bytes());
-    // The stage trains in the run's dtype: a bf16 SFT result is not an f32 one. (f32 adds
-    // nothing, so caches made before half precision existed stay valid.)
-    if cfg.train.dtype != crate::model::Precision::F32 {
-        h.bytes(cfg.train.dtype.name().as_bytes());
-    }
-    let dir = runs_root.join(format!("sft-{:016x}", h.0));
-    let ckpt = dir.join("checkpoint");
+    let dir = runs_root.join(format!("sft-{:016x}", sft_key(cfg, sft, base)?));
+    let ckpt = sft_checkpoint(&dir);
     if ckpt.join("config.json").exists() {
         return Ok(Some(ckpt));
     }
@@ -516,147 +450,30 @@ fn sft_stage(
         tx: tx.clone(),
         writer: Writer::new(&run, "sft", sft.steps)?,
     };
-    let r = sft_train(cfg, sft, base, &run, &ckpt, &mut em, ctl);
-    r.map_err(|e| em.fail(0, e))
+    let t = Trainer::start(sft_cfg, Stage::Sft(sft.clone()), run, base, cache)
+        .map_err(|e| em.fail(0, e))?;
+    Ok(match drive(t, &mut em, ctl)? {
+        Outcome::Finished => Some(ckpt),
+        Outcome::Stopped => None,
+    })
 }
 
-fn sft_train(
-    cfg: &RunConfig,
-    sft: &SftSection,
-    base: &Path,
-    run: &RunDir,
-    ckpt: &Path,
-    em: &mut Emitter,
-    ctl: &mut Control,
-) -> Result<Option<PathBuf>> {
-    let device = cfg.train.device.select()?;
-    let dtype = cfg.train.dtype.dtype();
-    let model_cfg = ModelConfig::load(&base.join("config.json"))?;
-    let data = load_dataset(
-        cfg,
-        &Tok::load(base, Some(&model_cfg))?,
-        model_cfg.vocab_size,
-    )?;
-    anyhow::ensure!(!data.train.is_empty(), "sft: no training pairs");
-    let memory = crate::train::memory::plan_run(
-        cfg,
-        Some(sft),
-        &model_cfg,
-        &device,
-        &data.train,
-        &data.eval,
-    )?;
-    let (model, tok) = io::load_dir(base, &device, dtype)?;
-    let params = model.cfg.num_params();
-    let (policy, named) = model.into_trainable()?;
-    let mut opt = AdamW::new(
-        named,
-        AdamWConfig {
-            lr: sft.lr,
-            weight_decay: sft.weight_decay,
-            ..Default::default()
-        },
-    )?;
-    let total = sft.steps;
-    em.emit(Event::Started {
-        variant: "sft".into(),
-        run_dir: run.path.clone(),
-        start_step: 0,
-        total_steps: total,
-        device: crate::model::device_label(&device, dtype),
-        params,
-        config: Box::new(cfg.record()),
-    })?;
-    em.emit(Event::State {
-        step: 0,
-        state: RunState::Running,
-    })?;
-    em.log(0, Level::Info, memory)?;
-    let warmup = schedule::warmup_steps(total, sft.warmup_ratio, 0);
-    let clip = (sft.max_grad_norm > 0.0).then_some(sft.max_grad_norm);
-    let pad = tok.pad_id();
-    let mut tokens_seen = 0u64;
-    for step in 0..total {
-        if let Flow::Stop = ctl.poll(None, em, step)? {
-            em.emit(Event::State {
-                step,
-                state: RunState::Stopped,
-            })?;
-            return Ok(None);
-        }
-        let started = Instant::now();
-        let lr = schedule::lr_at(sft.schedule, sft.lr, step, warmup, total);
-        opt.set_lr(lr);
-        let idx = stream_indices(data.train.len(), sft.batch_size, cfg.train.seed, step);
-        let pairs: Vec<_> = idx.iter().map(|&i| data.train[i].clone()).collect();
-        let batch = SeqBatch::chosen_only(&pairs, pad, &device)?;
-        let (loss, grads) = sft_grads(&policy, &batch, &batch.response_lens, 1.0)?;
-        let report = match &grads {
-            Some(g) => Some(opt.step(g, clip)?),
-            None => None,
-        };
-        ctl.stepped();
-        match report {
-            Some(r) if r.applied => {
-                tokens_seen += batch.num_tokens() as u64;
-                let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-                let metrics = [
-                    ("loss", loss),
-                    ("grad_norm", r.grad_norm),
-                    ("learning_rate", lr),
-                    ("num_tokens", tokens_seen as f64),
-                    ("tokens_per_s", batch.num_tokens() as f64 / elapsed),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-                em.emit(Event::Step(StepMetrics {
-                    step: step + 1,
-                    time: now(),
-                    metrics,
-                }))?;
-            }
-            _ => em.emit(Event::Skipped {
-                step: step + 1,
-                reason: format!("loss {loss} or gradient not finite"),
-            })?,
-        }
+/// What the SFT stage's result depends on: the base weights, `[sft]`, `[data]` and the train
+/// files, the seed and the dtype. Existing `sft-*` caches stay valid only while this hashes the
+/// same bytes in the same order.
+fn sft_key(cfg: &RunConfig, sft: &SftSection, base: &Path) -> Result<u64> {
+    let mut h = Fnv::default();
+    checkpoint_fingerprint(base, &mut h)?;
+    h.bytes(toml::to_string(sft)?.as_bytes());
+    h.bytes(toml::to_string(&cfg.data)?.as_bytes());
+    for f in crate::data::source_files(&cfg.data.train).unwrap_or_default() {
+        h.bytes(&std::fs::read(f).unwrap_or_default());
     }
-    if !data.eval.is_empty() {
-        let detached = policy.detached()?;
-        let (mut sum, mut n) = (0f64, 0usize);
-        for chunk in data.eval.chunks(sft.batch_size.max(1)) {
-            let batch = SeqBatch::chosen_only(chunk, pad, &device)?;
-            let scores = detached.response_scores(&batch)?;
-            sum -= scores
-                .logps
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-            n += batch.num_response_tokens();
-        }
-        let nll = sum / n.max(1) as f64;
-        em.emit(Event::Eval(Box::new(EvalReport {
-            step: total,
-            time: now(),
-            metrics: [("eval_loss".to_string(), nll)].into_iter().collect(),
-            prefix: Default::default(),
-            token_diffs: vec![],
-            entropy: vec![],
-            cross_entropy: vec![],
-        })))?;
+    h.bytes(&cfg.train.seed.to_le_bytes());
+    // The stage trains in the run's dtype: a bf16 SFT result is not an f32 one. (f32 adds
+    // nothing, so caches made before half precision existed stay valid.)
+    if cfg.train.dtype != crate::model::Precision::F32 {
+        h.bytes(cfg.train.dtype.name().as_bytes());
     }
-    let weights = crate::train::checkpoint_weights(&policy, &opt);
-    save_atomic(ckpt, |tmp| {
-        io::save_weights(&policy.cfg, &weights, Some(base), tmp)
-    })?;
-    em.emit(Event::Checkpoint {
-        step: total,
-        path: ckpt.to_path_buf(),
-    })?;
-    em.emit(Event::State {
-        step: total,
-        state: RunState::Finished,
-    })?;
-    Ok(Some(ckpt.to_path_buf()))
+    Ok(h.0)
 }

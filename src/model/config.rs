@@ -3,12 +3,14 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 /// The decoder families gaplab trains. They share one implementation: Llama is the base,
 /// Mistral is Llama (the sliding window only matters beyond `sliding_window` tokens), Qwen2 adds
 /// q/k/v biases and usually ties the embeddings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Arch {
     Llama,
     Mistral,
@@ -86,11 +88,12 @@ pub struct ModelConfig {
     pub raw: Option<Value>,
 }
 
-/// Shape of a from-scratch decoder.
-#[derive(Clone, Debug)]
+/// Shape and seed of a from-scratch decoder: `[model.scratch]` of gaplab.toml, whose fields,
+/// defaults and TOML form are these.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ScratchSpec {
     pub arch: Arch,
-    pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
@@ -99,10 +102,32 @@ pub struct ScratchSpec {
     pub max_position_embeddings: usize,
     pub rope_theta: f64,
     pub tie_word_embeddings: bool,
+    /// Seed of the initial weights (shared by every variant).
+    pub seed: u64,
+}
+
+impl Default for ScratchSpec {
+    fn default() -> Self {
+        Self {
+            arch: Arch::Llama,
+            hidden_size: 128,
+            intermediate_size: 344,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 4,
+            max_position_embeddings: 512,
+            rope_theta: 10000.0,
+            tie_word_embeddings: true,
+            seed: 0,
+        }
+    }
 }
 
 impl ModelConfig {
-    pub fn from_scratch(s: &ScratchSpec) -> Result<Self> {
+    /// The config of a from-scratch decoder of shape `s` over a vocabulary of `vocab_size`
+    /// (no special tokens: a tokenizer supplies them).
+    pub fn from_scratch(s: &ScratchSpec, vocab_size: usize) -> Result<Self> {
+        let arch = s.arch;
         if s.num_attention_heads == 0
             || !s.hidden_size.is_multiple_of(s.num_attention_heads)
             || s.num_key_value_heads == 0
@@ -118,8 +143,8 @@ impl ModelConfig {
             bail!("head dimension {head_dim} must be even for rotary embeddings");
         }
         Ok(Self {
-            arch: s.arch,
-            vocab_size: s.vocab_size,
+            arch,
+            vocab_size,
             hidden_size: s.hidden_size,
             intermediate_size: s.intermediate_size,
             num_hidden_layers: s.num_hidden_layers,
@@ -131,7 +156,7 @@ impl ModelConfig {
             rope_scaling: None,
             max_position_embeddings: s.max_position_embeddings,
             tie_word_embeddings: s.tie_word_embeddings,
-            qkv_bias: s.arch == Arch::Qwen2,
+            qkv_bias: arch == Arch::Qwen2,
             o_bias: false,
             mlp_bias: false,
             sliding_window: None,
@@ -442,6 +467,21 @@ mod tests {
             "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
             "eos_token_id": [1, 2]
         })
+    }
+
+    #[test]
+    fn scratch_configs_take_the_vocabulary_apart_from_the_spec() {
+        let spec = ScratchSpec {
+            arch: Arch::Qwen2,
+            ..Default::default()
+        };
+        let c = ModelConfig::from_scratch(&spec, 300).unwrap();
+        assert_eq!((c.arch, c.vocab_size, c.head_dim), (Arch::Qwen2, 300, 32));
+        assert!(c.qkv_bias && c.tie_word_embeddings);
+        let e = toml::from_str::<ScratchSpec>("arch = \"gpt2\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gpt2") && e.contains("qwen2"), "{e}");
     }
 
     #[test]

@@ -167,6 +167,32 @@ impl clap::ValueEnum for Loss {
     }
 }
 
+/// The losses that compare a chosen with a rejected response: every [`Loss`] but SFT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreferenceLoss {
+    Dpo,
+    Simpo,
+    Ipo,
+}
+
+/// How a loss reads a batch: pairs of chosen and rejected rows, or chosen rows alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    Preference(PreferenceLoss),
+    Sft,
+}
+
+impl Loss {
+    pub fn kind(self) -> LossKind {
+        match self {
+            Loss::Sft => LossKind::Sft,
+            Loss::Dpo => LossKind::Preference(PreferenceLoss::Dpo),
+            Loss::Simpo => LossKind::Preference(PreferenceLoss::Simpo),
+            Loss::Ipo => LossKind::Preference(PreferenceLoss::Ipo),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Objective {
     pub loss: Loss,
@@ -247,6 +273,31 @@ fn softplus(x: &Tensor) -> Result<Tensor> {
     Ok((x.relu()? + tail)?)
 }
 
+/// What a loss made of a batch.
+pub enum LossOutput {
+    /// A preference loss, with what it measured of each pair.
+    Pairs(PairOutputs),
+    /// The SFT loss: mean negative log-likelihood of the chosen responses.
+    Sft(Tensor),
+}
+
+/// The loss of `obj` on a batch laid out for its kind: `SeqBatch::from_pairs` for a preference
+/// loss, `SeqBatch::chosen_only` for SFT (which counts every response token and reads no
+/// reference). `policy` and `reference` as in [`preference_loss`].
+pub fn loss(
+    obj: &Objective,
+    batch: &SeqBatch,
+    policy: &Tensor,
+    reference: Option<&[f32]>,
+) -> Result<LossOutput> {
+    Ok(match obj.loss.kind() {
+        LossKind::Preference(kind) => {
+            LossOutput::Pairs(pair_loss(kind, obj, batch, policy, reference)?)
+        }
+        LossKind::Sft => LossOutput::Sft(sft_loss(batch, policy, &batch.response_lens)?),
+    })
+}
+
 /// Preference loss of a batch laid out as `SeqBatch::from_pairs` (chosen rows, then rejected
 /// rows). `policy` holds per-token log-probs [tokens] (with gradient); `reference` the same
 /// under the reference model, required by DPO and IPO.
@@ -256,12 +307,22 @@ pub fn preference_loss(
     policy: &Tensor,
     reference: Option<&[f32]>,
 ) -> Result<PairOutputs> {
+    match obj.loss.kind() {
+        LossKind::Preference(kind) => pair_loss(kind, obj, batch, policy, reference),
+        LossKind::Sft => bail!("sft is not a preference loss"),
+    }
+}
+
+fn pair_loss(
+    kind: PreferenceLoss,
+    obj: &Objective,
+    batch: &SeqBatch,
+    policy: &Tensor,
+    reference: Option<&[f32]>,
+) -> Result<PairOutputs> {
     let b = batch.rows() / 2;
     if b == 0 || batch.rows() != 2 * b {
         bail!("a preference batch needs chosen and rejected rows for every pair");
-    }
-    if obj.loss == Loss::Sft {
-        bail!("sft is not a preference loss");
     }
     let lens = &batch.response_lens;
     let counted: Vec<(usize, usize)> = (0..b)
@@ -277,58 +338,55 @@ pub fn preference_loss(
     let device = seq.device().clone();
     let (pol_w, pol_l) = (seq.narrow(0, 0, b)?, seq.narrow(0, b, b)?);
     // SimPO has no reference: any reference log-probs passed in are ignored.
-    let ref_sums: Option<Vec<f64>> = match reference.filter(|_| obj.loss.needs_reference()) {
-        Some(r) => {
-            let rows = batch.split(r);
-            Some(
-                rows.iter()
-                    .zip(&row_counts)
-                    .map(|(row, &c)| row[..c].iter().map(|&x| x as f64).sum())
-                    .collect(),
-            )
-        }
-        None if obj.loss.needs_reference() => {
-            bail!("{} needs reference log-probs", obj.loss)
-        }
-        None => None,
-    };
+    let ref_sums: Option<Vec<f64>> = reference.filter(|_| obj.loss.needs_reference()).map(|r| {
+        batch
+            .split(r)
+            .iter()
+            .zip(&row_counts)
+            .map(|(row, &c)| row[..c].iter().map(|&x| x as f64).sum())
+            .collect()
+    });
     let vec_t =
         |v: Vec<f64>| -> Result<Tensor> { Ok(Tensor::from_vec(v, b, &device)?.to_dtype(dt)?) };
     let n_w = vec_t(counted.iter().map(|c| c.0 as f64).collect())?;
     let n_l = vec_t(counted.iter().map(|c| c.1 as f64).collect())?;
     let beta = obj.beta;
-    let (loss, reward_w, reward_l) = match obj.loss {
-        Loss::Dpo | Loss::Ipo => {
-            let rs = ref_sums.as_ref().unwrap();
-            let ref_w = vec_t(rs[..b].to_vec())?;
-            let ref_l = vec_t(rs[b..].to_vec())?;
-            let ratio_w = (&pol_w - ref_w)?;
-            let ratio_l = (&pol_l - ref_l)?;
-            if obj.loss == Loss::Dpo {
-                let logits = ((&ratio_w - &ratio_l)? * beta)?;
-                (
-                    softplus(&logits.neg()?)?,
-                    (ratio_w * beta)?,
-                    (ratio_l * beta)?,
-                )
-            } else {
-                let mean_w = ratio_w.div(&n_w)?;
-                let mean_l = ratio_l.div(&n_l)?;
-                let h = (&mean_w - &mean_l)?;
-                (
-                    (h - 1.0 / (2.0 * beta))?.sqr()?,
-                    (mean_w * beta)?,
-                    (mean_l * beta)?,
-                )
-            }
+    // log pi(y|x) - log pi_ref(y|x) of the chosen and the rejected responses.
+    let ratios = |rs: &[f64]| -> Result<(Tensor, Tensor)> {
+        let ref_w = vec_t(rs[..b].to_vec())?;
+        let ref_l = vec_t(rs[b..].to_vec())?;
+        Ok(((&pol_w - ref_w)?, (&pol_l - ref_l)?))
+    };
+    let (loss, reward_w, reward_l) = match (kind, ref_sums.as_deref()) {
+        (PreferenceLoss::Dpo, Some(rs)) => {
+            let (ratio_w, ratio_l) = ratios(rs)?;
+            let logits = ((&ratio_w - &ratio_l)? * beta)?;
+            (
+                softplus(&logits.neg()?)?,
+                (ratio_w * beta)?,
+                (ratio_l * beta)?,
+            )
         }
-        Loss::Simpo => {
+        (PreferenceLoss::Ipo, Some(rs)) => {
+            let (ratio_w, ratio_l) = ratios(rs)?;
+            let mean_w = ratio_w.div(&n_w)?;
+            let mean_l = ratio_l.div(&n_l)?;
+            let h = (&mean_w - &mean_l)?;
+            (
+                (h - 1.0 / (2.0 * beta))?.sqr()?,
+                (mean_w * beta)?,
+                (mean_l * beta)?,
+            )
+        }
+        (PreferenceLoss::Dpo | PreferenceLoss::Ipo, None) => {
+            bail!("{} needs reference log-probs", obj.loss)
+        }
+        (PreferenceLoss::Simpo, _) => {
             let r_w = (pol_w.div(&n_w)? * beta)?;
             let r_l = (pol_l.div(&n_l)? * beta)?;
             let z = ((&r_w - &r_l)? - obj.gamma)?;
             (softplus(&z.neg()?)?, r_w, r_l)
         }
-        Loss::Sft => unreachable!(),
     };
     let host = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.detach().to_dtype(DType::F64)?.to_vec1()?) };
     let (seq_h, loss_h) = (host(&seq)?, host(&loss)?);
@@ -552,6 +610,32 @@ mod tests {
         assert!((l.to_scalar::<f32>().unwrap() - 2.0).abs() < 1e-6);
         let l = sft_loss(&sb, &pol, &[2]).unwrap();
         assert!((l.to_scalar::<f32>().unwrap() - 1.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn loss_dispatches_on_the_kind_of_loss() {
+        // SFT reads chosen rows alone and counts every response token: -(-1 - 2 - 3) / 3.
+        let rows: Vec<(&[u32], &[u32])> = vec![(&[1], &[2, 2, 2])];
+        let sb = SeqBatch::new(&rows, 0, &Device::Cpu).unwrap();
+        let pol = Tensor::new(&POL[..3], &Device::Cpu).unwrap();
+        match loss(&obj(Loss::Sft, true), &sb, &pol, None).unwrap() {
+            LossOutput::Sft(l) => assert!((l.to_scalar::<f32>().unwrap() - 2.0).abs() < 1e-6),
+            LossOutput::Pairs(_) => panic!("sft scored pairs"),
+        }
+        let b = batch(&[(3, 2)]);
+        let pol = Tensor::new(&POL, &Device::Cpu).unwrap();
+        match loss(&obj(Loss::Dpo, false), &b, &pol, Some(&REF)).unwrap() {
+            LossOutput::Pairs(out) => assert!((out.pairs[0].margin - 0.25).abs() < 1e-6),
+            LossOutput::Sft(_) => panic!("dpo scored chosen rows alone"),
+        }
+        let e = preference_loss(&obj(Loss::Sft, false), &b, &pol, Some(&REF));
+        assert!(e
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("not a preference loss"));
+        let e = preference_loss(&obj(Loss::Ipo, false), &b, &pol, None);
+        assert!(e.err().unwrap().to_string().contains("ipo needs reference"));
     }
 
     #[test]

@@ -412,12 +412,11 @@ pub fn check(e: &Estimate, device: &str, available: Option<u64>, limit_gb: f64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Arch, ScratchSpec};
+    use crate::model::ScratchSpec;
 
     fn model() -> ModelConfig {
-        ModelConfig::from_scratch(&ScratchSpec {
-            arch: Arch::Llama,
-            vocab_size: 1000,
+        let spec = ScratchSpec {
+            arch: crate::model::Arch::Llama,
             hidden_size: 64,
             intermediate_size: 128,
             num_hidden_layers: 2,
@@ -426,8 +425,9 @@ mod tests {
             max_position_embeddings: 128,
             rope_theta: 10000.0,
             tie_word_embeddings: false,
-        })
-        .unwrap()
+            seed: 0,
+        };
+        ModelConfig::from_scratch(&spec, 1000).unwrap()
     }
 
     fn shape() -> RunShape {

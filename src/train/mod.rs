@@ -1,31 +1,38 @@
 //! Training: the optimizer, schedules, the step functions (gradients of one batch, one
-//! optimizer update) and the trainer that runs a variant end to end.
+//! optimizer update) and the trainer that runs the SFT stage or a variant end to end.
 
+pub mod dataset;
+pub mod initial;
+pub mod judge;
 pub mod memory;
 pub mod optim;
 pub mod refcache;
 pub mod schedule;
 pub mod trainer;
 
-use anyhow::Result;
-use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use std::path::Path;
 
+use anyhow::{Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::data::TokenizedPair;
 use crate::model::CausalLm;
 use crate::model::SeqBatch;
-use crate::objective::{self, Objective, PairStats};
+use crate::objective::{self, LossKind, LossOutput, Objective, PairStats};
 use optim::AdamW;
 
 /// What the forward and backward pass of one micro-batch measured.
 pub struct MicroOutput {
     pub loss: f64,
+    /// Per-pair statistics of a preference loss (none for SFT).
     pub pairs: Vec<PairStats>,
     /// None when the loss was not finite (no backward pass was run).
     pub grads: Option<GradStore>,
     /// Tokens run through the policy (padding excluded).
     pub tokens: usize,
     /// Sum of the mean logit (over the vocabulary) at chosen / rejected response positions,
-    /// and the number of positions summed.
+    /// and the number of positions summed (nothing summed for SFT).
     pub logits_chosen: (f64, usize),
     pub logits_rejected: (f64, usize),
 }
@@ -34,6 +41,25 @@ pub struct MicroOutput {
 pub fn reference_logps(reference: &CausalLm, batch: &SeqBatch) -> Result<Vec<f32>> {
     let s = reference.response_scores(batch)?;
     Ok(s.logps.detach().to_dtype(DType::F32)?.to_vec1()?)
+}
+
+/// Writes the folder `dir` through a temporary sibling and a rename: a crash leaves no
+/// half-written folder under the final name.
+pub fn save_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = parent.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    fill(&tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))
 }
 
 /// The weights a checkpoint of `policy` stores: half-precision training saves the optimizer's
@@ -70,10 +96,24 @@ pub(crate) fn logit_sums(
     Ok((sum(&rows[..half]), sum(&rows[half..])))
 }
 
-/// Loss, statistics and gradients of `policy` on one preference micro-batch. The gradients
-/// are of `loss * scale` (1 / gradient-accumulation steps). `poison` replaces the loss by NaN
-/// (fault injection for robustness tests).
-pub fn preference_grads(
+/// The micro-batch `obj` reads of `pairs`: chosen and rejected rows for a preference loss,
+/// chosen rows alone for SFT.
+pub fn batch_for(
+    obj: &Objective,
+    pairs: &[TokenizedPair],
+    pad: u32,
+    device: &Device,
+) -> Result<SeqBatch> {
+    match obj.loss.kind() {
+        LossKind::Preference(_) => SeqBatch::from_pairs(pairs, pad, device),
+        LossKind::Sft => SeqBatch::chosen_only(pairs, pad, device),
+    }
+}
+
+/// Loss, statistics and gradients of `policy` on one micro-batch laid out by [`batch_for`].
+/// The gradients are of `loss * scale` (1 / gradient-accumulation steps). `poison` replaces
+/// the loss by NaN (fault injection for robustness tests).
+pub fn grads(
     policy: &CausalLm,
     reference: Option<&[f32]>,
     batch: &SeqBatch,
@@ -82,14 +122,13 @@ pub fn preference_grads(
     poison: bool,
 ) -> Result<MicroOutput> {
     let scores = policy.response_scores(batch)?;
-    let out = objective::preference_loss(obj, batch, &scores.logps, reference)?;
-    let loss_t = if poison {
-        (out.loss * f64::NAN)?
-    } else {
-        out.loss
-    };
+    let (loss_t, pairs, (logits_chosen, logits_rejected)) =
+        match objective::loss(obj, batch, &scores.logps, reference)? {
+            LossOutput::Pairs(out) => (out.loss, out.pairs, logit_sums(batch, &scores.logits)?),
+            LossOutput::Sft(loss) => (loss, vec![], ((0.0, 0), (0.0, 0))),
+        };
+    let loss_t = if poison { (loss_t * f64::NAN)? } else { loss_t };
     let loss = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    let (logits_chosen, logits_rejected) = logit_sums(batch, &scores.logits)?;
     let grads = if loss.is_finite() {
         Some((loss_t * scale)?.backward()?)
     } else {
@@ -97,7 +136,7 @@ pub fn preference_grads(
     };
     Ok(MicroOutput {
         loss,
-        pairs: out.pairs,
+        pairs,
         grads,
         tokens: batch.num_tokens(),
         logits_chosen,
@@ -135,7 +174,7 @@ pub fn preference_step(
     opt: &mut AdamW,
     max_grad_norm: Option<f64>,
 ) -> Result<StepOutput> {
-    let m = preference_grads(policy, reference, batch, obj, 1.0, false)?;
+    let m = grads(policy, reference, batch, obj, 1.0, false)?;
     let (grad_norm, applied) = match &m.grads {
         Some(g) => {
             let r = opt.step(g, max_grad_norm)?;

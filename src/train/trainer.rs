@@ -1,10 +1,10 @@
 //! The trainer of one run: owns the policy and its optimizer, the reference, the data and the
-//! run directory, and does steps, evaluations, samplings and checkpoints. The engine drives it
-//! and turns what it returns into events.
+//! run directory, and does steps, evaluations, samplings and checkpoints. It trains either
+//! stage of a workspace ([`Stage`]): the SFT stage or a variant's preference objective. The
+//! engine drives it and turns what it returns into events.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -12,19 +12,20 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::dataset::{load_dataset, stream_indices, Dataset};
+use super::judge::{self, Judge, Verdict};
 use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
-use super::{accumulate, logit_sums, memory, preference_grads, reference_logps, schedule};
+use super::{accumulate, logit_sums, memory, reference_logps, schedule};
 use crate::config::{
     CheckpointSection, DataSection, EvalSection, JudgeSection, ModelSection, Reload, RunConfig,
-    SampleSection, SftSection, TrainSettings, UiSection,
+    SampleSection, Schedule, SftSection, TrainSettings, UiSection,
 };
-use crate::data::chat::{ChatTemplate, TemplateResolver, TemplateSetting};
-use crate::data::{self, FileKind, FileSummary, PreferencePair, Prompt, TokenizedPair};
+use crate::data::{self, Prompt, TokenizedPair};
 use crate::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
 use crate::model::{io, ops, sample, CausalLm, ModelConfig, SeqBatch, Tok};
 use crate::objective::prefix::{self, PairTokenLogps};
-use crate::objective::{self, Objective};
+use crate::objective::{self, Loss, LossKind, Objective};
 use crate::rng::Rng;
 use crate::runlog::{RunDir, OPTIMIZER, TRAINER_STATE};
 
@@ -32,173 +33,63 @@ use crate::runlog::{RunDir, OPTIMIZER, TRAINER_STATE};
 /// that a bad step never reaches the weights.
 pub const FAULT_NAN_ENV: &str = "GAPLAB_FAULT_NAN_STEPS";
 
-/// The tokenized data of a run.
-#[derive(Clone)]
-pub struct Dataset {
-    pub train: Vec<TokenizedPair>,
-    pub eval: Vec<TokenizedPair>,
-    /// Prompt of every eval pair (default sampling prompts); rendered by the chat template for
-    /// conversational data.
-    pub eval_prompts: Vec<Prompt>,
-    /// What fitting to the length limits did to the train and the eval pairs.
-    pub train_fit: data::FitCounts,
-    pub eval_fit: data::FitCounts,
-    /// The format and size of every file read (train, then eval).
-    pub files: Vec<FileSummary>,
-    /// The chat template of conversational train data: `sample.prompts` are rendered with it,
-    /// each as one user message with the generation prompt.
-    pub chat: Option<Arc<ChatTemplate>>,
+/// What a trainer trains.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stage {
+    /// `[sft]`: the SFT loss on the chosen responses, with the section's own optimisation
+    /// settings. It runs straight through to one result, [`sft_checkpoint`] of its run
+    /// directory (no reference, samples, judge or interim checkpoints; a stopped stage starts
+    /// over).
+    Sft(SftSection),
+    /// A variant: its `[train]` objective, steered live, sampled, judged, checkpointed as it
+    /// goes and resumable.
+    Variant,
 }
 
-/// The last dataset loaded, by what it was loaded from: the variants of a workspace share
-/// `[data]` and the tokenizer, so the second variant on UltraFeedback does not spend another
-/// half minute rendering and tokenizing 61k pairs.
-static LAST_DATASET: std::sync::Mutex<Option<(String, Dataset)>> = std::sync::Mutex::new(None);
-
-/// What a dataset depends on: the `[data]` settings, the workspace, the tokenizer files and
-/// every data file's size and modification time.
-fn dataset_key(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<String> {
-    let mut key = format!(
-        "{}\n{}\n{}\n{vocab}\n",
-        toml::to_string(&cfg.data)?,
-        cfg.workspace.display(),
-        tok.dir.display()
-    );
-    let mut stamp = |p: &Path| {
-        if let Ok(m) = std::fs::metadata(p) {
-            key.push_str(&format!(
-                "{} {} {:?}\n",
-                p.display(),
-                m.len(),
-                m.modified().ok()
-            ));
-        }
-    };
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "chat_template.jinja",
-        "chat_template.json",
-    ] {
-        stamp(&tok.dir.join(f));
-    }
-    if let TemplateSetting::File(p) =
-        TemplateSetting::parse(&cfg.data.chat_template, &cfg.workspace)
-    {
-        stamp(&p);
-    }
-    for setting in std::iter::once(&cfg.data.train).chain(&cfg.data.eval) {
-        for f in data::source_files(setting).unwrap_or_default() {
-            stamp(&f);
-        }
-    }
-    Ok(key)
+/// Where the SFT stage in `run_dir` saves its result: an HF folder, the initial policy and
+/// reference of every variant.
+pub fn sft_checkpoint(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoint")
 }
 
-/// Reads, tokenizes and length-limits the train and eval pairs of `cfg` (or reuses the last
-/// dataset when nothing it came from changed).
-pub fn load_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset> {
-    let key = dataset_key(cfg, tok, vocab)?;
-    if let Some((k, d)) = LAST_DATASET
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-    {
-        if *k == key {
-            return Ok(d.clone());
-        }
-    }
-    let d = read_dataset(cfg, tok, vocab)?;
-    *LAST_DATASET.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, d.clone()));
-    Ok(d)
+/// The optimisation of one step.
+#[derive(Clone, Debug, PartialEq)]
+struct StepSettings {
+    /// AdamW at the peak learning rate (the schedule scales it step by step).
+    adam: AdamWConfig,
+    schedule: Schedule,
+    warmup: usize,
+    /// Pairs per micro-batch.
+    batch_size: usize,
+    grad_accum: usize,
+    /// Global gradient-norm clipping; 0 turns it off.
+    max_grad_norm: f64,
 }
 
-fn read_dataset(cfg: &RunConfig, tok: &Tok, vocab: usize) -> Result<Dataset> {
-    let limits = cfg.data.length_limits();
-    let fmt = cfg.data.data_format();
-    let mut templates = TemplateResolver::new(
-        TemplateSetting::parse(&cfg.data.chat_template, &cfg.workspace),
-        tok,
-    );
-    if templates.is_explicit() {
-        // A template set in gaplab.toml must be valid whatever the data.
-        templates.get(&cfg.data.train)?;
+/// The SFT stage's settings (Adam's moments at their defaults), or `[train]`'s.
+fn step_settings(stage: &Stage, t: &TrainSettings, total_steps: usize) -> StepSettings {
+    match stage {
+        Stage::Sft(s) => StepSettings {
+            adam: AdamWConfig {
+                lr: s.lr,
+                weight_decay: s.weight_decay,
+                ..Default::default()
+            },
+            schedule: s.schedule,
+            warmup: schedule::warmup_steps(total_steps, s.warmup_ratio, 0),
+            batch_size: s.batch_size,
+            grad_accum: 1,
+            max_grad_norm: s.max_grad_norm,
+        },
+        Stage::Variant => StepSettings {
+            adam: adam_config(t),
+            schedule: t.schedule,
+            warmup: schedule::warmup_steps(total_steps, t.warmup_ratio, t.warmup_steps),
+            batch_size: t.batch_size,
+            grad_accum: t.grad_accum,
+            max_grad_norm: t.max_grad_norm,
+        },
     }
-    let mut files = Vec::new();
-    // A setting may be a glob over shards: their pairs are concatenated in file-name order.
-    let mut read = |setting: &Path| -> Result<(Vec<Prompt>, Vec<TokenizedPair>)> {
-        let (mut prompts, mut tokenized) = (Vec::new(), Vec::new());
-        for path in data::source_files(setting)? {
-            let (pairs, summary) = data::load_pairs(&path, &fmt, &mut templates)?;
-            tokenized.extend(data::tokenize_pairs(tok, &pairs, &path, vocab)?);
-            prompts.extend(pairs.iter().map(PreferencePair::prompt));
-            files.push(summary);
-        }
-        Ok((prompts, tokenized))
-    };
-    let (train_prompts, mut train) = read(&cfg.data.train)?;
-    let (mut eval_prompts, mut eval) = match &cfg.data.eval {
-        Some(p) => read(p)?,
-        None if cfg.data.eval_holdout > 0 => {
-            let n = cfg.data.eval_holdout;
-            if n >= train.len() {
-                bail!(
-                    "data.eval_holdout: {n} held-out pairs leave nothing of the {} in {}",
-                    train.len(),
-                    cfg.data.train.display()
-                );
-            }
-            let eval = train.split_off(train.len() - n);
-            (train_prompts[train_prompts.len() - n..].to_vec(), eval)
-        }
-        None => (vec![], vec![]),
-    };
-    let chat = match files[0].kind {
-        FileKind::Conversational { .. } => Some(templates.get(&cfg.data.train)?),
-        FileKind::Standard => None,
-    };
-    // Dropped pairs go before any index is drawn, so the order stays a function of the seed.
-    let (train_fit, _) = data::fit_pairs(&mut train, limits, tok.bos);
-    if train.is_empty() {
-        bail!(
-            "{}: all {} train pairs are longer than data.max_len ({}) even with their prompts cut to data.max_prompt_len ({}, {}), and data.overlong = \"drop\" leaves them out; raise the limits or set data.overlong = \"truncate\"",
-            cfg.data.train.display(),
-            train_fit.pairs,
-            limits.max_len,
-            limits.max_prompt_len,
-            limits.prompt_truncation
-        );
-    }
-    let (eval_fit, kept) = data::fit_pairs(&mut eval, limits, tok.bos);
-    let mut keep = kept.iter();
-    eval_prompts.retain(|_| *keep.next().unwrap_or(&true));
-    Ok(Dataset {
-        train,
-        eval,
-        eval_prompts,
-        train_fit,
-        eval_fit,
-        files,
-        chat,
-    })
-}
-
-/// The `per` pair indices of step `step` (0-based): consecutive positions of an endless stream
-/// of epochs, each a shuffle seeded by `seed` and the epoch. It depends on nothing but the seed
-/// and the step, so every variant sees the same order and a resumed run continues it exactly.
-pub fn stream_indices(n: usize, per: usize, seed: u64, step: usize) -> Vec<usize> {
-    let mut orders: Vec<(usize, Vec<usize>)> = Vec::new();
-    (step * per..(step + 1) * per)
-        .map(|pos| {
-            let epoch = pos / n;
-            if !orders.iter().any(|o| o.0 == epoch) {
-                let mut v: Vec<usize> = (0..n).collect();
-                Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).shuffle(&mut v);
-                orders.push((epoch, v));
-            }
-            orders.iter().find(|o| o.0 == epoch).unwrap().1[pos % n]
-        })
-        .collect()
 }
 
 /// Saved with every checkpoint: what a resumed run needs beyond the weights and moments.
@@ -238,6 +129,8 @@ pub enum StepResult {
 
 pub struct Trainer {
     pub cfg: RunConfig,
+    /// What this trainer trains.
+    pub stage: Stage,
     pub run: RunDir,
     pub device: Device,
     pub tok: Tok,
@@ -256,15 +149,23 @@ pub struct Trainer {
     reference: Reference,
     bad_steps: usize,
     fault_nan: Vec<usize>,
+    /// The judge of `judge.task` (variants only).
+    judge: Option<Box<dyn Judge>>,
 }
 
 impl Trainer {
-    /// A new run of `cfg` in `run`, starting from the HF folder `initial`.
-    pub fn start(cfg: RunConfig, run: RunDir, initial: &Path, cache_dir: &Path) -> Result<Self> {
-        Self::build(cfg, run, initial, None, cache_dir)
+    /// A new run of `stage` of `cfg` in `run`, starting from the HF folder `initial`.
+    pub fn start(
+        cfg: RunConfig,
+        stage: Stage,
+        run: RunDir,
+        initial: &Path,
+        cache_dir: &Path,
+    ) -> Result<Self> {
+        Self::build(cfg, stage, run, initial, None, cache_dir)
     }
 
-    /// Continues the run in `run` from its latest complete checkpoint.
+    /// Continues the variant's run in `run` from its latest complete checkpoint.
     pub fn resume(run: RunDir, cache_dir: &Path) -> Result<Self> {
         let mut cfg = run.read_config()?;
         let (step, ckpt) = run.latest_checkpoint().with_context(|| {
@@ -286,11 +187,19 @@ impl Trainer {
         cfg.judge = state.judge.clone();
         run.truncate_after(step)?;
         let initial = state.initial.clone();
-        Self::build(cfg, run, &initial, Some((ckpt, state)), cache_dir)
+        Self::build(
+            cfg,
+            Stage::Variant,
+            run,
+            &initial,
+            Some((ckpt, state)),
+            cache_dir,
+        )
     }
 
     fn build(
         cfg: RunConfig,
+        stage: Stage,
         run: RunDir,
         initial: &Path,
         from: Option<(PathBuf, TrainerState)>,
@@ -317,12 +226,17 @@ impl Trainer {
         if data.train.is_empty() {
             bail!("{}: no training pairs", cfg.data.train.display());
         }
-        let memory = memory::plan_run(&cfg, None, &model_cfg, &device, &data.train, &data.eval)?;
+        let (sft, total_steps) = match &stage {
+            Stage::Sft(s) => (Some(s), s.steps),
+            Stage::Variant => (None, cfg.train.total_steps(data.train.len())),
+        };
+        let total_steps = total_steps.max(1);
+        let memory = memory::plan_run(&cfg, sft, &model_cfg, &device, &data.train, &data.eval)?;
         let (policy, tok) = io::load_dir(policy_dir, &device, dtype)?;
-        let total_steps = cfg.train.total_steps(data.train.len()).max(1);
         let (policy, named) = policy.into_trainable()?;
         let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
-        let mut opt = AdamW::new(named, adam_config(&cfg.train))?;
+        let settings = step_settings(&stage, &cfg.train, total_steps);
+        let mut opt = AdamW::new(named, settings.adam)?;
         if let Some((ckpt, state)) = &from {
             let st = candle_core::safetensors::load(ckpt.join(OPTIMIZER), &Device::Cpu)
                 .with_context(|| format!("{}: cannot read {OPTIMIZER}", ckpt.display()))?;
@@ -332,7 +246,7 @@ impl Trainer {
         let pad = tok.pad_id();
         let mut reference_samples = Vec::new();
         let mut this_reference = None;
-        let reference = if !cfg.train.objective.needs_reference() {
+        let reference = if !objective_of(&stage, &cfg.train).loss.needs_reference() {
             Reference::None
         } else if cfg.train.precompute_ref {
             let bs = cfg.eval.batch_size;
@@ -368,9 +282,14 @@ impl Trainer {
         let (step, bad_steps, tokens_seen) = from
             .as_ref()
             .map_or((0, 0, 0), |(_, s)| (s.step, s.bad_steps, s.tokens_seen));
+        let judge = match stage {
+            Stage::Sft(_) => None,
+            Stage::Variant => judge::for_task(cfg.judge.task),
+        };
         let mut t = Self {
             memory,
             cfg,
+            stage,
             run,
             device: device.clone(),
             tok,
@@ -386,8 +305,9 @@ impl Trainer {
             reference,
             bad_steps,
             fault_nan,
+            judge,
         };
-        if from.is_none() {
+        if from.is_none() && t.stage == Stage::Variant {
             // The reference's generations, once: they never change.
             let model = match (&t.reference, this_reference) {
                 (Reference::Model(m), _) => Some(m.detached()?),
@@ -403,21 +323,22 @@ impl Trainer {
     }
 
     pub fn objective(&self) -> Objective {
-        let t = &self.cfg.train;
-        Objective {
-            loss: t.objective,
-            beta: t.beta,
-            gamma: t.gamma,
-            poet: t.poet,
-        }
+        objective_of(&self.stage, &self.cfg.train)
     }
 
     pub fn num_params(&self) -> usize {
         self.policy.cfg.num_params()
     }
 
+    /// This step's optimisation: `[train]`'s are read at every step, so that applied edits
+    /// take effect at the next one.
+    fn step_settings(&self) -> StepSettings {
+        step_settings(&self.stage, &self.cfg.train, self.total_steps)
+    }
+
     fn pairs_per_step(&self) -> usize {
-        self.cfg.train.pairs_per_step()
+        let s = self.step_settings();
+        s.batch_size * s.grad_accum
     }
 
     /// The train pairs of optimizer step `step` (0-based); see [`stream_indices`].
@@ -435,13 +356,9 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepResult> {
         let started = Instant::now();
         let step = self.step;
-        let ts = self.cfg.train.clone();
-        let warmup = schedule::warmup_steps(self.total_steps, ts.warmup_ratio, ts.warmup_steps);
-        let lr = schedule::lr_at(ts.schedule, ts.lr, step, warmup, self.total_steps);
-        self.opt.cfg = AdamWConfig {
-            lr,
-            ..adam_config(&ts)
-        };
+        let ts = self.step_settings();
+        let lr = schedule::lr_at(ts.schedule, ts.adam.lr, step, ts.warmup, self.total_steps);
+        self.opt.cfg = AdamWConfig { lr, ..ts.adam };
         let idx = self.batch_indices(step);
         let obj = self.objective();
         let poison = self.fault_nan.contains(&(step + 1));
@@ -454,14 +371,14 @@ impl Trainer {
         for chunk in idx.chunks(ts.batch_size) {
             let batch_pairs: Vec<TokenizedPair> =
                 chunk.iter().map(|&i| self.data.train[i].clone()).collect();
-            let batch = SeqBatch::from_pairs(&batch_pairs, pad, &self.device)?;
+            let batch = super::batch_for(&obj, &batch_pairs, pad, &self.device)?;
             let refp = match &self.reference {
                 Reference::Model(m) => Some(reference_logps(m, &batch)?),
                 Reference::Cached { train, .. } => Some(train.packed(chunk)),
                 Reference::None => None,
             };
             let scale = 1.0 / ts.grad_accum as f64;
-            let m = preference_grads(&self.policy, refp.as_deref(), &batch, &obj, scale, poison)?;
+            let m = super::grads(&self.policy, refp.as_deref(), &batch, &obj, scale, poison)?;
             losses.push(m.loss);
             tokens += m.tokens;
             lc = (lc.0 + m.logits_chosen.0, lc.1 + m.logits_chosen.1);
@@ -491,7 +408,7 @@ impl Trainer {
         }
         if let Some(reason) = bad {
             self.bad_steps += 1;
-            if self.bad_steps >= ts.max_bad_steps {
+            if self.bad_steps >= self.cfg.train.max_bad_steps {
                 bail!(
                     "{} consecutive steps with a non-finite loss or gradient (last at step {}: {reason}); the weights were never updated with them and the last checkpoint is intact",
                     self.bad_steps,
@@ -503,21 +420,30 @@ impl Trainer {
         self.bad_steps = 0;
         self.tokens_seen += tokens as u64;
         let loss = losses.iter().sum::<f64>() / losses.len() as f64;
-        let mut metrics: BTreeMap<String, f64> = objective::pair_metrics(&pairs, loss)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut metrics = BTreeMap::new();
+        match obj.loss.kind() {
+            LossKind::Sft => {
+                metrics.insert("loss".into(), loss);
+            }
+            LossKind::Preference(_) => {
+                metrics.extend(
+                    objective::pair_metrics(&pairs, loss)
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v)),
+                );
+                metrics.insert("logits/chosen".into(), lc.0 / lc.1.max(1) as f64);
+                metrics.insert("logits/rejected".into(), lr_sum.0 / lr_sum.1.max(1) as f64);
+                metrics.insert(
+                    "epoch".into(),
+                    (self.step * self.pairs_per_step()) as f64 / self.data.train.len() as f64,
+                );
+            }
+        }
         let elapsed = started.elapsed().as_secs_f64();
-        metrics.insert("logits/chosen".into(), lc.0 / lc.1.max(1) as f64);
-        metrics.insert("logits/rejected".into(), lr_sum.0 / lr_sum.1.max(1) as f64);
         metrics.insert("grad_norm".into(), grad_norm);
         metrics.insert("learning_rate".into(), lr);
         metrics.insert("num_tokens".into(), self.tokens_seen as f64);
         metrics.insert("tokens_per_s".into(), tokens as f64 / elapsed.max(1e-9));
-        metrics.insert(
-            "epoch".into(),
-            (self.step * self.pairs_per_step()) as f64 / self.data.train.len() as f64,
-        );
         Ok(StepResult::Done(StepMetrics {
             step: self.step,
             time: now(),
@@ -525,9 +451,47 @@ impl Trainer {
         }))
     }
 
-    /// Metrics and prefix diagnostics on the first `eval.pairs` eval pairs (None without eval
-    /// data).
+    /// The stage's evaluation (None without eval data).
     pub fn evaluate(&self) -> Result<Option<EvalReport>> {
+        match &self.stage {
+            Stage::Sft(s) => self.evaluate_sft(s.batch_size),
+            Stage::Variant => self.evaluate_pairs(),
+        }
+    }
+
+    /// `eval_loss`: the SFT loss of every eval pair's chosen response, per response token.
+    fn evaluate_sft(&self, batch_size: usize) -> Result<Option<EvalReport>> {
+        if self.data.eval.is_empty() {
+            return Ok(None);
+        }
+        let policy = self.policy.detached()?;
+        let pad = self.tok.pad_id();
+        let (mut sum, mut n) = (0f64, 0usize);
+        for chunk in self.data.eval.chunks(batch_size.max(1)) {
+            let batch = SeqBatch::chosen_only(chunk, pad, &self.device)?;
+            let scores = policy.response_scores(&batch)?;
+            sum -= scores
+                .logps
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            n += batch.num_response_tokens();
+        }
+        Ok(Some(EvalReport {
+            step: self.step,
+            time: now(),
+            metrics: [("eval_loss".to_string(), sum / n.max(1) as f64)]
+                .into_iter()
+                .collect(),
+            prefix: Default::default(),
+            token_diffs: vec![],
+            entropy: vec![],
+            cross_entropy: vec![],
+        }))
+    }
+
+    /// Metrics, the judge's and prefix diagnostics on the first `eval.pairs` eval pairs.
+    fn evaluate_pairs(&self) -> Result<Option<EvalReport>> {
         let n = self.cfg.eval.pairs.min(self.data.eval.len());
         if n == 0 {
             return Ok(None);
@@ -638,10 +602,10 @@ impl Trainer {
     /// sampled, as `eval_judge/*` metrics: what the policy generates, next to what its implicit
     /// reward prefers.
     fn judge_metrics(&self, model: &CausalLm, metrics: &mut BTreeMap<String, f64>) -> Result<()> {
-        let j = &self.cfg.judge;
-        if j.task == crate::config::JudgeTask::None {
+        let Some(judge) = &self.judge else {
             return Ok(());
-        }
+        };
+        let j = &self.cfg.judge;
         let n = j.prompts.min(self.data.eval_prompts.len());
         let greedy = sample::SampleParams {
             max_new_tokens: j.max_new_tokens,
@@ -656,19 +620,21 @@ impl Trainer {
         let mut rng = Rng::new(
             self.cfg.train.seed ^ 0x6a75_6467_6500 ^ (self.step as u64).wrapping_mul(0x9e37_79b9),
         );
-        let (mut g, mut s) = (Vec::new(), Vec::new());
+        let (mut g, mut s): (Vec<Verdict>, Vec<Verdict>) = (Vec::new(), Vec::new());
         for (i, prompt) in self.data.eval_prompts[..n].iter().enumerate() {
             let ids = self.prompt_ids(prompt)?;
             let prompt = &prompt.text;
             let verdict = |params: &sample::SampleParams, rng: &mut Rng| -> Result<_> {
                 let out = sample::generate(model, &ids, &self.tok.stop, params, rng)?;
-                crate::demo::judge::judge(prompt, &self.tok.decode(&out)?).with_context(|| {
-                    format!(
-                        "judge.task = \"{}\": eval prompt {} is not one of the task's prompts",
-                        j.task,
-                        i + 1
-                    )
-                })
+                judge
+                    .judge(prompt, &self.tok.decode(&out)?)
+                    .with_context(|| {
+                        format!(
+                            "judge.task = \"{}\": eval prompt {} is not one of the task's prompts",
+                            j.task,
+                            i + 1
+                        )
+                    })
             };
             g.push(verdict(&greedy, &mut rng)?);
             for _ in 0..j.samples {
@@ -676,17 +642,7 @@ impl Trainer {
             }
         }
         for (suffix, verdicts) in [("", &g), ("_sampled", &s)] {
-            if verdicts.is_empty() {
-                continue;
-            }
-            let sum = crate::demo::judge::summarize(verdicts);
-            for (name, v) in [
-                ("score", sum.score),
-                ("correct", sum.correct),
-                ("length", sum.length),
-                ("tail", sum.tail),
-                ("overrun", sum.overrun),
-            ] {
+            for (name, v) in super::judge::means(verdicts) {
                 metrics.insert(format!("eval_judge/{name}{suffix}"), v);
             }
         }
@@ -773,8 +729,12 @@ impl Trainer {
         Ok(out)
     }
 
-    /// Saves weights (HF layout), optimizer moments and trainer state as `step-N`.
+    /// Saves weights (HF layout), optimizer moments and trainer state as `step-N`; the SFT
+    /// stage saves its result instead.
     pub fn checkpoint(&self) -> Result<PathBuf> {
+        if let Stage::Sft(_) = self.stage {
+            return self.save_sft_result();
+        }
         let state = TrainerState {
             step: self.step,
             total_steps: self.total_steps,
@@ -798,6 +758,17 @@ impl Trainer {
                 std::fs::write(dir.join(TRAINER_STATE), serde_json::to_vec_pretty(&state)?)?;
                 Ok(())
             })
+    }
+
+    /// Saves the weights (HF layout) as [`sft_checkpoint`]: no optimizer or trainer state, as
+    /// the stage is never resumed.
+    fn save_sft_result(&self) -> Result<PathBuf> {
+        let dir = sft_checkpoint(&self.run.path);
+        let weights = super::checkpoint_weights(&self.policy, &self.opt);
+        super::save_dir_atomic(&dir, |tmp| {
+            io::save_weights(&self.policy.cfg, &weights, Some(&self.initial_dir), tmp)
+        })?;
+        Ok(dir)
     }
 
     /// Applies the live fields of `new` (an edited config of this run's variant), all or
@@ -855,6 +826,19 @@ impl Trainer {
     }
 }
 
+/// What `stage` optimizes: the SFT loss, or the variant's objective with its live settings.
+fn objective_of(stage: &Stage, t: &TrainSettings) -> Objective {
+    Objective {
+        loss: match stage {
+            Stage::Sft(_) => Loss::Sft,
+            Stage::Variant => t.objective,
+        },
+        beta: t.beta,
+        gamma: t.gamma,
+        poet: t.poet,
+    }
+}
+
 fn adam_config(t: &TrainSettings) -> AdamWConfig {
     AdamWConfig {
         lr: t.lr,
@@ -904,4 +888,73 @@ fn merge_live<T: Serialize + serde::de::DeserializeOwned>(
         }
     }
     Ok(o.try_into()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sft() -> SftSection {
+        SftSection {
+            steps: 10,
+            lr: 2e-3,
+            batch_size: 4,
+            warmup_ratio: 0.25,
+            schedule: Schedule::Linear,
+            weight_decay: 0.1,
+            max_grad_norm: 0.5,
+        }
+    }
+
+    #[test]
+    fn the_sft_stage_optimizes_with_its_own_settings() {
+        let train = TrainSettings {
+            adam_beta1: 0.8,
+            grad_accum: 3,
+            warmup_steps: 7,
+            ..Default::default()
+        };
+        let s = step_settings(&Stage::Sft(sft()), &train, 10);
+        assert_eq!(
+            s,
+            StepSettings {
+                adam: AdamWConfig {
+                    lr: 2e-3,
+                    weight_decay: 0.1,
+                    ..Default::default()
+                },
+                schedule: Schedule::Linear,
+                warmup: 3,
+                batch_size: 4,
+                grad_accum: 1,
+                max_grad_norm: 0.5,
+            }
+        );
+        assert_eq!(objective_of(&Stage::Sft(sft()), &train).loss, Loss::Sft);
+    }
+
+    #[test]
+    fn a_variant_optimizes_with_train_settings() {
+        let train = TrainSettings {
+            objective: Loss::Simpo,
+            adam_beta1: 0.8,
+            grad_accum: 3,
+            warmup_steps: 7,
+            ..Default::default()
+        };
+        let s = step_settings(&Stage::Variant, &train, 10);
+        assert_eq!(s.adam, adam_config(&train));
+        assert_eq!((s.warmup, s.batch_size, s.grad_accum), (7, 8, 3));
+        assert_eq!(s.schedule, train.schedule);
+        let obj = objective_of(&Stage::Variant, &train);
+        assert_eq!((obj.loss, obj.beta), (Loss::Simpo, train.beta));
+    }
+
+    #[test]
+    fn the_sft_result_lives_in_its_run_directory() {
+        assert_eq!(
+            sft_checkpoint(Path::new("runs/sft-00ab")),
+            Path::new("runs/sft-00ab/checkpoint")
+        );
+    }
 }

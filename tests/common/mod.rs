@@ -78,9 +78,8 @@ pub fn tiny_pairs() -> Vec<gaplab::data::TokenizedPair> {
 
 /// A tiny random-init model config (vocab 40, hidden 32, 2 layers, 4 heads, `kv` kv heads).
 pub fn tiny_config(arch: gaplab::model::Arch, tied: bool, kv: usize) -> gaplab::model::ModelConfig {
-    gaplab::model::ModelConfig::from_scratch(&gaplab::model::ScratchSpec {
+    let spec = gaplab::model::ScratchSpec {
         arch,
-        vocab_size: 40,
         hidden_size: 32,
         intermediate_size: 48,
         num_hidden_layers: 2,
@@ -89,8 +88,9 @@ pub fn tiny_config(arch: gaplab::model::Arch, tied: bool, kv: usize) -> gaplab::
         max_position_embeddings: 64,
         rope_theta: 10000.0,
         tie_word_embeddings: tied,
-    })
-    .unwrap()
+        seed: 0,
+    };
+    gaplab::model::ModelConfig::from_scratch(&spec, 40).unwrap()
 }
 
 /// The unpadded rows of a fixture batch (`expected_batch`).
