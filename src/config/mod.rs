@@ -11,12 +11,54 @@ pub mod range;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataFormat, Fields, Format, LengthLimits};
+use crate::event::Change;
 use crate::model::{DeviceSpec, Precision, ScratchSpec};
 use crate::objective::Loss;
+
+/// Merges the `fields` of one section: live ones that changed are taken from `new` and
+/// recorded, restart-only ones that changed are only named.
+fn merge_live<T: Serialize + serde::de::DeserializeOwned>(
+    section: &str,
+    old: &T,
+    new: &T,
+    fields: &[(&str, Reload)],
+    changes: &mut Vec<Change>,
+    ignored: &mut Vec<String>,
+) -> Result<T> {
+    let mut o = toml::Value::try_from(old)?;
+    let n = toml::Value::try_from(new)?;
+    let (Some(ot), Some(nt)) = (o.as_table_mut(), n.as_table()) else {
+        bail!("{section}: not a table");
+    };
+    for (field, reload) in fields {
+        let (a, b) = (ot.get(*field).cloned(), nt.get(*field).cloned());
+        if a == b {
+            continue;
+        }
+        let show =
+            |v: &Option<toml::Value>| v.as_ref().map_or("(unset)".to_string(), |v| v.to_string());
+        let path = format!("{section}.{field}");
+        match reload {
+            Reload::Live => {
+                changes.push(Change {
+                    field: path,
+                    old: show(&a),
+                    new: show(&b),
+                });
+                match b {
+                    Some(v) => ot.insert(field.to_string(), v),
+                    None => ot.remove(*field),
+                };
+            }
+            Reload::Restart => ignored.push(path),
+        }
+    }
+    Ok(o.try_into()?)
+}
 
 /// Whether a changed field can be applied to a running variant or needs a new run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -437,6 +479,53 @@ impl RunConfig {
     /// This config as the `Started` event records it.
     pub fn record(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// This config with the live fields of `new` (an edited config of the same variant)
+    /// applied: the merged config, the changes made, and the restart-only fields that differ
+    /// (ignored). The one place that knows which sections a running variant takes edits from.
+    pub fn with_live_changes(
+        &self,
+        new: &RunConfig,
+    ) -> Result<(RunConfig, Vec<Change>, Vec<String>)> {
+        let mut changes = Vec::new();
+        let mut ignored = Vec::new();
+        let (c, i) = (&mut changes, &mut ignored);
+        let cur = self;
+        let train = merge_live("train", &cur.train, &new.train, TrainSettings::FIELDS, c, i)?;
+        let eval = merge_live("eval", &cur.eval, &new.eval, EvalSection::FIELDS, c, i)?;
+        let sample = merge_live(
+            "sample",
+            &cur.sample,
+            &new.sample,
+            SampleSection::FIELDS,
+            c,
+            i,
+        )?;
+        let checkpoint = merge_live(
+            "checkpoint",
+            &cur.checkpoint,
+            &new.checkpoint,
+            CheckpointSection::FIELDS,
+            c,
+            i,
+        )?;
+        let judge = merge_live("judge", &cur.judge, &new.judge, JudgeSection::FIELDS, c, i)?;
+        let ui = merge_live("ui", &cur.ui, &new.ui, UiSection::FIELDS, c, i)?;
+        // Restart-only sections: merged only to name the fields that changed.
+        merge_live("model", &cur.model, &new.model, ModelSection::FIELDS, c, i)?;
+        merge_live("data", &cur.data, &new.data, DataSection::FIELDS, c, i)?;
+        match (&cur.sft, &new.sft) {
+            (Some(a), Some(b)) => {
+                merge_live("sft", a, b, SftSection::FIELDS, c, i)?;
+            }
+            (a, b) if a != b => i.push("sft".into()),
+            _ => {}
+        }
+        let mut cfg = self.clone();
+        (cfg.train, cfg.eval, cfg.sample, cfg.checkpoint) = (train, eval, sample, checkpoint);
+        (cfg.judge, cfg.ui) = (judge, ui);
+        Ok((cfg, changes, ignored))
     }
 }
 

@@ -18,8 +18,8 @@ use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
 use super::{accumulate, logit_sums, memory, reference_logps, schedule};
 use crate::config::{
-    CheckpointSection, DataSection, EvalSection, JudgeSection, ModelSection, Reload, RunConfig,
-    SampleSection, Schedule, SftSection, TrainSettings, UiSection,
+    CheckpointSection, EvalSection, JudgeSection, RunConfig, SampleSection, Schedule, SftSection,
+    TrainSettings,
 };
 use crate::data::{self, Prompt, TokenizedPair};
 use crate::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
@@ -775,43 +775,8 @@ impl Trainer {
     /// nothing. Returns the changes made and the restart-only fields that differ and were
     /// ignored.
     pub fn apply(&mut self, new: &RunConfig) -> Result<(Vec<Change>, Vec<String>)> {
-        let mut changes = Vec::new();
-        let mut ignored = Vec::new();
-        let (c, i) = (&mut changes, &mut ignored);
-        let cur = &self.cfg;
-        let train = merge_live("train", &cur.train, &new.train, TrainSettings::FIELDS, c, i)?;
-        let eval = merge_live("eval", &cur.eval, &new.eval, EvalSection::FIELDS, c, i)?;
-        let sample = merge_live(
-            "sample",
-            &cur.sample,
-            &new.sample,
-            SampleSection::FIELDS,
-            c,
-            i,
-        )?;
-        let checkpoint = merge_live(
-            "checkpoint",
-            &cur.checkpoint,
-            &new.checkpoint,
-            CheckpointSection::FIELDS,
-            c,
-            i,
-        )?;
-        let judge = merge_live("judge", &cur.judge, &new.judge, JudgeSection::FIELDS, c, i)?;
-        let ui = merge_live("ui", &cur.ui, &new.ui, UiSection::FIELDS, c, i)?;
-        // Restart-only sections: merged only to name the fields that changed.
-        merge_live("model", &cur.model, &new.model, ModelSection::FIELDS, c, i)?;
-        merge_live("data", &cur.data, &new.data, DataSection::FIELDS, c, i)?;
-        match (&cur.sft, &new.sft) {
-            (Some(a), Some(b)) => {
-                merge_live("sft", a, b, SftSection::FIELDS, c, i)?;
-            }
-            (a, b) if a != b => i.push("sft".into()),
-            _ => {}
-        }
-        let cfg = &mut self.cfg;
-        (cfg.train, cfg.eval, cfg.sample, cfg.checkpoint) = (train, eval, sample, checkpoint);
-        (cfg.judge, cfg.ui) = (judge, ui);
+        let (merged, changes, ignored) = self.cfg.with_live_changes(new)?;
+        self.cfg = merged;
         if changes
             .iter()
             .any(|c| c.field == "train.steps" || c.field == "train.epochs")
@@ -851,45 +816,6 @@ fn adam_config(t: &TrainSettings) -> AdamWConfig {
 
 /// `old` with the live fields of `new` copied in (through their TOML form, so one function
 /// serves every section); changed restart-only fields are listed in `ignored`.
-fn merge_live<T: Serialize + serde::de::DeserializeOwned>(
-    section: &str,
-    old: &T,
-    new: &T,
-    fields: &[(&str, Reload)],
-    changes: &mut Vec<Change>,
-    ignored: &mut Vec<String>,
-) -> Result<T> {
-    let mut o = toml::Value::try_from(old)?;
-    let n = toml::Value::try_from(new)?;
-    let (Some(ot), Some(nt)) = (o.as_table_mut(), n.as_table()) else {
-        bail!("{section}: not a table");
-    };
-    for (field, reload) in fields {
-        let (a, b) = (ot.get(*field).cloned(), nt.get(*field).cloned());
-        if a == b {
-            continue;
-        }
-        let show =
-            |v: &Option<toml::Value>| v.as_ref().map_or("(unset)".to_string(), |v| v.to_string());
-        let path = format!("{section}.{field}");
-        match reload {
-            Reload::Live => {
-                changes.push(Change {
-                    field: path,
-                    old: show(&a),
-                    new: show(&b),
-                });
-                match b {
-                    Some(v) => ot.insert(field.to_string(), v),
-                    None => ot.remove(*field),
-                };
-            }
-            Reload::Restart => ignored.push(path),
-        }
-    }
-    Ok(o.try_into()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
