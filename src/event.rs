@@ -3,6 +3,10 @@
 //! gaplab's vocabulary: the trainer, the engine, run directories, the dashboard and the
 //! commands all speak it, and it imports nothing of gaplab. (The command type that flows back
 //! lives with the engine, which takes it.)
+//!
+//! Each event also knows how it is said ([`Event::describe`], the one sentence every viewer
+//! shows) and how it is kept ([`Event::to_record`], a versioned JSON line of a run directory's
+//! `events.jsonl`); whoever watches implements [`Observer`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,6 +40,7 @@ impl RunState {
 pub struct StepMetrics {
     pub step: usize,
     pub time: f64,
+    #[serde(deserialize_with = "nan::map")]
     pub metrics: BTreeMap<String, f64>,
 }
 
@@ -43,6 +48,7 @@ pub struct StepMetrics {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TokenDiffRow {
     pub pair: usize,
+    #[serde(deserialize_with = "nan::vec")]
     pub values: Vec<f64>,
 }
 
@@ -51,7 +57,9 @@ pub struct TokenDiffRow {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrefixCurve {
     pub j: Vec<usize>,
+    #[serde(deserialize_with = "nan::vec")]
     pub margin: Vec<f64>,
+    #[serde(deserialize_with = "nan::vec")]
     pub accuracy: Vec<f64>,
     /// Pairs that reach each j.
     pub pairs: Vec<usize>,
@@ -62,12 +70,15 @@ pub struct PrefixCurve {
 pub struct EvalReport {
     pub step: usize,
     pub time: f64,
+    #[serde(deserialize_with = "nan::map")]
     pub metrics: BTreeMap<String, f64>,
     pub prefix: PrefixCurve,
     pub token_diffs: Vec<TokenDiffRow>,
     /// Mean policy entropy per response position of the chosen responses (nats).
+    #[serde(deserialize_with = "nan::vec")]
     pub entropy: Vec<f64>,
     /// Mean cross-entropy (-log p of the actual token) per response position.
+    #[serde(deserialize_with = "nan::vec")]
     pub cross_entropy: Vec<f64>,
 }
 
@@ -153,8 +164,390 @@ pub enum Event {
     },
 }
 
+/// Version of an event's serialized record (the `"v"` field of each `events.jsonl` line).
+/// Raised when a record's meaning changes in a way older readers would misread; adding an
+/// event kind or an optional field does not need it.
+pub const RECORD_VERSION: u64 = 1;
+
+/// Why a serialized event record could not be read back.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RecordError {
+    /// Written by a newer gaplab, in a format this one does not know.
+    Newer(u64),
+    /// Not an event record (a torn line, another file's record, an unknown event).
+    Unreadable(String),
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::Newer(v) => write!(
+                f,
+                "record format version {v} is newer than this gaplab reads ({RECORD_VERSION})"
+            ),
+            RecordError::Unreadable(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+impl Event {
+    /// The event as one JSON line (no newline): its serde form plus `"v": RECORD_VERSION`.
+    pub fn to_record(&self) -> serde_json::Result<String> {
+        let mut v = serde_json::to_value(self)?;
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("v".into(), RECORD_VERSION.into());
+        }
+        serde_json::to_string(&v)
+    }
+
+    /// Reads a line written by [`Event::to_record`] (null numbers, which is how JSON keeps a
+    /// NaN, read back as NaN).
+    pub fn from_record(line: &str) -> Result<Event, RecordError> {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| RecordError::Unreadable(e.to_string()))?;
+        match v.get("v").and_then(serde_json::Value::as_u64) {
+            Some(version) if version > RECORD_VERSION => return Err(RecordError::Newer(version)),
+            Some(_) => {}
+            None => return Err(RecordError::Unreadable("no format version".into())),
+        }
+        Event::deserialize(v).map_err(|e| RecordError::Unreadable(e.to_string()))
+    }
+
+    /// The step the event belongs to (where a run starts or resumes, for `Started`).
+    pub fn step(&self) -> usize {
+        match self {
+            Event::Started { start_step, .. } => *start_step,
+            Event::Step(m) => m.step,
+            Event::Eval(r) => r.step,
+            Event::State { step, .. }
+            | Event::Skipped { step, .. }
+            | Event::Samples { step, .. }
+            | Event::Checkpoint { step, .. }
+            | Event::Log { step, .. }
+            | Event::Applied { step, .. }
+            | Event::ConfigRejected { step, .. } => *step,
+        }
+    }
+
+    /// How much the event's sentence matters (see [`Event::describe`]).
+    pub fn level(&self) -> Level {
+        match self {
+            Event::State {
+                state: RunState::Failed(_),
+                ..
+            } => Level::Error,
+            Event::Skipped { .. } | Event::ConfigRejected { .. } => Level::Warn,
+            Event::Log { level, .. } => *level,
+            _ => Level::Info,
+        }
+    }
+
+    /// The one sentence that says what happened, as the run's log.txt, the dashboard's log
+    /// pane and headless progress show it (each puts its own time, step or run name before
+    /// it). None for the records that charts show rather than sentences (steps, samples).
+    pub fn describe(&self) -> Option<String> {
+        let text = match self {
+            Event::Started {
+                run_dir,
+                start_step,
+                total_steps,
+                device,
+                params,
+                ..
+            } => {
+                let mut text = if *start_step == 0 {
+                    format!("started {total_steps} steps")
+                } else {
+                    format!("resumed at step {start_step} of {total_steps}")
+                };
+                if !device.is_empty() {
+                    text += &format!(" on {device}");
+                }
+                if *params > 0 {
+                    text += &format!(", {:.2}M parameters", *params as f64 / 1e6);
+                }
+                text + &format!(" -> {}", run_dir.display())
+            }
+            Event::State { step, state } => match state {
+                RunState::Starting => "starting".into(),
+                RunState::Running => "running".into(),
+                RunState::Paused => "paused".into(),
+                RunState::Finished => "finished".into(),
+                RunState::Stopped => format!("stopped at step {step}"),
+                // Step 0: no optimizer step was taken.
+                RunState::Failed(msg) if *step == 0 => format!("failed before training: {msg}"),
+                RunState::Failed(msg) => format!("failed at step {step}: {msg}"),
+            },
+            Event::Step(_) | Event::Samples { .. } => return None,
+            Event::Skipped { step, reason } => format!("step {step} skipped: {reason}"),
+            Event::Eval(r) => {
+                let g = |k: &str| r.metrics.get(k).copied().unwrap_or(f64::NAN);
+                match r.metrics.get("eval_rewards/accuracies") {
+                    Some(acc) => format!(
+                        "eval: loss {:.4}  accuracy {acc:.3}  margin {:+.4}",
+                        g("eval_loss"),
+                        g("eval_rewards/margins")
+                    ),
+                    // The SFT stage has no preference metrics.
+                    None => format!("eval: loss {:.4}", g("eval_loss")),
+                }
+            }
+            Event::Checkpoint { path, .. } => format!("checkpoint {}", path.display()),
+            Event::Log { message, .. } => message.clone(),
+            Event::Applied {
+                changes, ignored, ..
+            } => {
+                let mut text = if changes.is_empty() {
+                    "config reloaded: no live setting changed".to_string()
+                } else {
+                    let c: Vec<String> = changes
+                        .iter()
+                        .map(|c| format!("{} {} -> {}", c.field, c.old, c.new))
+                        .collect();
+                    format!("config applied: {}", c.join(", "))
+                };
+                if !ignored.is_empty() {
+                    text += &format!(" (need a restart, ignored: {})", ignored.join(", "));
+                }
+                text
+            }
+            Event::ConfigRejected { error, .. } => {
+                format!("config rejected, previous config kept: {error}")
+            }
+        };
+        Some(text)
+    }
+}
+
+/// Whatever follows a run's events: the dashboard, headless progress. One method, so that a
+/// new kind of event is handled in one place per consumer.
+pub trait Observer {
+    /// One event from source `source`: the live engine is 0, followed run directories are
+    /// numbered in the order they were given.
+    fn on_event(&mut self, source: usize, ev: &Event);
+}
+
+/// Reading back what serde_json wrote: it writes non-finite numbers as null.
+mod nan {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        let v: Vec<Option<f64>> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+    }
+
+    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+        let m: BTreeMap<String, Option<f64>> = BTreeMap::deserialize(d)?;
+        Ok(m.into_iter()
+            .map(|(k, x)| (k, x.unwrap_or(f64::NAN)))
+            .collect())
+    }
+}
+
 pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(margin: f64) -> EvalReport {
+        EvalReport {
+            step: 3,
+            time: 12.5,
+            metrics: [
+                ("eval_loss".to_string(), 0.25),
+                ("eval_rewards/accuracies".into(), 0.75),
+                ("eval_rewards/margins".into(), margin),
+            ]
+            .into_iter()
+            .collect(),
+            prefix: PrefixCurve {
+                j: vec![1, 2],
+                margin: vec![0.5, f64::NAN],
+                accuracy: vec![1.0, 0.5],
+                pairs: vec![2, 1],
+            },
+            token_diffs: vec![TokenDiffRow {
+                pair: 0,
+                values: vec![-0.5, 1.5],
+            }],
+            entropy: vec![2.0],
+            cross_entropy: vec![f64::INFINITY],
+        }
+    }
+
+    #[test]
+    fn records_carry_their_version_and_read_back() {
+        let ev = Event::Applied {
+            step: 4,
+            changes: vec![Change {
+                field: "train.lr".into(),
+                old: "0.001".into(),
+                new: "0.0005".into(),
+            }],
+            ignored: vec!["train.batch_size".into()],
+        };
+        let line = ev.to_record().unwrap();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (v["v"].as_u64(), v["event"].as_str()),
+            (Some(1), Some("applied"))
+        );
+        assert_eq!(Event::from_record(&line).unwrap(), ev);
+    }
+
+    #[test]
+    fn non_finite_numbers_read_back_as_nan() {
+        let line = Event::Eval(Box::new(eval(f64::NAN))).to_record().unwrap();
+        let Ok(Event::Eval(r)) = Event::from_record(&line) else {
+            panic!("{line}")
+        };
+        assert!(r.metrics["eval_rewards/margins"].is_nan());
+        assert_eq!(r.metrics["eval_loss"], 0.25);
+        assert!(r.prefix.margin[1].is_nan() && r.cross_entropy[0].is_nan());
+        assert_eq!(r.token_diffs, eval(0.0).token_diffs);
+    }
+
+    #[test]
+    fn unknown_and_newer_records_are_refused() {
+        let line = Event::Log {
+            step: 1,
+            level: Level::Info,
+            message: "hello".into(),
+        }
+        .to_record()
+        .unwrap();
+        // Torn by a kill in the middle of a write.
+        let torn = &line[..line.len() / 2];
+        assert!(matches!(
+            Event::from_record(torn),
+            Err(RecordError::Unreadable(_))
+        ));
+        let newer = line.replace("\"v\":1", "\"v\":2");
+        assert_eq!(Event::from_record(&newer), Err(RecordError::Newer(2)));
+        let unversioned = line.replace(",\"v\":1", "");
+        assert!(matches!(
+            Event::from_record(&unversioned),
+            Err(RecordError::Unreadable(_))
+        ));
+        let unknown = line.replace("\"log\"", "\"teleported\"");
+        assert!(matches!(
+            Event::from_record(&unknown),
+            Err(RecordError::Unreadable(_))
+        ));
+    }
+
+    fn said(ev: Event) -> (Level, String) {
+        (ev.level(), ev.describe().unwrap())
+    }
+
+    #[test]
+    fn each_event_is_said_in_one_sentence() {
+        let started = |start_step: usize| Event::Started {
+            variant: "dpo".into(),
+            run_dir: "/runs/dpo-1".into(),
+            start_step,
+            total_steps: 6,
+            device: "cpu bf16".into(),
+            params: 133_440,
+            config: Box::new(serde_json::json!({})),
+        };
+        assert_eq!(
+            said(started(0)),
+            (
+                Level::Info,
+                "started 6 steps on cpu bf16, 0.13M parameters -> /runs/dpo-1".into()
+            )
+        );
+        assert_eq!(
+            said(started(4)).1,
+            "resumed at step 4 of 6 on cpu bf16, 0.13M parameters -> /runs/dpo-1"
+        );
+        let state = |step: usize, state: RunState| Event::State { step, state };
+        assert_eq!(said(state(6, RunState::Finished)).1, "finished");
+        assert_eq!(said(state(3, RunState::Stopped)).1, "stopped at step 3");
+        assert_eq!(
+            said(state(3, RunState::Failed("out of memory".into()))),
+            (Level::Error, "failed at step 3: out of memory".into())
+        );
+        assert_eq!(
+            said(state(0, RunState::Failed("variant x: no GPU".into()))).1,
+            "failed before training: variant x: no GPU"
+        );
+        assert_eq!(
+            said(Event::Skipped {
+                step: 2,
+                reason: "loss NaN".into()
+            }),
+            (Level::Warn, "step 2 skipped: loss NaN".into())
+        );
+        assert_eq!(
+            said(Event::Eval(Box::new(eval(-0.5)))).1,
+            "eval: loss 0.2500  accuracy 0.750  margin -0.5000"
+        );
+        assert_eq!(
+            said(Event::Checkpoint {
+                step: 4,
+                path: "/runs/dpo-1/checkpoints/step-4".into()
+            })
+            .1,
+            "checkpoint /runs/dpo-1/checkpoints/step-4"
+        );
+        let change = Change {
+            field: "train.lr".into(),
+            old: "0.001".into(),
+            new: "0.0005".into(),
+        };
+        assert_eq!(
+            said(Event::Applied {
+                step: 4,
+                changes: vec![change.clone(), change],
+                ignored: vec!["train.batch_size".into()],
+            })
+            .1,
+            "config applied: train.lr 0.001 -> 0.0005, train.lr 0.001 -> 0.0005 \
+             (need a restart, ignored: train.batch_size)"
+        );
+        assert_eq!(
+            said(Event::Applied {
+                step: 4,
+                changes: vec![],
+                ignored: vec![],
+            })
+            .1,
+            "config reloaded: no live setting changed"
+        );
+        assert_eq!(
+            said(Event::ConfigRejected {
+                step: 5,
+                error: "gaplab.toml:3:8: bad".into()
+            }),
+            (
+                Level::Warn,
+                "config rejected, previous config kept: gaplab.toml:3:8: bad".into()
+            )
+        );
+        assert_eq!(
+            said(Event::Log {
+                step: 1,
+                level: Level::Error,
+                message: "disk full".into()
+            }),
+            (Level::Error, "disk full".into())
+        );
+        let samples = Event::Samples {
+            step: 3,
+            samples: vec![],
+        };
+        assert_eq!((samples.describe(), samples.step()), (None, 3));
+    }
 }

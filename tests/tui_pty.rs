@@ -367,7 +367,9 @@ fn edits_of_the_config_and_the_theme_show_at_once() {
 
     // The config: a live change is applied and shown; an invalid edit is shown with its place.
     std::fs::write(&file, text.replace("beta = 0.1", "beta = 0.25")).unwrap();
-    t.wait_for("the applied change", |s| s.contains("train.beta 0.1→0.25"));
+    t.wait_for("the applied change", |s| {
+        s.contains("train.beta 0.1 -> 0.25")
+    });
     std::fs::write(&file, text.replace("beta = 0.1", "beta = \"high\"")).unwrap();
     t.wait_for("the rejected edit", |s| {
         s.contains("config rejected: gaplab.toml:13:8") && s.contains("train.beta: invalid type")

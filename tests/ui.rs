@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use gaplab::event::Event;
+use gaplab::event::{Event, Observer};
 use gaplab::ui::keymap::Action;
 use gaplab::ui::state::{App, HeatMetric, HeatmapMode, Mode, Pane, Role};
 use gaplab::ui::theme::{ColorDepth, ThemeFile, BUILTIN};
@@ -36,7 +36,7 @@ fn app() -> App {
         .resolve(ColorDepth::C16);
     let mut app = App::new(Role::Owner, theme);
     for (source, ev) in events() {
-        app.on_event(source, ev);
+        app.on_event(source, &ev);
     }
     app
 }
@@ -93,7 +93,7 @@ fn gap_chart_with_a_judge() {
             let score = 0.8 - 0.05 * r.step as f64 - 0.1 * source as f64;
             r.metrics.insert("eval_judge/score".into(), score);
         }
-        a.on_event(source, ev);
+        a.on_event(source, &ev);
     }
     a.focus = Pane::Rewards;
     a.expanded = true;
@@ -341,7 +341,7 @@ fn frame_cost() {
     for s in 7..3000 {
         a.on_event(
             0,
-            Event::Step(gaplab::event::StepMetrics {
+            &Event::Step(gaplab::event::StepMetrics {
                 step: s,
                 time: s as f64,
                 metrics: [

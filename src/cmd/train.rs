@@ -19,7 +19,7 @@ macro_rules! say {
 
 use crate::config::Workspace;
 use crate::engine::{self, Command, Outcome, Plan, Work};
-use crate::event::{Event, RunState};
+use crate::event::{Event, Level, Observer, RunState};
 
 /// Train the variants of a workspace (or one of them, or resume a run).
 #[derive(clap::Args, Clone, Debug)]
@@ -221,7 +221,7 @@ pub fn run_headless(args: &TrainArgs) -> Result<Outcome> {
     on_signals(engine.commands.clone(), unused.clone(), unused, false)?;
     let mut progress = Progress::new(std::io::stderr().is_terminal(), args.workspace.clone());
     for ev in engine.events.iter() {
-        progress.on(&ev);
+        progress.on_event(0, &ev);
     }
     progress.finish_line();
     engine.join()
@@ -269,16 +269,28 @@ impl Progress {
             self.line_open = false;
         }
     }
+}
 
-    pub fn on(&mut self, ev: &Event) {
+/// Everything but the periodic step and eval lines is said as [`Event::describe`] says it,
+/// after the variant's name.
+impl Observer for Progress {
+    fn on_event(&mut self, _source: usize, ev: &Event) {
+        // A variant that fails before it starts has not been named by a Started event; its
+        // message names it.
+        let said = |p: &Self| {
+            let sentence = ev.describe().unwrap_or_default();
+            if p.variant.is_empty() {
+                sentence
+            } else {
+                format!("{}: {sentence}", p.variant)
+            }
+        };
         match ev {
             Event::Started {
                 variant,
                 run_dir,
                 start_step,
                 total_steps,
-                device,
-                params,
                 ..
             } => {
                 self.variant = variant.clone();
@@ -288,16 +300,7 @@ impl Progress {
                 self.started = Instant::now();
                 self.every = (total_steps / 20).max(1);
                 self.last = None;
-                let what = if *start_step > 0 {
-                    format!("resuming at step {start_step} of {total_steps}")
-                } else {
-                    format!("{total_steps} steps")
-                };
-                self.say(&format!(
-                    "{variant}: {what} on {device}, {:.2}M parameters -> {}",
-                    *params as f64 / 1e6,
-                    run_dir.display()
-                ));
+                self.say(&said(self));
             }
             Event::Step(m) => {
                 let g = |k: &str| m.metrics.get(k).copied().unwrap_or(f64::NAN);
@@ -316,9 +319,6 @@ impl Progress {
                 } else if m.step.is_multiple_of(self.every) || m.step == self.total {
                     say!("{line}");
                 }
-            }
-            Event::Skipped { step, reason } => {
-                self.say(&format!("{}: step {step} skipped: {reason}", self.variant))
             }
             Event::Eval(r) => {
                 let g = |k: &str| r.metrics.get(k).copied().unwrap_or(f64::NAN);
@@ -343,69 +343,54 @@ impl Progress {
                 }
                 self.say(&text);
             }
-            Event::Log { level, message, .. } => {
-                if *level != crate::event::Level::Info {
-                    self.say(&format!("{}: {message}", self.variant));
+            Event::Log { level, .. } => {
+                if *level != Level::Info {
+                    self.say(&said(self));
                 }
             }
-            Event::Applied {
-                step,
-                changes,
-                ignored,
-            } => {
-                let c: Vec<String> = changes
-                    .iter()
-                    .map(|c| format!("{} {} -> {}", c.field, c.old, c.new))
-                    .collect();
-                let mut text = if c.is_empty() {
-                    format!("{}: config reloaded at step {step}: no live setting changed", self.variant)
-                } else {
-                    format!("{}: config applied at step {step}: {}", self.variant, c.join(", "))
-                };
-                if !ignored.is_empty() {
-                    text += &format!(" (need a restart, ignored: {})", ignored.join(", "));
-                }
-                self.say(&text);
+            Event::Skipped { .. } | Event::Applied { .. } | Event::ConfigRejected { .. } => {
+                self.say(&said(self))
             }
-            Event::ConfigRejected { step, error } => self.say(&format!(
-                "{}: config edit rejected at step {step}, previous config kept: {error}",
-                self.variant
-            )),
-            Event::State { step, state } => match state {
-                RunState::Finished => {
-                    let took = crate::ui::math::duration(self.started.elapsed().as_secs_f64());
-                    let summary = match self.last {
-                        Some((_, loss, margin, acc, _)) => format!(
-                            " (last step: loss {loss:.4}, margin {margin:+.4}, accuracy {acc:.3})"
-                        ),
-                        None => String::new(),
-                    };
-                    self.say(&format!(
-                        "{}: finished {step} steps in {took}{summary}; run directory {}",
-                        self.variant,
-                        self.run_dir.display()
-                    ));
+            Event::State { step, state } => {
+                match state {
+                    RunState::Finished => {
+                        let took = crate::ui::math::duration(self.started.elapsed().as_secs_f64());
+                        let summary = match self.last {
+                            Some((_, loss, margin, acc, _)) => format!(
+                                " (last step: loss {loss:.4}, margin {margin:+.4}, accuracy {acc:.3})"
+                            ),
+                            None => String::new(),
+                        };
+                        let text = format!(
+                            "{} {step} steps in {took}{summary}; run directory {}",
+                            said(self),
+                            self.run_dir.display()
+                        );
+                        self.say(&text);
+                    }
+                    RunState::Stopped => {
+                        let text = format!(
+                            "{} with a checkpoint; continue with: gaplab train {} --resume {}",
+                            said(self),
+                            self.workspace.display(),
+                            self.run_dir.display()
+                        );
+                        self.say(&text);
+                    }
+                    RunState::Failed(_) => self.say(&said(self)),
+                    RunState::Starting | RunState::Running | RunState::Paused => {}
                 }
-                RunState::Stopped => self.say(&format!(
-                    "{}: stopped at step {step} with a checkpoint; continue with: gaplab train {} --resume {}",
-                    self.variant,
-                    self.workspace.display(),
-                    self.run_dir.display()
-                )),
-                // A variant that fails before it starts has not been named by a Started event;
-                // its message names it.
-                RunState::Failed(msg) if self.variant.is_empty() => {
-                    self.say(&format!("failed before training: {msg}"))
+                if state.is_over() {
+                    // What comes next belongs to the next variant.
+                    self.variant.clear();
                 }
-                RunState::Failed(msg) => {
-                    self.say(&format!("{}: failed at step {step}: {msg}", self.variant))
-                }
-                _ => {}
-            },
+            }
             Event::Samples { .. } | Event::Checkpoint { .. } => {}
         }
     }
+}
 
+impl Progress {
     fn step_line(&self) -> String {
         let Some((step, loss, margin, acc, tps)) = self.last else {
             return String::new();

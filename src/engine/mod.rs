@@ -440,7 +440,12 @@ fn sft_stage(
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let run = RunDir::open(&dir)?;
     // A restarted stage starts over: its records would otherwise repeat.
-    for f in [runlog::METRICS, runlog::SAMPLES, runlog::PREFIX] {
+    for f in [
+        runlog::EVENTS,
+        runlog::METRICS,
+        runlog::SAMPLES,
+        runlog::PREFIX,
+    ] {
         let _ = std::fs::remove_file(run.file(f));
     }
     let mut sft_cfg = cfg.clone();

@@ -2,20 +2,31 @@
 //!
 //! ```text
 //! <run>/config.toml      resolved RunConfig at start
+//!       events.jsonl     every event of the run, one serde record a line, in order: what
+//!                        viewers read back (`{"v": 1, "event": "step", ...}`, see below)
 //!       status.json      current state, step, total steps, pid (rewritten atomically)
 //!       metrics.jsonl    {"step", "time", "split": "train"|"eval", metric names...} and
 //!                        {"step", "time", "event": "skipped"|"applied", ...}
 //!       samples.jsonl    {"step", "prompt_id", "prompt", "source", "text", "token_ids"}
 //!       prefix.jsonl     eval diagnostics: {"step", "prefix", "token_diffs", "entropy", ...}
-//!       log.txt          human-readable log
+//!       log.txt          human-readable log: `<YYYYMMDD-HHMMSS> step <N> <level>: <sentence>`
 //!       checkpoints/step-N/   HF folder + optimizer.safetensors + trainer_state.json,
 //!                        written as checkpoints/.tmp-step-N and renamed when complete
 //! ```
+//!
+//! events.jsonl is the record viewers trust: each line is [`Event::to_record`], the event's
+//! serde form with its format version in `"v"` (a version on every line rather than a header, so
+//! that truncating a resumed run's records, or appending to a run written by another version,
+//! needs no rewriting of the head). metrics, samples and prefix are the same records in TRL's
+//! shape for users' scripts; log.txt says each event in words ([`Event::describe`]). Run
+//! directories written before events.jsonl existed are read from those files instead
+//! ([`tail`]).
 
+mod legacy;
 pub mod tail;
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -23,9 +34,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::RunConfig;
-use crate::event::{Event, RunState};
+use crate::event::{Event, Level, RunState};
 
 pub const CONFIG: &str = "config.toml";
+pub const EVENTS: &str = "events.jsonl";
 pub const STATUS: &str = "status.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const SAMPLES: &str = "samples.jsonl";
@@ -202,18 +214,19 @@ impl RunDir {
     }
 
     /// Drops every record after `step` from the JSONL files (resuming from a checkpoint at
-    /// `step` recomputes them), and leftovers of interrupted checkpoint writes.
+    /// `step` recomputes them), and leftovers of interrupted checkpoint writes. A run directory
+    /// of an earlier version gets its events.jsonl first, made from its other files, so that
+    /// what came before the resume stays visible to viewers.
     pub fn truncate_after(&self, step: usize) -> Result<()> {
-        for name in [METRICS, SAMPLES, PREFIX] {
+        self.add_events_file()?;
+        for name in [EVENTS, METRICS, SAMPLES, PREFIX] {
             let path = self.file(name);
             let Ok(f) = File::open(&path) else { continue };
             let mut kept = Vec::new();
             for line in BufReader::new(f).lines() {
                 let line = line?;
-                let keep = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("step").and_then(Value::as_u64))
-                    .is_some_and(|s| s as usize <= step);
+                // A torn last line (a killed process) has no step and goes too.
+                let keep = record_step(&line).is_some_and(|s| s <= step);
                 if keep {
                     kept.extend_from_slice(line.as_bytes());
                     kept.push(b'\n');
@@ -230,6 +243,28 @@ impl RunDir {
         }
         Ok(())
     }
+
+    /// Writes events.jsonl from the files of a run directory written before it existed (one
+    /// with train records but no events.jsonl), as [`tail`] reads them.
+    fn add_events_file(&self) -> Result<()> {
+        let has_records = std::fs::metadata(self.file(METRICS)).is_ok_and(|m| m.len() > 0);
+        if self.file(EVENTS).exists() || !has_records || !self.file(CONFIG).exists() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for ev in tail::replay(&self.path)? {
+            text += &ev.to_record()?;
+            text.push('\n');
+        }
+        write_atomic(&self.file(EVENTS), text.as_bytes())
+    }
+}
+
+/// The step of a JSONL record (where it starts, for a run's `started` event).
+fn record_step(line: &str) -> Option<usize> {
+    let v = serde_json::from_str::<Value>(line).ok()?;
+    let step = v.get("step").or_else(|| v.get("start_step"))?;
+    step.as_u64().map(|s| s as usize)
 }
 
 fn sync_dir(dir: &Path) {
@@ -253,6 +288,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Appends events to the run directory's files, flushing each record.
 pub struct Writer {
     run: RunDir,
+    events: File,
     metrics: File,
     samples: File,
     prefix: File,
@@ -276,9 +312,32 @@ fn line(f: &mut File, v: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Ends a torn last line (a process killed mid-write) so that the next record starts on a line
+/// of its own: readers skip the fragment instead of losing the record after it.
+fn end_torn_line(f: &mut File, path: &Path) -> Result<()> {
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8];
+    let mut r = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    r.seek(SeekFrom::Start(len - 1))?;
+    r.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        f.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
 impl Writer {
     pub fn new(run: &RunDir, variant: &str, total_steps: usize) -> Result<Self> {
+        // events.jsonl first: a viewer that finds the other files without it takes the run
+        // directory for one of an earlier version.
+        let path = run.file(EVENTS);
+        let mut events = append(&path)?;
+        end_torn_line(&mut events, &path)?;
         Ok(Self {
+            events,
             metrics: append(&run.file(METRICS))?,
             samples: append(&run.file(SAMPLES))?,
             prefix: append(&run.file(PREFIX))?,
@@ -289,33 +348,24 @@ impl Writer {
         })
     }
 
-    pub fn log(&mut self, step: usize, level: &str, message: &str) -> Result<()> {
+    fn log(&mut self, step: usize, level: Level, sentence: &str) -> Result<()> {
         let t = crate::event::now() as u64;
-        writeln!(self.log, "{} step {step} {level}: {message}", timestamp(t))?;
+        let level = match level {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        writeln!(self.log, "{} step {step} {level}: {sentence}", timestamp(t))?;
         Ok(())
     }
 
     pub fn write(&mut self, ev: &Event) -> Result<()> {
+        let mut record = ev.to_record()?;
+        record.push('\n');
+        self.events.write_all(record.as_bytes())?;
         let time = crate::event::now();
         match ev {
-            Event::Started {
-                start_step,
-                total_steps,
-                device,
-                params,
-                ..
-            } => {
-                self.total_steps = *total_steps;
-                self.log(
-                    *start_step,
-                    "info",
-                    &format!(
-                        "{} {} from step {start_step} of {total_steps} on {device} ({params} parameters)",
-                        if *start_step == 0 { "started" } else { "resumed" },
-                        self.variant
-                    ),
-                )?;
-            }
+            Event::Started { total_steps, .. } => self.total_steps = *total_steps,
             Event::State { step, state } => {
                 self.run.write_status(&Status {
                     variant: self.variant.clone(),
@@ -325,11 +375,6 @@ impl Writer {
                     pid: std::process::id(),
                     time,
                 })?;
-                self.log(
-                    *step,
-                    "info",
-                    &format!("state {}", serde_json::to_string(state)?),
-                )?;
             }
             Event::Step(m) => {
                 let mut v = json!({"step": m.step, "time": m.time, "split": "train"});
@@ -343,7 +388,6 @@ impl Writer {
                     &mut self.metrics,
                     &json!({"step": step, "time": time, "event": "skipped", "reason": reason}),
                 )?;
-                self.log(*step, "warn", &format!("step skipped: {reason}"))?;
             }
             Event::Eval(r) => {
                 let mut v = json!({"step": r.step, "time": r.time, "split": "eval"});
@@ -363,20 +407,6 @@ impl Writer {
                     line(&mut self.samples, &serde_json::to_value(s)?)?;
                 }
             }
-            Event::Checkpoint { step, path } => {
-                self.log(*step, "info", &format!("checkpoint {}", path.display()))?;
-            }
-            Event::Log {
-                step,
-                level,
-                message,
-            } => {
-                self.log(
-                    *step,
-                    &serde_json::to_string(level)?.replace('"', ""),
-                    message,
-                )?;
-            }
             Event::Applied {
                 step,
                 changes,
@@ -387,23 +417,17 @@ impl Writer {
                     &json!({"step": step, "time": time, "event": "applied",
                         "changes": changes, "ignored": ignored}),
                 )?;
-                let desc: Vec<String> = changes
-                    .iter()
-                    .map(|c| format!("{} {} -> {}", c.field, c.old, c.new))
-                    .collect();
-                let mut text = format!("config applied: {}", desc.join(", "));
-                if !ignored.is_empty() {
-                    text += &format!(" (need a restart, ignored: {})", ignored.join(", "));
-                }
-                self.log(*step, "info", &text)?;
             }
             Event::ConfigRejected { step, error } => {
                 line(
                     &mut self.metrics,
                     &json!({"step": step, "time": time, "event": "config_rejected", "error": error}),
                 )?;
-                self.log(*step, "warn", &format!("config rejected: {error}"))?;
             }
+            Event::Checkpoint { .. } | Event::Log { .. } => {}
+        }
+        if let Some(sentence) = ev.describe() {
+            self.log(ev.step(), ev.level(), &sentence)?;
         }
         Ok(())
     }
@@ -459,5 +483,64 @@ mod tests {
             std::fs::read_to_string(run.file(METRICS)).unwrap(),
             "{\"step\":1}\n{\"step\":2}\n"
         );
+    }
+
+    #[test]
+    fn truncation_covers_the_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path(), "v").unwrap();
+        let log = |step: usize| Event::Log {
+            step,
+            level: Level::Info,
+            message: format!("at {step}"),
+        };
+        let resumed = Event::Started {
+            variant: "v".into(),
+            run_dir: run.path.clone(),
+            start_step: 2,
+            total_steps: 9,
+            device: "cpu".into(),
+            params: 1,
+            config: Box::new(serde_json::json!({})),
+        };
+        let mut w = Writer::new(&run, "v", 9).unwrap();
+        for ev in [log(1), log(2), resumed.clone(), log(3)] {
+            w.write(&ev).unwrap();
+        }
+        // A record torn by a kill goes too.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(run.file(EVENTS))
+            .unwrap()
+            .write_all(b"{\"v\":1,\"event\":\"lo")
+            .unwrap();
+        run.truncate_after(2).unwrap();
+        let kept: Vec<Event> = std::fs::read_to_string(run.file(EVENTS))
+            .unwrap()
+            .lines()
+            .map(|l| Event::from_record(l).unwrap())
+            .collect();
+        assert_eq!(kept, vec![log(1), log(2), resumed]);
+    }
+
+    #[test]
+    fn a_torn_record_is_ended_before_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path(), "v").unwrap();
+        std::fs::write(run.file(EVENTS), "{\"v\":1,\"ev").unwrap();
+        let mut w = Writer::new(&run, "v", 9).unwrap();
+        let ev = Event::Checkpoint {
+            step: 2,
+            path: "c".into(),
+        };
+        w.write(&ev).unwrap();
+        let text = std::fs::read_to_string(run.file(EVENTS)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "{\"v\":1,\"ev");
+        assert_eq!(Event::from_record(lines[1]).unwrap(), ev);
+        // A whole file is left as it is.
+        drop(w);
+        Writer::new(&run, "v", 9).unwrap();
+        assert_eq!(std::fs::read_to_string(run.file(EVENTS)).unwrap(), text);
     }
 }

@@ -17,7 +17,7 @@ use super::view;
 use crate::engine::control::{ControlClient, Remote};
 use crate::engine::Command;
 use crate::engine::{Engine, Outcome};
-use crate::event::{Change, Event, Level};
+use crate::event::{Change, Event, Level, Observer};
 use crate::runlog::tail;
 use crate::watch;
 
@@ -426,7 +426,7 @@ fn handle(
     looks: &mut Looks,
 ) {
     match msg {
-        Msg::Event(source, ev) => app.on_event(source, ev),
+        Msg::Event(source, ev) => app.on_event(source, &ev),
         Msg::ThemeFile(c) => {
             // A file removed mid-save comes back with the next event.
             if c.content.is_some() && looks.is_active(&c.path) {

@@ -15,7 +15,7 @@ pub use self::panes::{
     StatusBar,
 };
 use crate::engine::Command;
-use crate::event::{Change, EvalReport, Event, Level, RunState, Sample, StepMetrics};
+use crate::event::{Change, EvalReport, Event, Level, Observer, RunState, Sample, StepMetrics};
 use crate::ui::keymap::{self, Action};
 use crate::ui::theme::Theme;
 
@@ -278,9 +278,11 @@ impl App {
             text,
         });
     }
+}
 
+impl Observer for App {
     /// Takes one event from source `source` (the live engine, or one followed run directory).
-    pub fn on_event(&mut self, source: usize, ev: Event) {
+    fn on_event(&mut self, source: usize, ev: &Event) {
         self.dirty = true;
         if let Event::Started {
             variant,
@@ -290,7 +292,7 @@ impl App {
             device,
             params,
             ..
-        } = &ev
+        } = ev
         {
             let existing = self.runs.iter().position(|r| &r.run_dir == run_dir);
             let idx = existing.unwrap_or_else(|| {
@@ -328,63 +330,25 @@ impl App {
         match ev {
             Event::Started { .. } => unreachable!(),
             Event::State { step, state } => {
-                r.step = r.step.max(step);
-                if let RunState::Failed(msg) = &state {
-                    let msg = msg.clone();
-                    r.state = state;
-                    self.log_line(name, step, Level::Error, format!("failed: {msg}"));
-                } else {
-                    let text = state_name(&state).to_string();
-                    r.state = state;
-                    if idx == self.selected {
-                        self.paused = r.state == RunState::Paused;
-                    }
-                    self.log_line(name, step, Level::Info, text);
+                r.step = r.step.max(*step);
+                r.state = state.clone();
+                if idx == self.selected && !matches!(state, RunState::Failed(_)) {
+                    self.paused = r.state == RunState::Paused;
                 }
             }
-            Event::Step(m) => r.on_step(&m),
-            Event::Skipped { step, reason } => {
-                self.log_line(name, step, Level::Warn, format!("step skipped: {reason}"))
-            }
-            Event::Eval(rep) => {
-                r.on_eval(&rep);
-                let g = |k: &str| rep.metrics.get(k).copied().unwrap_or(f64::NAN);
-                let text = match rep.metrics.get("eval_rewards/accuracies") {
-                    Some(acc) => format!(
-                        "eval: loss {:.4}  accuracy {acc:.3}  margin {:+.4}",
-                        g("eval_loss"),
-                        g("eval_rewards/margins")
-                    ),
-                    None => format!("eval: loss {:.4}", g("eval_loss")),
-                };
-                self.log_line(name, rep.step, Level::Info, text);
-            }
+            Event::Step(m) => r.on_step(m),
+            Event::Eval(rep) => r.on_eval(rep),
             Event::Samples { step, samples } => {
                 for s in samples {
-                    let at = if s.source == "reference" { 0 } else { step };
+                    let at = if s.source == "reference" { 0 } else { *step };
                     let v = r.samples.entry(at).or_default();
                     v.retain(|x| !(x.source == s.source && x.prompt_id == s.prompt_id));
-                    v.push(s);
+                    v.push(s.clone());
                 }
             }
-            Event::Checkpoint { step, path } => self.log_line(
-                name,
-                step,
-                Level::Info,
-                format!("checkpoint {}", path.display()),
-            ),
-            Event::Log {
-                step,
-                level,
-                message,
-            } => self.log_line(name, step, level, message),
-            Event::Applied {
-                step,
-                changes,
-                ignored,
-            } => {
+            Event::Applied { step, changes, .. } => {
                 if !changes.is_empty() {
-                    r.applied.push(step);
+                    r.applied.push(*step);
                 }
                 if let Some(c) = changes.iter().find(|c| c.field == "train.steps") {
                     if let Ok(n) = c.new.parse::<usize>() {
@@ -401,35 +365,22 @@ impl App {
                             .cloned(),
                     );
                 }
-                let c: Vec<String> = changes
-                    .iter()
-                    .map(|c| format!("{} {}→{}", c.field, c.old, c.new))
-                    .collect();
-                let mut text = if c.is_empty() {
-                    "config reloaded: no live setting changed".to_string()
-                } else {
-                    format!("config applied: {}", c.join(", "))
-                };
-                if !ignored.is_empty() {
-                    text += &format!("; needs restart, ignored: {}", ignored.join(", "));
-                }
-                self.status.reload = Some((true, text.clone()));
-                self.log_line(name, step, Level::Info, text);
+                self.status.reload = ev.describe().map(|text| (true, text));
             }
-            Event::ConfigRejected { step, error } => {
+            Event::ConfigRejected { error, .. } => {
                 // The status bar is narrow: the file name says enough there, the log has all.
                 self.status.reload =
-                    Some((false, format!("config rejected: {}", short_path(&error))));
-                self.log_line(
-                    name,
-                    step,
-                    Level::Warn,
-                    format!("config rejected, previous kept: {error}"),
-                );
+                    Some((false, format!("config rejected: {}", short_path(error))));
             }
+            Event::Skipped { .. } | Event::Checkpoint { .. } | Event::Log { .. } => {}
+        }
+        if let Some(text) = ev.describe() {
+            self.log_line(name, ev.step(), ev.level(), text);
         }
     }
+}
 
+impl App {
     /// One line per run this process trained: where it stands and where it is on disk.
     pub fn summary(&self) -> Vec<String> {
         self.runs
@@ -671,25 +622,25 @@ mod tests {
     #[test]
     fn a_live_source_moves_to_its_next_variant() {
         let mut a = app();
-        a.on_event(0, started("/r/dpo-1", "dpo"));
-        a.on_event(0, step(1, 100.0, 0.7));
-        a.on_event(0, step(2, 102.0, 0.6));
+        a.on_event(0, &started("/r/dpo-1", "dpo"));
+        a.on_event(0, &step(1, 100.0, 0.7));
+        a.on_event(0, &step(2, 102.0, 0.6));
         assert_eq!(a.runs[0].eta(), 16.0);
-        a.on_event(0, started("/r/dpo-poet-1", "dpo-poet"));
-        a.on_event(0, step(1, 200.0, 0.5));
+        a.on_event(0, &started("/r/dpo-poet-1", "dpo-poet"));
+        a.on_event(0, &step(1, 200.0, 0.5));
         assert_eq!(a.runs.len(), 2);
         assert_eq!(a.selected, 1);
         assert_eq!(a.runs[1].series(false, "loss"), vec![(1.0, 0.5)]);
         // A resumed run's repeated step replaces the old record.
-        a.on_event(0, step(1, 201.0, 0.4));
+        a.on_event(0, &step(1, 201.0, 0.4));
         assert_eq!(a.runs[1].series(false, "loss"), vec![(1.0, 0.4)]);
     }
 
     #[test]
     fn same_variant_runs_get_folder_names() {
         let mut a = app();
-        a.on_event(0, started("/r/dpo-20260101-000000", "dpo"));
-        a.on_event(1, started("/r/dpo-20260102-000000", "dpo"));
+        a.on_event(0, &started("/r/dpo-20260101-000000", "dpo"));
+        a.on_event(1, &started("/r/dpo-20260102-000000", "dpo"));
         assert_eq!(a.runs[0].name, "dpo-20260101-000000");
         assert_eq!(a.runs[1].name, "dpo-20260102-000000");
     }
@@ -697,10 +648,10 @@ mod tests {
     #[test]
     fn quitting_asks_while_training_and_stops_cleanly() {
         let mut a = app();
-        a.on_event(0, started("/r/dpo", "dpo"));
+        a.on_event(0, &started("/r/dpo", "dpo"));
         a.on_event(
             0,
-            Event::State {
+            &Event::State {
                 step: 0,
                 state: RunState::Running,
             },
@@ -719,10 +670,10 @@ mod tests {
         assert_eq!((a.mode, a.exit), (Mode::Dashboard, Exit::Stopping));
         // Attached viewers just leave.
         let mut b = App::new(Role::Attached { controllable: true }, a.theme.clone());
-        b.on_event(0, started("/r/dpo", "dpo"));
+        b.on_event(0, &started("/r/dpo", "dpo"));
         b.on_event(
             0,
-            Event::State {
+            &Event::State {
                 step: 0,
                 state: RunState::Running,
             },
@@ -734,14 +685,14 @@ mod tests {
     #[test]
     fn pause_toggles_and_read_only_viewers_send_nothing() {
         let mut a = app();
-        a.on_event(0, started("/r/dpo", "dpo"));
+        a.on_event(0, &started("/r/dpo", "dpo"));
         assert_eq!(
             a.on_action(Action::PauseResume),
             Some(Effect::Send(Command::Pause))
         );
         a.on_event(
             0,
-            Event::State {
+            &Event::State {
                 step: 3,
                 state: RunState::Paused,
             },
@@ -807,7 +758,7 @@ mod tests {
         use ratatui::crossterm::event::{KeyCode, KeyModifiers};
         let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
         let mut a = app();
-        a.on_event(0, started("/r/dpo", "dpo"));
+        a.on_event(0, &started("/r/dpo", "dpo"));
         a.on_key(&key(KeyCode::Char('y')));
         assert!(a.charts.y_lock.is_some(), "y locks the y-range");
         a.on_key(&key(KeyCode::Char('q')));
@@ -842,17 +793,17 @@ mod tests {
     #[test]
     fn config_edits_reach_the_status_bar_and_the_dashboard_settings() {
         let mut a = app();
-        a.on_event(0, started("/r/dpo-1", "dpo"));
+        a.on_event(0, &started("/r/dpo-1", "dpo"));
         a.on_event(
             0,
-            Event::State {
+            &Event::State {
                 step: 0,
                 state: RunState::Running,
             },
         );
         a.on_event(
             0,
-            Event::Applied {
+            &Event::Applied {
                 step: 4,
                 changes: vec![
                     change("train.steps", "10", "50"),
@@ -870,12 +821,13 @@ mod tests {
         );
         let (ok, text) = a.status.reload.clone().unwrap();
         assert!(
-            ok && text.contains("train.steps 10→50") && text.contains("ignored: train.batch_size")
+            ok && text.contains("train.steps 10 -> 50")
+                && text.contains("ignored: train.batch_size")
         );
 
         a.on_event(
             0,
-            Event::ConfigRejected {
+            &Event::ConfigRejected {
                 step: 5,
                 error: "/home/me/ws/gaplab.toml:3:8: train.beta: expected a number > 0".into(),
             },
@@ -896,17 +848,17 @@ mod tests {
 
         // A finished run's history (read back by attach) does not restyle the dashboard.
         let mut b = app();
-        b.on_event(0, started("/r/dpo-1", "dpo"));
+        b.on_event(0, &started("/r/dpo-1", "dpo"));
         b.on_event(
             0,
-            Event::State {
+            &Event::State {
                 step: 10,
                 state: RunState::Finished,
             },
         );
         b.on_event(
             0,
-            Event::Applied {
+            &Event::Applied {
                 step: 4,
                 changes: vec![change("ui.smoothing", "0.6", "0.9")],
                 ignored: vec![],
