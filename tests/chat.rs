@@ -1,6 +1,8 @@
 //! Conversational preference data and chat templates: token ids against transformers (the
 //! fixtures of tests/fixtures/make_chat_fixtures.py), where templates come from, and `check`,
 //! `train` and `eval` through the real binary.
+// Tests state their expectations by unwrapping: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The real binary: `gaplab eval` against an independent Python oracle, `gaplab sample`, and
 //! clear one-line errors (exit code 2) for bad input.
+// Tests state their expectations by unwrapping: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

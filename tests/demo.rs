@@ -1,6 +1,8 @@
 //! The demo workspace: its committed data is what `gaplab demo-data` writes, and the demo
 //! config trains end to end through the real binary (SFT, then DPO, DPO+POET, SimPO and
 //! SimPO+POET), with the judge's scores in every evaluation.
+// Tests state their expectations by unwrapping: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

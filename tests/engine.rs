@@ -1,5 +1,7 @@
 //! The engine's command loop: pause, single steps, sample and checkpoint on demand, live
 //! settings, stop. Every command is acknowledged by an event.
+// Tests state their expectations by unwrapping: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

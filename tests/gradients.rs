@@ -1,5 +1,7 @@
 //! The decoder trains: every parameter gets a gradient, and DPO gradients agree with finite
 //! differences.
+// Tests state their expectations by unwrapping: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

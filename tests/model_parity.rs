@@ -1,5 +1,7 @@
 //! Numerical parity with Hugging Face transformers on committed tiny checkpoints
 //! (tests/fixtures/make_fixtures.py made them and the expected values, in float32).
+// Tests state their expectations by unwrapping: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

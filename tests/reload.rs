@@ -2,6 +2,8 @@
 //! editors save files applies the live settings within a bounded number of steps, records them
 //! in its run directory, rejects invalid edits while keeping the config in effect, and reports
 //! restart-only changes without applying them.
+// Tests state their expectations by unwrapping: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

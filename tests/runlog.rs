@@ -7,6 +7,8 @@
 //! made NaN with GAPLAB_FAULT_NAN_STEPS=2), its lr edited (applied) and its beta made invalid
 //! (rejected) while paused, then resumed to the end. tests/fixtures/run-v0-replay.jsonl holds
 //! the events that version's reader gave for it (paths as `<run>`, configs left out).
+// Tests state their expectations by unwrapping: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The real binary in a pseudo-terminal, read through a terminal emulator: the dashboard comes
 //! up, answers keys (help, pause, resume, quit), restores the terminal; training survives the
 //! terminal hanging up; `gaplab attach` shows a run and steers a live one over its socket.
+// Tests state their expectations by unwrapping: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -4,6 +4,8 @@
 //! tests/fixtures/ui-events.jsonl holds the events of the two variants of the tiny workspace
 //! (times normalised so the snapshots do not depend on the machine). Re-record it with
 //! `cargo test --release --test ui -- --ignored record_events`.
+// Tests state their expectations by unwrapping: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

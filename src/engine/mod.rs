@@ -16,9 +16,10 @@ pub use command::Command;
 
 use crate::config::{RunConfig, SftSection, Workspace};
 use crate::event::{Event, Level, RunState};
+use crate::hash::Fnv;
 use crate::runlog::{self, RunDir, Writer};
 use crate::train::initial::ModelSource;
-use crate::train::refcache::{checkpoint_fingerprint, Fnv};
+use crate::train::refcache::checkpoint_fingerprint;
 use crate::train::trainer::{sft_checkpoint, Stage, StepResult, Trainer};
 
 /// What the engine is asked to do.

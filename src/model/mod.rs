@@ -340,9 +340,11 @@ impl CausalLm {
         let by_name: HashMap<&str, &Tensor> =
             weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let get = |n: &str| by_name.get(n).map(|t| (*t).clone());
+        // Every name the spec lists was checked above; a miss here is a spec without it.
+        let need = |n: &str| get(n).with_context(|| format!("missing tensor `{n}`"));
         let lin = |n: &str| -> Result<Linear> {
             Ok(Linear {
-                w: get(&format!("{n}.weight")).context(n.to_string())?,
+                w: need(&format!("{n}.weight"))?,
                 b: get(&format!("{n}.bias")),
             })
         };
@@ -350,24 +352,24 @@ impl CausalLm {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             layers.push(Layer {
-                input_norm: get(&format!("{p}.input_layernorm.weight")).unwrap(),
+                input_norm: need(&format!("{p}.input_layernorm.weight"))?,
                 q: lin(&format!("{p}.self_attn.q_proj"))?,
                 k: lin(&format!("{p}.self_attn.k_proj"))?,
                 v: lin(&format!("{p}.self_attn.v_proj"))?,
                 o: lin(&format!("{p}.self_attn.o_proj"))?,
-                post_norm: get(&format!("{p}.post_attention_layernorm.weight")).unwrap(),
+                post_norm: need(&format!("{p}.post_attention_layernorm.weight"))?,
                 gate: lin(&format!("{p}.mlp.gate_proj"))?,
                 up: lin(&format!("{p}.mlp.up_proj"))?,
                 down: lin(&format!("{p}.mlp.down_proj"))?,
             });
         }
-        let embed = get("model.embed_tokens.weight").unwrap();
+        let embed = need("model.embed_tokens.weight")?;
         let lm_head = if cfg.tie_word_embeddings {
             embed.clone()
         } else {
-            get("lm_head.weight").unwrap()
+            need("lm_head.weight")?
         };
-        let norm = get("model.norm.weight").unwrap();
+        let norm = need("model.norm.weight")?;
         let (cos, sin) = match rope {
             Some(tables) => tables,
             None => rope_tables(&cfg, &device, dtype)?,

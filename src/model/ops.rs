@@ -28,6 +28,13 @@ fn is_half(t: &Tensor) -> bool {
     matches!(t.dtype(), DType::BF16 | DType::F16)
 }
 
+/// `x` in the kernel's float type (f32 or f64: every size and scale here is representable).
+fn float<T: num_traits::NumCast>(
+    x: impl num_traits::ToPrimitive + Copy + std::fmt::Display,
+) -> Result<T> {
+    T::from(x).ok_or_else(|| candle_core::Error::Msg(format!("{x} is not representable")))
+}
+
 fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     let data = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
@@ -85,8 +92,8 @@ impl CustomOp2 for RmsNorm {
             let x = contiguous_slice::<T>(s1, l1)?;
             let w = contiguous_slice::<T>(s2, l2)?;
             let (_, d) = rows_of(l1);
-            let eps = T::from(eps).unwrap();
-            let n = T::from(d).unwrap();
+            let eps = float::<T>(eps)?;
+            let n = float::<T>(d)?;
             let mut y = vec![T::zero(); x.len()];
             y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
                 let ss: T = x.iter().map(|&v| v * v).sum();
@@ -149,8 +156,8 @@ impl CustomOp3 for RmsNormBwd {
             let w = contiguous_slice::<T>(s2, l2)?;
             let dy = contiguous_slice::<T>(s3, l3)?;
             let (rows, d) = rows_of(l1);
-            let eps = T::from(eps).unwrap();
-            let n = T::from(d).unwrap();
+            let eps = float::<T>(eps)?;
+            let n = float::<T>(d)?;
             let mut out = vec![T::zero(); (rows + 1) * d];
             let (dx_all, dw_out) = out.split_at_mut(rows * d);
             // Weight gradients are summed per fixed block of rows, then the blocks in order, so
@@ -340,7 +347,7 @@ impl CustomOp1 for CausalSoftmax {
             let dims = l.dims();
             let rows = dims[dims.len() - 2];
             let keys = dims[dims.len() - 1];
-            let scale = T::from(op.scale).unwrap();
+            let scale = float::<T>(op.scale)?;
             let mut y = vec![T::zero(); x.len()];
             y.par_chunks_mut(keys)
                 .zip(x.par_chunks(keys))
@@ -400,7 +407,7 @@ impl CustomOp2 for CausalSoftmaxBwd {
             let y = contiguous_slice::<T>(s1, l1)?;
             let dy = contiguous_slice::<T>(s2, l2)?;
             let (_, keys) = rows_of(l1);
-            let scale = T::from(scale).unwrap();
+            let scale = float::<T>(scale)?;
             let mut dx = vec![T::zero(); y.len()];
             dx.par_chunks_mut(keys)
                 .zip(y.par_chunks(keys).zip(dy.par_chunks(keys)))

@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::tail::{unreadable, Source};
+use super::lines::{unreadable, Source};
 use super::{RunDir, Status, LOG, METRICS, PREFIX, SAMPLES, STATUS};
 use crate::config::RunConfig;
 use crate::event::{

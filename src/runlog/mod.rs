@@ -23,6 +23,7 @@
 //! ([`tail`]).
 
 mod legacy;
+mod lines;
 pub mod tail;
 
 use std::fs::{File, OpenOptions};

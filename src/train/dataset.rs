@@ -171,12 +171,17 @@ pub fn stream_indices(n: usize, per: usize, seed: u64, step: usize) -> Vec<usize
     (step * per..(step + 1) * per)
         .map(|pos| {
             let epoch = pos / n;
-            if !orders.iter().any(|o| o.0 == epoch) {
-                let mut v: Vec<usize> = (0..n).collect();
-                Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).shuffle(&mut v);
-                orders.push((epoch, v));
-            }
-            orders.iter().find(|o| o.0 == epoch).unwrap().1[pos % n]
+            let at = match orders.iter().position(|o| o.0 == epoch) {
+                Some(at) => at,
+                None => {
+                    let mut v: Vec<usize> = (0..n).collect();
+                    Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                        .shuffle(&mut v);
+                    orders.push((epoch, v));
+                    orders.len() - 1
+                }
+            };
+            orders[at].1[pos % n]
         })
         .collect()
 }

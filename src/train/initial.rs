@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
-use super::refcache::{checkpoint_fingerprint, Fnv};
+use super::refcache::checkpoint_fingerprint;
 use crate::config::ModelSection;
+use crate::hash::Fnv;
 use crate::model::{io, CausalLm, ModelConfig, ScratchSpec, Tok};
 
 /// Where the initial weights come from.

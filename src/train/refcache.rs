@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 use crate::data::TokenizedPair;
-pub use crate::hash::Fnv;
+use crate::hash::Fnv;
 use crate::model::CausalLm;
 use crate::model::SeqBatch;
 

@@ -65,17 +65,16 @@ fn styled(
         let style = span.style;
         let mut parts = span.content.split('\n').peekable();
         while let Some(part) = parts.next() {
-            if !part.is_empty() {
-                lines
-                    .last_mut()
-                    .unwrap()
-                    .push_span(Span::styled(part.to_string(), style));
+            // `lines` always has a last line: it starts with one and only grows.
+            if let Some(line) = lines.last_mut() {
+                if !part.is_empty() {
+                    line.push_span(Span::styled(part.to_string(), style));
+                }
+                if parts.peek().is_some() {
+                    line.push_span(Span::styled("↵", Style::default()));
+                }
             }
             if parts.peek().is_some() {
-                lines
-                    .last_mut()
-                    .unwrap()
-                    .push_span(Span::styled("↵", Style::default()));
                 lines.push(Line::default());
             }
         }
