@@ -25,6 +25,8 @@
 mod legacy;
 mod lines;
 pub mod tail;
+#[cfg(test)]
+mod testutil;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
