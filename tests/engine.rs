@@ -8,7 +8,6 @@ mod common;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use common::fixture;
 use gaplab::config::Workspace;
 use gaplab::engine::{self, Command, Outcome, Plan, Work};
 use gaplab::event::{Event, RunState};
@@ -32,17 +31,7 @@ fn until(rx: &Receiver<Event>, f: impl Fn(&Event) -> bool) -> (Event, Vec<Event>
 #[test]
 fn commands_are_taken_between_steps_and_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
-    let ws_dir = tmp.path().join("ws");
-    std::fs::create_dir_all(&ws_dir).unwrap();
-    let text = std::fs::read_to_string(fixture("ws-tiny/gaplab.toml"))
-        .unwrap()
-        .replace("\"../tiny-llama\"", &format!("{:?}", fixture("tiny-llama")))
-        .replace(
-            "\"../pairs.jsonl\"",
-            &format!("{:?}", fixture("pairs.jsonl")),
-        )
-        .replace("steps = 6", "steps = 40");
-    std::fs::write(ws_dir.join("gaplab.toml"), &text).unwrap();
+    let ws_dir = common::tiny_workspace(tmp.path(), |t| t.replace("steps = 6", "steps = 40"));
     let ws = Workspace::load(&ws_dir).unwrap();
     let cfg = ws.run_config("dpo").unwrap();
     let engine = engine::spawn(Plan {

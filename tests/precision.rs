@@ -118,18 +118,13 @@ fn every_parameter_receives_a_gradient_in_half_precision() {
 
 /// A workspace on `model` (the tiny fixture data) in `dir` training in `dtype`.
 fn workspace(dir: &Path, model: &Path, dtype: &str) -> PathBuf {
-    let ws = dir.join("ws");
-    std::fs::create_dir_all(&ws).unwrap();
-    let text = std::fs::read_to_string(fixture("ws-tiny/gaplab.toml"))
-        .unwrap()
-        .replace("\"../tiny-llama\"", &format!("{model:?}"))
-        .replace(
-            "\"../pairs.jsonl\"",
-            &format!("{:?}", fixture("pairs.jsonl")),
+    common::tiny_workspace(dir, |text| {
+        text.replace(
+            &format!("{:?}", fixture("tiny-llama")),
+            &format!("{model:?}"),
         )
-        .replace("seed = 3", &format!("seed = 3\ndtype = \"{dtype}\""));
-    std::fs::write(ws.join("gaplab.toml"), text).unwrap();
-    ws
+        .replace("seed = 3", &format!("seed = 3\ndtype = \"{dtype}\""))
+    })
 }
 
 fn train_run(ws: &Path, out: &Path, extra: &[&str]) -> PathBuf {

@@ -192,19 +192,7 @@ impl Observer for Recorder {
 #[test]
 fn a_new_run_directory_reads_back_as_its_live_events() {
     let tmp = tempfile::tempdir().unwrap();
-    let ws_dir = tmp.path().join("ws");
-    std::fs::create_dir_all(&ws_dir).unwrap();
-    let text = std::fs::read_to_string(common::fixture("ws-tiny/gaplab.toml"))
-        .unwrap()
-        .replace(
-            "\"../tiny-llama\"",
-            &format!("{:?}", common::fixture("tiny-llama")),
-        )
-        .replace(
-            "\"../pairs.jsonl\"",
-            &format!("{:?}", common::fixture("pairs.jsonl")),
-        );
-    std::fs::write(ws_dir.join("gaplab.toml"), &text).unwrap();
+    let ws_dir = common::tiny_workspace(tmp.path(), |t| t);
     let ws = Workspace::load(&ws_dir).unwrap();
     let engine = engine::spawn(Plan {
         runs_root: ws_dir.join("runs"),

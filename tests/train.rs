@@ -10,23 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use common::{fixture, gaplab, stderr, stdout};
+use common::{fixture, gaplab, stderr, stdout, tiny_workspace};
 use serde_json::Value;
-
-/// A copy of the tiny fixture workspace in `dir`, with `edit` applied to its gaplab.toml.
-fn workspace(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-    let ws = dir.join("ws");
-    std::fs::create_dir_all(&ws).unwrap();
-    let text = std::fs::read_to_string(fixture("ws-tiny/gaplab.toml")).unwrap();
-    let text = text
-        .replace("\"../tiny-llama\"", &format!("{:?}", fixture("tiny-llama")))
-        .replace(
-            "\"../pairs.jsonl\"",
-            &format!("{:?}", fixture("pairs.jsonl")),
-        );
-    std::fs::write(ws.join("gaplab.toml"), edit(text)).unwrap();
-    ws
-}
 
 fn train(args: &[&str]) -> std::process::Output {
     let mut all = vec!["train"];
@@ -98,7 +83,7 @@ fn assert_close(a: &Value, b: &Value, tol: f64, what: &str) {
 #[test]
 fn trains_every_variant_into_run_directories() {
     let tmp = tempfile::tempdir().unwrap();
-    let ws = workspace(tmp.path(), |t| t);
+    let ws = tiny_workspace(tmp.path(), |t| t);
     let out = train(&[ws.to_str().unwrap(), "--headless"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let root = ws.join("runs");
@@ -216,7 +201,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let ws = workspace(tmp.path(), |t| t);
+    let ws = tiny_workspace(tmp.path(), |t| t);
     let out_dir = tmp.path().join("out");
     let out = train(&[
         ws.to_str().unwrap(),
@@ -274,7 +259,7 @@ fn resume_reproduces_the_uninterrupted_run() {
 #[test]
 fn non_finite_steps_never_reach_the_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let ws = workspace(tmp.path(), |t| {
+    let ws = tiny_workspace(tmp.path(), |t| {
         t.replace("interval = 2\nkeep = 2", "interval = 1\nkeep = 10")
     });
     let out = Command::new(env!("CARGO_BIN_EXE_gaplab"))
@@ -310,7 +295,7 @@ fn non_finite_steps_never_reach_the_weights() {
 #[test]
 fn too_many_bad_steps_fail_with_the_last_checkpoint_intact() {
     let tmp = tempfile::tempdir().unwrap();
-    let ws = workspace(tmp.path(), |t| {
+    let ws = tiny_workspace(tmp.path(), |t| {
         t.replace("seed = 3", "seed = 3\nmax_bad_steps = 2")
     });
     let out = Command::new(env!("CARGO_BIN_EXE_gaplab"))
@@ -336,7 +321,7 @@ fn too_many_bad_steps_fail_with_the_last_checkpoint_intact() {
 #[test]
 fn interrupt_checkpoints_and_resume_finishes() {
     let tmp = tempfile::tempdir().unwrap();
-    let ws = workspace(tmp.path(), |t| {
+    let ws = tiny_workspace(tmp.path(), |t| {
         t.replace("steps = 6", "steps = 100000")
             .replace("interval = 3\npairs = 4", "interval = 0\npairs = 4")
     });
@@ -384,8 +369,8 @@ extern "C" {
 #[test]
 fn precomputed_reference_matches_and_is_cached() {
     let tmp = tempfile::tempdir().unwrap();
-    let plain = workspace(&tmp.path().join("a"), |t| t);
-    let cached = workspace(&tmp.path().join("b"), |t| {
+    let plain = tiny_workspace(&tmp.path().join("a"), |t| t);
+    let cached = tiny_workspace(&tmp.path().join("b"), |t| {
         t.replace("seed = 3", "seed = 3\nprecompute_ref = true")
     });
     for ws in [&plain, &cached] {
@@ -423,7 +408,7 @@ fn precomputed_reference_matches_and_is_cached() {
 #[test]
 fn sft_stage_is_shared_and_reused() {
     let tmp = tempfile::tempdir().unwrap();
-    let ws = workspace(tmp.path(), |t| {
+    let ws = tiny_workspace(tmp.path(), |t| {
         format!("{t}\n[sft]\nsteps = 3\nlr = 1e-3\nbatch_size = 2\n")
     });
     let out = train(&[ws.to_str().unwrap()]);
@@ -468,7 +453,7 @@ fn sft_stage_is_shared_and_reused() {
 #[test]
 fn scratch_models_train_from_a_tokenizer_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let ws = workspace(tmp.path(), |t| {
+    let ws = tiny_workspace(tmp.path(), |t| {
         t.replace(
             &format!("path = {:?}", fixture("tiny-llama")),
             &format!(
@@ -541,7 +526,7 @@ fn config_errors_name_file_line_column_and_field() {
         ),
     ];
     for (i, (from, to, want)) in cases.iter().enumerate() {
-        let ws = workspace(&tmp.path().join(i.to_string()), |t| t.replace(from, to));
+        let ws = tiny_workspace(&tmp.path().join(i.to_string()), |t| t.replace(from, to));
         for cmd in ["check", "train"] {
             let out = gaplab(&[cmd, ws.to_str().unwrap()]);
             assert_eq!(out.status.code(), Some(2), "{cmd} {to}");
@@ -558,7 +543,7 @@ fn config_errors_name_file_line_column_and_field() {
 
 /// The tiny workspace with one variant and tiny length limits (`extra` goes into `[data]`).
 fn limited_workspace(dir: &Path, max_prompt_len: usize, max_len: usize, extra: &str) -> PathBuf {
-    workspace(dir, |t| {
+    tiny_workspace(dir, |t| {
         let t = t
             .replace("max_len = 64", &format!("max_len = {max_len}\n{extra}"))
             .replace(
@@ -649,7 +634,7 @@ fn dropping_overlong_pairs_trains_on_fewer_or_errors_when_none_are_left() {
 #[test]
 fn runs_that_cannot_fit_are_refused_before_loading() {
     let tmp = tempfile::tempdir().unwrap();
-    let ws = workspace(tmp.path(), |t| {
+    let ws = tiny_workspace(tmp.path(), |t| {
         t.replace("seed = 3", "seed = 3\nmax_memory_gb = 0.001")
     });
     let out_dir = tmp.path().join("out");
@@ -669,7 +654,7 @@ fn runs_that_cannot_fit_are_refused_before_loading() {
     assert!(stderr(&o).contains("needs about"), "{}", stderr(&o));
 
     // Switching the check off trains, and the log still carries the estimate.
-    let ws = workspace(tmp.path(), |t| {
+    let ws = tiny_workspace(tmp.path(), |t| {
         t.replace(
             "seed = 3",
             "seed = 3\nmax_memory_gb = 0.001\nmemory_check = false",
@@ -699,7 +684,7 @@ fn datasets_are_reused_until_a_data_file_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("pairs.jsonl");
     std::fs::copy(fixture("pairs.jsonl"), &data).unwrap();
-    let ws = workspace(tmp.path(), |t| {
+    let ws = tiny_workspace(tmp.path(), |t| {
         t.replace(
             &format!("{:?}", fixture("pairs.jsonl")),
             &format!("{data:?}"),
@@ -725,7 +710,7 @@ fn a_gpu_workspace_checks_here_and_names_the_variant_when_it_cannot_train() {
         return; // a CUDA build on a GPU machine trains it
     }
     let tmp = tempfile::tempdir().unwrap();
-    let ws = workspace(tmp.path(), |t| {
+    let ws = tiny_workspace(tmp.path(), |t| {
         t.replace(
             "seed = 3",
             "seed = 3\ndevice = \"cuda:0\"\ndtype = \"bf16\"",

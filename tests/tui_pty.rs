@@ -133,23 +133,11 @@ impl Term {
 
 /// The tiny workspace with `steps` steps, in a temporary folder.
 fn workspace(dir: &Path, steps: usize) -> PathBuf {
-    let ws = dir.join("ws");
-    std::fs::create_dir_all(&ws).unwrap();
-    let text = std::fs::read_to_string(common::fixture("ws-tiny/gaplab.toml"))
-        .unwrap()
-        .replace(
-            "\"../tiny-llama\"",
-            &format!("{:?}", common::fixture("tiny-llama")),
-        )
-        .replace(
-            "\"../pairs.jsonl\"",
-            &format!("{:?}", common::fixture("pairs.jsonl")),
-        )
-        .replace("steps = 6", &format!("steps = {steps}"))
-        .replace("interval = 3", "interval = 50")
-        .replace("interval = 2\n", "interval = 100\n");
-    std::fs::write(ws.join("gaplab.toml"), text).unwrap();
-    ws
+    common::tiny_workspace(dir, |text| {
+        text.replace("steps = 6", &format!("steps = {steps}"))
+            .replace("interval = 3", "interval = 50")
+            .replace("interval = 2\n", "interval = 100\n")
+    })
 }
 
 fn run_dirs(ws: &Path) -> Vec<PathBuf> {

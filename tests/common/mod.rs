@@ -10,6 +10,22 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A copy of the tiny fixture workspace in `dir/ws` (model and data paths made absolute), with
+/// `edit` applied to its gaplab.toml.
+pub fn tiny_workspace(dir: &std::path::Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let ws = dir.join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let text = std::fs::read_to_string(fixture("ws-tiny/gaplab.toml")).unwrap();
+    let text = text
+        .replace("\"../tiny-llama\"", &format!("{:?}", fixture("tiny-llama")))
+        .replace(
+            "\"../pairs.jsonl\"",
+            &format!("{:?}", fixture("pairs.jsonl")),
+        );
+    std::fs::write(ws.join("gaplab.toml"), edit(text)).unwrap();
+    ws
+}
+
 pub fn read_json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
