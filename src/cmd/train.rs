@@ -173,10 +173,9 @@ pub fn run(args: &TrainArgs) -> Result<Outcome> {
     if let Ok(ws) = Workspace::load(&args.workspace) {
         let ui = &ws.config.ui;
         opts.theme = opts.theme.or(Some(ui.theme.clone()));
-        opts.color = opts.color.or(ui
+        opts.color = opts
             .color
-            .depth_name()
-            .and_then(crate::ui::theme::ColorDepth::parse));
+            .or(crate::ui::theme::ColorDepth::from_setting(ui.color));
         opts.ascii |= ui.markers == crate::config::Markers::Dot;
         opts.smoothing = opts.smoothing.or(Some(ui.smoothing));
         opts.refresh_hz = opts.refresh_hz.or(Some(ui.refresh_hz));

@@ -371,19 +371,6 @@ pub enum ColorSetting {
     None,
 }
 
-impl ColorSetting {
-    /// The name the UI's colour-depth parser reads; None for auto (detect).
-    pub fn depth_name(self) -> Option<&'static str> {
-        match self {
-            Self::Auto => None,
-            Self::TrueColor => Some("truecolor"),
-            Self::C256 => Some("256"),
-            Self::C16 => Some("16"),
-            Self::None => Some("none"),
-        }
-    }
-}
-
 /// `ui.markers`: how chart points are drawn.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

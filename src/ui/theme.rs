@@ -69,6 +69,18 @@ impl ColorDepth {
         }
     }
 
+    /// `ui.color` of a workspace; None for auto (detect).
+    pub fn from_setting(c: crate::config::ColorSetting) -> Option<Self> {
+        use crate::config::ColorSetting;
+        match c {
+            ColorSetting::Auto => None,
+            ColorSetting::TrueColor => Some(ColorDepth::TrueColor),
+            ColorSetting::C256 => Some(ColorDepth::C256),
+            ColorSetting::C16 => Some(ColorDepth::C16),
+            ColorSetting::None => Some(ColorDepth::Mono),
+        }
+    }
+
     /// Parses a user's choice (command line, config): "truecolor" | "24bit" | "256" | "16" |
     /// "none" | "mono" (case-insensitive).
     pub fn parse(s: &str) -> Option<Self> {
@@ -851,6 +863,19 @@ mod tests {
         assert_eq!(ColorDepth::parse("24bit"), Some(ColorDepth::TrueColor));
         assert_eq!(ColorDepth::parse("none"), Some(ColorDepth::Mono));
         assert_eq!(ColorDepth::parse("8"), None);
+    }
+
+    #[test]
+    fn a_workspace_colour_setting_means_what_its_name_means_on_the_command_line() {
+        for name in ["auto", "truecolor", "24bit", "256", "16", "none", "mono"] {
+            let setting: crate::config::ColorSetting =
+                serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(
+                ColorDepth::from_setting(setting),
+                ColorDepth::parse(name),
+                "{name}"
+            );
+        }
     }
 
     #[test]
