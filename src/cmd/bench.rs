@@ -209,12 +209,7 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
             if !want(name) {
                 continue;
             }
-            let obj = Objective {
-                loss: Loss::Dpo,
-                beta: 0.1,
-                gamma: 0.0,
-                poet,
-            };
+            let obj = Objective::single(Loss::Sigmoid, 0.1, poet);
             results.push(time(
                 args.iters,
                 args.warmup,
@@ -249,12 +244,7 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
         // No reference forward: also the cost of a DPO step with `precompute_ref = true`.
         let (policy, vars) = random(0)?.into_trainable()?;
         let mut opt = AdamW::new(vars, opt_cfg)?;
-        let obj = Objective {
-            loss: Loss::Simpo,
-            beta: 2.0,
-            gamma: 1.0,
-            poet: false,
-        };
+        let obj = Objective::single(Loss::Simpo, 2.0, false);
         results.push(time(
             args.iters,
             args.warmup,

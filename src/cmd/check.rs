@@ -139,10 +139,18 @@ pub fn report(path: &Path) -> Result<String> {
             "variant {}: {}{} beta {} lr {} · {steps} steps of {per} pairs",
             c.variant,
             c.train.objective,
-            if c.train.poet { "+poet" } else { "" },
+            c.train
+                .objective()
+                .tokens
+                .poet
+                .label()
+                .map_or(String::new(), |p| format!("+{p}")),
             c.train.beta,
             c.train.lr
         );
+        for w in c.train.objective_warnings() {
+            let _ = writeln!(out, "  warning: {w}");
+        }
         // The same estimate and refusal as `gaplab train`; a GPU this machine lacks gets the
         // estimate without its free memory.
         let line = match c.train.device.select() {

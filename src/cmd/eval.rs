@@ -6,13 +6,17 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
-use crate::config::range;
+use crate::config::{range, TrainSettings};
 use crate::data::{self, TokenizedPair};
 use crate::model::SeqBatch;
 use crate::model::{io, CausalLm, Tok};
 use crate::objective::prefix::{self, PairTokenLogps, PrefixCurve};
-use crate::objective::{self, Loss, Objective, PairStats};
-use crate::train::reference_logps;
+use crate::objective::tokens::PoetMode;
+use crate::objective::{
+    self, FDivergence, FDivergenceType, Loss, LossList, LossOutput, Objective, PairStats,
+    TokenExtras,
+};
+use crate::train::{log_sum_sq_probs, reference_logps};
 
 use super::{check_flag, print, DeviceArgs};
 
@@ -33,17 +37,70 @@ pub struct EvalArgs {
     /// model's chat template).
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, value_enum)]
-    pub objective: Loss,
-    /// Default: 0.1 for dpo and ipo, 2.0 for simpo.
+    /// A loss or a comma-separated list of losses (TRL's loss_type): sigmoid (dpo), hinge,
+    /// ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero,
+    /// apo_down, discopop, sigmoid_norm, sft; or one of simpo, cpo, slic, orpo, alphapo.
+    #[arg(long, value_enum, value_delimiter = ',', required = true)]
+    pub objective: Vec<Loss>,
+    /// Weights of the listed losses (TRL's loss_weights); default 1 each.
+    #[arg(long, value_delimiter = ',')]
+    pub loss_weights: Vec<f64>,
+    /// Default: 2.0 for simpo and alphapo, 0.1 otherwise (orpo: the paper's lambda).
     #[arg(long)]
     pub beta: Option<f64>,
-    /// SimPO's target margin (absolute, not gamma/beta).
+    /// SimPO's and AlphaPO's target margin (absolute, not gamma/beta: TRL's simpo_gamma).
     #[arg(long, default_value_t = 1.0)]
     pub gamma: f64,
-    /// Count only the first k = min(|chosen|, |rejected|) response tokens of each pair.
+    /// POET: count only each pair's first k = min(|chosen|, |rejected|) response tokens;
+    /// or a rule: min, ratio_k, ratio_own, fixed.
+    #[arg(long, num_args = 0..=1, default_missing_value = "min", value_name = "RULE")]
+    pub poet: Option<String>,
+    /// r of --poet ratio_k / ratio_own.
+    #[arg(long, default_value_t = 0.5)]
+    pub poet_ratio: f64,
+    /// N of --poet fixed.
+    #[arg(long, default_value_t = 32)]
+    pub poet_tokens: usize,
+    /// A response POET cuts still counts its end (EOS).
     #[arg(long)]
-    pub poet: bool,
+    pub keep_eos: bool,
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// reverse_kl, forward_kl, js_divergence or alpha_divergence (TRL's f_divergence_type).
+    #[arg(long, default_value = "reverse_kl")]
+    pub f_divergence: String,
+    /// TRL's f_alpha_divergence_coef.
+    #[arg(long, default_value_t = 0.5)]
+    pub f_alpha: f64,
+    /// LD-DPO: tokens past min(|chosen|, |rejected|) weigh this much.
+    #[arg(long)]
+    pub ld_alpha: Option<f64>,
+    /// WPO weighting (TRL's use_weighting).
+    #[arg(long)]
+    pub wpo: bool,
+    #[arg(long, default_value_t = 0.05)]
+    pub discopop_tau: f64,
+    /// NLL weight of cpo and slic (TRL's cpo_alpha).
+    #[arg(long, default_value_t = 1.0)]
+    pub cpo_alpha: f64,
+    /// AlphaPO's reward shaping (TRL CPOConfig's alpha).
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha: f64,
+    /// R-DPO's length regulariser.
+    #[arg(long, default_value_t = 0.0)]
+    pub rdpo_alpha: f64,
+    /// Adds sft with this weight (RPO).
+    #[arg(long)]
+    pub rpo_alpha: Option<f64>,
+    /// SamPO: the same number of tokens, sampled, from each response.
+    #[arg(long)]
+    pub sampo: bool,
+    /// Token t weighs DECAY^t.
+    #[arg(long)]
+    pub position_decay: Option<f64>,
+    /// Seed of SamPO's samples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -56,20 +113,67 @@ pub struct EvalArgs {
 
 impl EvalArgs {
     /// The objective the flags name, with beta's default for the loss; a value out of range
-    /// is an error naming its flag.
+    /// or flags that contradict each other are an error naming the flag.
     pub fn objective(&self) -> Result<Objective> {
-        let loss = self.objective;
-        let beta = self
-            .beta
-            .unwrap_or(if loss == Loss::Simpo { 2.0 } else { 0.1 });
+        let losses = LossList(self.objective.clone());
+        let beta = self.beta.unwrap_or(
+            if matches!(losses.0.first(), Some(Loss::Simpo | Loss::Alphapo)) {
+                2.0
+            } else {
+                0.1
+            },
+        );
         check_flag("beta", range::beta(beta))?;
         check_flag("gamma", range::gamma(self.gamma))?;
-        Ok(Objective {
-            loss,
+        let poet: PoetMode = match &self.poet {
+            None => PoetMode::Off,
+            Some(rule) => serde_json::from_value(serde_json::Value::String(rule.clone()))
+                .map_err(|e| anyhow::anyhow!("--poet: {e}"))?,
+        };
+        let f_divergence_type = match FDivergence::from_name(&self.f_divergence, self.f_alpha)? {
+            FDivergence::ReverseKl => FDivergenceType::ReverseKl,
+            FDivergence::ForwardKl => FDivergenceType::ForwardKl,
+            FDivergence::JsDivergence => FDivergenceType::JsDivergence,
+            FDivergence::AlphaDivergence(_) => FDivergenceType::AlphaDivergence,
+        };
+        let settings = TrainSettings {
+            objective: losses,
+            loss_weights: self.loss_weights.clone(),
+            rpo_alpha: self.rpo_alpha,
             beta,
             gamma: self.gamma,
-            poet: self.poet,
-        })
+            poet,
+            poet_ratio: self.poet_ratio,
+            poet_tokens: self.poet_tokens,
+            keep_eos: self.keep_eos,
+            label_smoothing: self.label_smoothing,
+            f_divergence_type,
+            f_alpha_divergence_coef: self.f_alpha,
+            ld_alpha: self.ld_alpha,
+            use_weighting: self.wpo,
+            discopop_tau: self.discopop_tau,
+            cpo_alpha: self.cpo_alpha,
+            alpha: self.alpha,
+            rdpo_alpha: self.rdpo_alpha,
+            sampo: self.sampo,
+            position_decay: self.position_decay,
+            seed: self.seed,
+            ..Default::default()
+        };
+        if let Some((field, msg)) = settings.objective_problems().into_iter().next() {
+            bail!("--{}: {msg}", flag_of(field));
+        }
+        Ok(settings.objective())
+    }
+}
+
+/// The flag of a `[train]` objective setting.
+fn flag_of(field: &str) -> String {
+    match field {
+        "f_divergence_type" => "f-divergence".into(),
+        "f_alpha_divergence_coef" => "f-alpha".into(),
+        "use_weighting" => "wpo".into(),
+        f => f.replace('_', "-"),
     }
 }
 
@@ -88,11 +192,14 @@ struct JsonPair {
 
 #[derive(Serialize)]
 pub struct EvalReport {
-    pub objective: Loss,
+    pub objective: LossList,
     pub beta: f64,
     pub gamma: f64,
     pub poet: bool,
+    /// The mean of the batches' losses, each weighted by its pairs (TRL's evaluation loop).
     pub loss: f64,
+    /// Means over all pairs with TRL's names (and `nll_loss` where the loss has an NLL term).
+    pub metrics: std::collections::BTreeMap<String, f64>,
     pub reward_accuracy: f64,
     pub reward_margin: f64,
     #[serde(serialize_with = "ser_pairs")]
@@ -147,12 +254,12 @@ pub fn evaluate(
     device: &Device,
     dtype: DType,
 ) -> Result<EvalReport> {
-    if obj.loss == Loss::Sft {
-        bail!("--objective: eval scores preference pairs (dpo, simpo or ipo)");
+    if obj.is_sft_only() {
+        bail!("--objective: eval scores preference pairs; sft mixes with a preference loss");
     }
     let (policy, tok) = io::load_dir(&args.model, device, dtype)?;
     let reference: Option<CausalLm> = match &args.reference {
-        Some(dir) if obj.loss.needs_reference() => {
+        Some(dir) if obj.needs_reference() => {
             let r = io::load_model(dir, device, dtype)?;
             if r.cfg.vocab_size != policy.cfg.vocab_size {
                 bail!(
@@ -186,7 +293,11 @@ pub fn evaluate(
             policy.cfg.vocab_size,
         )?);
     }
-    let (stats, tokens) = score(
+    let obj = &Objective {
+        eos: Some(tok.eos),
+        ..obj.clone()
+    };
+    let scored = score(
         &policy,
         reference.as_ref(),
         &tok,
@@ -195,11 +306,21 @@ pub fn evaluate(
         args.batch_size,
         device,
     )?;
-    Ok(report(obj, stats, &tokens))
+    Ok(report(obj, scored))
 }
 
-/// Per-pair statistics and per-token log-probs under the policy and the reference, scored in
-/// batches of `batch_pairs` pairs.
+/// What scoring the pairs gave.
+struct Scored {
+    pairs: Vec<PairStats>,
+    tokens: Vec<PairTokens>,
+    /// Σ over batches of the batch's loss times its pairs.
+    loss_sum: f64,
+    /// The same for the mean chosen NLL, when the loss has an NLL term.
+    nll_sum: Option<f64>,
+}
+
+/// Per-pair statistics, per-token log-probs under the policy and the reference, and the
+/// batches' losses, scored in batches of `batch_pairs` pairs.
 fn score(
     policy: &CausalLm,
     reference: Option<&CausalLm>,
@@ -208,26 +329,46 @@ fn score(
     obj: &Objective,
     batch_pairs: usize,
     device: &Device,
-) -> Result<(Vec<PairStats>, Vec<PairTokens>)> {
-    let mut stats = Vec::with_capacity(pairs.len());
-    let mut tokens = Vec::with_capacity(pairs.len());
+) -> Result<Scored> {
+    let mut out = Scored {
+        pairs: Vec::with_capacity(pairs.len()),
+        tokens: Vec::with_capacity(pairs.len()),
+        loss_sum: 0.0,
+        nll_sum: None,
+    };
     for chunk in pairs.chunks(batch_pairs.max(1)) {
         let batch = SeqBatch::from_pairs(chunk, tok.pad_id(), device)?;
-        let pol = reference_logps(policy, &batch)?;
+        let scores = policy.response_scores(&batch)?;
+        let pol: Vec<f32> = scores.logps.to_dtype(DType::F32)?.to_vec1()?;
+        let log_sum_sq = match obj.use_weighting {
+            true => Some(log_sum_sq_probs(&scores.logits)?),
+            false => None,
+        };
         // Without --ref the policy is its own reference.
-        let refp = match (obj.loss.needs_reference(), reference) {
+        let refp = match (obj.needs_reference(), reference) {
             (false, _) => None,
             (true, Some(r)) => Some(reference_logps(r, &batch)?),
             (true, None) => Some(pol.clone()),
         };
         let pol_t = candle_core::Tensor::new(pol.as_slice(), device)?;
-        let out = objective::preference_loss(obj, &batch, &pol_t, refp.as_deref())?;
-        stats.extend(out.pairs);
+        let extras = TokenExtras {
+            log_sum_sq: log_sum_sq.as_deref(),
+        };
+        let LossOutput::Pairs(res) =
+            objective::loss(obj, &batch, &pol_t, refp.as_deref(), extras)?
+        else {
+            bail!("eval scores preference pairs");
+        };
+        let b = chunk.len();
+        out.loss_sum += res.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * b as f64;
+        if let Some(nll) = res.nll_loss {
+            *out.nll_sum.get_or_insert(0.0) += nll * b as f64;
+        }
+        out.pairs.extend(res.pairs);
         let rows = batch.split(&pol);
         let ref_rows = refp.as_ref().map(|r| batch.split(r));
-        let b = chunk.len();
         for i in 0..b {
-            tokens.push(PairTokens {
+            out.tokens.push(PairTokens {
                 chosen: rows[i].to_vec(),
                 rejected: rows[b + i].to_vec(),
                 ref_chosen: ref_rows.as_ref().map(|r| r[i].to_vec()),
@@ -235,10 +376,16 @@ fn score(
             });
         }
     }
-    Ok((stats, tokens))
+    Ok(out)
 }
 
-fn report(obj: &Objective, pairs: Vec<PairStats>, tokens: &[PairTokens]) -> EvalReport {
+fn report(obj: &Objective, scored: Scored) -> EvalReport {
+    let Scored {
+        pairs,
+        tokens,
+        loss_sum,
+        nll_sum,
+    } = scored;
     let n = pairs.len() as f64;
     let views: Vec<PairTokenLogps> = tokens
         .iter()
@@ -251,12 +398,21 @@ fn report(obj: &Objective, pairs: Vec<PairStats>, tokens: &[PairTokens]) -> Eval
         .collect();
     let max_k = views.iter().map(|v| v.k()).max().unwrap_or(0);
     let curve = prefix::prefix_curve(obj, &views, &prefix::prefix_lengths(max_k));
+    let loss = loss_sum / n;
+    let mut metrics: std::collections::BTreeMap<String, f64> = objective::pair_metrics(&pairs, loss)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    if let Some(s) = nll_sum {
+        metrics.insert("nll_loss".into(), s / n);
+    }
     EvalReport {
-        objective: obj.loss,
-        beta: obj.beta,
-        gamma: obj.gamma,
-        poet: obj.poet,
-        loss: pairs.iter().map(|p| p.loss).sum::<f64>() / n,
+        objective: LossList(obj.mixture.iter().map(|m| m.0).collect()),
+        beta: obj.params.beta,
+        gamma: obj.params.gamma,
+        poet: obj.poet(),
+        loss,
+        metrics,
         reward_accuracy: pairs
             .iter()
             .filter(|p| p.reward_chosen > p.reward_rejected)
@@ -278,7 +434,7 @@ pub fn render(r: &EvalReport) -> String {
         r.objective,
         if r.poet { "+poet" } else { "" },
         r.beta,
-        if r.objective == Loss::Simpo {
+        if matches!(r.objective.0.first(), Some(Loss::Simpo | Loss::Alphapo)) {
             format!("  gamma {}", r.gamma)
         } else {
             String::new()

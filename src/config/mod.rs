@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::{DataFormat, Fields, Format, LengthLimits};
 use crate::event::Change;
 use crate::model::{DeviceSpec, Precision, ScratchSpec};
-use crate::objective::Loss;
+use crate::objective::tokens::PoetMode;
+use crate::objective::{FDivergenceType, Loss, LossList, Objective, Params, TokenScheme};
 
 /// Merges the `fields` of one section: live ones that changed are taken from `new` and
 /// recorded, restart-only ones that changed are only named.
@@ -225,11 +226,42 @@ section! {
     /// `[train]`: the objective and the optimisation; every `[[variant]]` may override any of
     /// these.
     pub struct TrainSettings overrides Variant {
-        objective: Loss = Loss::Dpo, Restart;
+        /// A loss name or a list of them (TRL's loss_type), see the README's Objectives.
+        objective: LossList = LossList::default(), Restart;
+        /// Weights of a list of losses (TRL's loss_weights); empty: 1 each.
+        loss_weights: Vec<f64> = vec![], Live;
+        /// Adds `sft` with this weight (TRL's RPO alpha).
+        rpo_alpha: Option<f64> = None, Live;
         beta: f64 = 0.1, Live;
-        /// SimPO's target margin (absolute, not gamma/beta).
+        /// SimPO's and AlphaPO's target margin (absolute, not gamma/beta: TRL's simpo_gamma).
         gamma: f64 = 1.0, Live;
-        poet: bool = false, Live;
+        /// true/false, or "min" (= true), "ratio_k", "ratio_own", "fixed".
+        poet: PoetMode = PoetMode::Off, Live;
+        /// r of poet = "ratio_k" / "ratio_own", in (0, 1].
+        poet_ratio: f64 = 0.5, Live;
+        /// N of poet = "fixed".
+        poet_tokens: usize = 32, Live;
+        /// A response POET cuts still counts its end (EOS and what the template writes after it).
+        keep_eos: bool = false, Live;
+        /// exo_pair, robust, aot, aot_unpaired, simpo, cpo, alphapo: in [0, 0.5).
+        label_smoothing: f64 = 0.0, Live;
+        f_divergence_type: FDivergenceType = FDivergenceType::ReverseKl, Live;
+        f_alpha_divergence_coef: f64 = 0.5, Live;
+        /// LD-DPO: tokens past min(|y_w|, |y_l|) weigh this much, in [0, 1].
+        ld_alpha: Option<f64> = None, Live;
+        /// WPO weighting of each pair.
+        use_weighting: bool = false, Live;
+        discopop_tau: f64 = 0.05, Live;
+        /// The NLL weight of cpo and slic.
+        cpo_alpha: f64 = 1.0, Live;
+        /// AlphaPO's reward shaping (alphapo needs it nonzero; cpo and simpo read it too).
+        alpha: f64 = 0.0, Live;
+        /// R-DPO: the margin loses rdpo_alpha · (n_w − n_l).
+        rdpo_alpha: f64 = 0.0, Live;
+        /// SamPO: the same number of tokens, sampled, from each response.
+        sampo: bool = false, Live;
+        /// Token t of a response weighs position_decay^t, in (0, 1].
+        position_decay: Option<f64> = None, Live;
         lr: f64 = 5e-5, Live;
         schedule: Schedule = Schedule::Cosine, Live;
         warmup_ratio: f64 = 0.1, Live;
@@ -267,6 +299,167 @@ section! {
 }
 
 impl TrainSettings {
+    /// The objective these settings describe (`eos` left for the trainer, which knows the
+    /// tokenizer).
+    pub fn objective(&self) -> Objective {
+        let mut losses = self.objective.0.clone();
+        let mut weights: Vec<f64> = if self.loss_weights.is_empty() {
+            vec![1.0; losses.len()]
+        } else {
+            self.loss_weights.clone()
+        };
+        if let Some(a) = self.rpo_alpha {
+            losses.push(Loss::Sft);
+            weights.push(a);
+        }
+        Objective {
+            mixture: losses.into_iter().zip(weights).collect(),
+            params: Params {
+                beta: self.beta,
+                gamma: self.gamma,
+                label_smoothing: self.label_smoothing,
+                f_divergence: self.f_divergence_type.with_coef(self.f_alpha_divergence_coef),
+                discopop_tau: self.discopop_tau,
+                cpo_alpha: self.cpo_alpha,
+                alpha: self.alpha,
+                rdpo_alpha: self.rdpo_alpha,
+            },
+            tokens: TokenScheme {
+                poet: self.poet.rule(self.poet_ratio, self.poet_tokens),
+                keep_eos: self.keep_eos,
+                ld_alpha: self.ld_alpha,
+                sampo_seed: self.sampo.then_some(self.seed),
+                position_decay: self.position_decay,
+            },
+            use_weighting: self.use_weighting,
+            eos: None,
+        }
+    }
+
+    /// Settings that contradict each other or the objective, as (field, message).
+    pub fn objective_problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let losses = &self.objective.0;
+        let names = self.objective.to_string();
+        if let [Loss::Sft] = losses.as_slice() {
+            if self.rpo_alpha.is_none() {
+                out.push((
+                    "objective",
+                    "sft alone is a stage ([sft]); in [train] it mixes with a preference loss, e.g. [\"sigmoid\", \"sft\"]".into(),
+                ));
+            }
+        }
+        if losses.len() > 1 {
+            if let Some(l) = losses.iter().find(|l| l.is_reference_free()) {
+                out.push((
+                    "objective",
+                    format!("{l} stands alone: a list mixes TRL DPOTrainer losses (got {names})"),
+                ));
+            }
+        }
+        if !self.loss_weights.is_empty() && self.loss_weights.len() != losses.len() {
+            out.push((
+                "loss_weights",
+                format!(
+                    "expected {} weights, one per loss of objective ({names}), got {}",
+                    losses.len(),
+                    self.loss_weights.len()
+                ),
+            ));
+        }
+        if let Some(w) = self.loss_weights.iter().find(|w| !w.is_finite()) {
+            out.push(("loss_weights", format!("expected finite weights, got {w}")));
+        }
+        if let Some(a) = self.rpo_alpha.filter(|a| !(*a >= 0.0 && a.is_finite())) {
+            out.push(("rpo_alpha", format!("expected a number >= 0, got {a}")));
+        }
+        let eps = self.label_smoothing;
+        if !(0.0..0.5).contains(&eps) {
+            out.push(("label_smoothing", format!("expected a number in [0, 0.5), got {eps}")));
+        } else if eps == 0.0 && losses.contains(&Loss::ExoPair) {
+            out.push((
+                "label_smoothing",
+                "exo_pair needs label_smoothing > 0 (the EXO paper uses 1e-3)".into(),
+            ));
+        }
+        if self.f_divergence_type != FDivergenceType::ReverseKl {
+            if let Some(l) = losses.iter().find(|l| !l.takes_f_divergence()) {
+                out.push((
+                    "f_divergence_type",
+                    format!("{l} reads the log-ratios directly; f-divergences other than reverse_kl apply to sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop and sft"),
+                ));
+            }
+        }
+        if !self.f_alpha_divergence_coef.is_finite() {
+            out.push(("f_alpha_divergence_coef", "expected a finite number".into()));
+        }
+        if let Some(a) = self.ld_alpha {
+            if !(0.0..=1.0).contains(&a) {
+                out.push(("ld_alpha", format!("expected a number in [0, 1], got {a}")));
+            } else if self.poet != PoetMode::Off {
+                out.push((
+                    "ld_alpha",
+                    "ld_alpha and poet both weigh the tail (ld_alpha = 0 is POET); choose one".into(),
+                ));
+            }
+        }
+        if self.use_weighting {
+            if let Some(l) = losses.iter().find(|l| l.sorts_batch() || l.is_reference_free()) {
+                out.push((
+                    "use_weighting",
+                    format!("WPO weighting is for DPOTrainer losses that keep pairs together, not {l}"),
+                ));
+            }
+        }
+        if !(self.discopop_tau > 0.0 && self.discopop_tau.is_finite()) {
+            out.push(("discopop_tau", format!("expected a number > 0, got {}", self.discopop_tau)));
+        }
+        if !self.cpo_alpha.is_finite() || self.cpo_alpha < 0.0 {
+            out.push(("cpo_alpha", format!("expected a number >= 0, got {}", self.cpo_alpha)));
+        }
+        if !self.alpha.is_finite() {
+            out.push(("alpha", "expected a finite number".into()));
+        } else if self.alpha == 0.0 && losses.contains(&Loss::Alphapo) {
+            out.push(("alpha", "alphapo needs alpha != 0 (the AlphaPO paper uses 0.25)".into()));
+        }
+        if !self.rdpo_alpha.is_finite() {
+            out.push(("rdpo_alpha", "expected a finite number".into()));
+        } else if self.rdpo_alpha != 0.0 && !losses.iter().any(|l| l.takes_length_regulariser()) {
+            out.push((
+                "rdpo_alpha",
+                format!("R-DPO's length term shifts the margin of sigmoid, hinge, exo_pair, robust or discopop; {names} has none"),
+            ));
+        }
+        if matches!(self.poet, PoetMode::RatioK | PoetMode::RatioOwn)
+            && !(self.poet_ratio > 0.0 && self.poet_ratio <= 1.0)
+        {
+            out.push(("poet_ratio", format!("expected a number in (0, 1], got {}", self.poet_ratio)));
+        }
+        if self.poet == PoetMode::Fixed && self.poet_tokens == 0 {
+            out.push(("poet_tokens", "expected at least 1 token".into()));
+        }
+        if let Some(d) = self.position_decay.filter(|d| !(*d > 0.0 && *d <= 1.0)) {
+            out.push(("position_decay", format!("expected a number in (0, 1], got {d}")));
+        }
+        if self.keep_eos && self.poet == PoetMode::Off {
+            out.push(("keep_eos", "keep_eos keeps the end of a response POET cuts; set poet".into()));
+        }
+        out
+    }
+
+    /// Settings that are valid but probably not meant.
+    pub fn objective_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.batch_size == 1 {
+            if let Some(l) = self.objective.0.iter().find(|l| l.sorts_batch()) {
+                out.push(format!(
+                    "{l} sorts within the batch; with batch_size = 1 nothing is sorted and it is a plain logistic loss"
+                ));
+            }
+        }
+        out
+    }
+
     /// Pairs per optimizer step (micro-batch times accumulation).
     pub fn pairs_per_step(&self) -> usize {
         self.batch_size * self.grad_accum
@@ -713,7 +906,16 @@ pub fn normalize(p: &Path) -> PathBuf {
 }
 
 fn default_variant_name(t: &TrainSettings) -> String {
-    format!("{}{}", t.objective, if t.poet { "-poet" } else { "" })
+    // DPO keeps the name the paper and earlier runs give it.
+    let loss = match t.objective.0.as_slice() {
+        [Loss::Sigmoid] => "dpo".to_string(),
+        _ => t.objective.to_string(),
+    };
+    let poet = t.objective().tokens.poet.label();
+    match poet {
+        Some(p) => format!("{loss}-{p}"),
+        None => loss,
+    }
 }
 
 fn check(
@@ -809,11 +1011,9 @@ impl TrainSettings {
             "max_bad_steps",
             "expected at least 1".into(),
         );
-        c(
-            self.objective != Loss::Sft,
-            "objective",
-            "sft is a stage ([sft]), not a preference objective; expected dpo, simpo or ipo".into(),
-        );
+        for (f, m) in self.objective_problems() {
+            c(false, f, m);
+        }
         out
     }
 }
@@ -982,7 +1182,16 @@ fn variant_problems(train: &TrainSettings, variants: &[Variant], out: &mut Vec<(
             format!("variant name \"{}\" is used twice", v.name),
         );
         let overridden = v.overridden();
-        out.extend(train.with(v).problems(&prefix, Some(&overridden)));
+        let settings = train.with(v);
+        out.extend(settings.problems(&prefix, Some(&overridden)));
+        // A contradiction the variant makes with settings it inherits (exo_pair over
+        // label_smoothing = 0): named at the inherited field, unless [train] has it already.
+        let inherited = train.objective_problems();
+        for (f, m) in settings.objective_problems() {
+            if !overridden.contains(&f) && !inherited.iter().any(|p| p.1 == m) {
+                out.push((format!("{prefix}.{f}"), m));
+            }
+        }
     }
 }
 
@@ -1106,10 +1315,35 @@ mod tests {
         assert_eq!(ws.variant_names(), vec!["dpo", "dpo-poet"]);
         let a = ws.run_config("dpo").unwrap();
         let b = ws.run_config("dpo-poet").unwrap();
-        assert!(!a.train.poet && b.train.poet);
+        assert_eq!((a.train.poet, b.train.poet), (PoetMode::Off, PoetMode::Min));
         assert_eq!(b.train.beta, 0.2, "variants inherit [train]");
         assert_eq!(a.model.path.unwrap(), Path::new("ws").join("m"));
         assert!(ws.run_config("nope").is_err());
+    }
+
+    #[test]
+    fn objectives_mix_and_poet_has_its_rules() {
+        let ws = parse(&format!(
+            "{OK}[train]\nobjective = [\"dpo\", \"sft\"]\nloss_weights = [1.0, 0.5]\npoet = \"ratio_own\"\npoet_ratio = 0.25\nkeep_eos = true\n"
+        ))
+        .unwrap();
+        assert_eq!(ws.variant_names(), vec!["sigmoid+sft-poet-ratio_own0.25"]);
+        let cfg = ws.run_config(&ws.variant_names()[0]).unwrap();
+        let obj = cfg.train.objective();
+        assert_eq!(obj.mixture, vec![(Loss::Sigmoid, 1.0), (Loss::Sft, 0.5)]);
+        assert_eq!(obj.tokens.poet, crate::objective::Poet::RatioOwn { ratio: 0.25 });
+        assert!(obj.tokens.keep_eos);
+        // rpo_alpha is a shorthand for an sft term.
+        let ws = parse(&format!("{OK}[train]\nrpo_alpha = 0.3\n")).unwrap();
+        let obj = ws.run_config("dpo").unwrap().train.objective();
+        assert_eq!(obj.mixture, vec![(Loss::Sigmoid, 1.0), (Loss::Sft, 0.3)]);
+        // The record keeps the old spelling of poet = true.
+        let t = TrainSettings {
+            poet: PoetMode::Min,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!((v["poet"].clone(), v["objective"].clone()), (true.into(), "sigmoid".into()));
     }
 
     #[test]
@@ -1157,6 +1391,50 @@ mod tests {
             (
                 "[eval]\npairs = 0\n",
                 "ws/gaplab.toml:6:9: eval.pairs: expected at least 1",
+            ),
+            (
+                "[train]\nobjective = [\"sigmoid\", \"kto\"]\n",
+                "ws/gaplab.toml:6:25: train.objective: unknown variant `kto`, expected one of `sigmoid`, `hinge`",
+            ),
+            (
+                "[train]\nobjective = [\"sigmoid\", \"sft\"]\nloss_weights = [1.0]\n",
+                "ws/gaplab.toml:7:16: train.loss_weights: expected 2 weights, one per loss of objective (sigmoid+sft), got 1",
+            ),
+            (
+                "[train]\nlabel_smoothing = 0.5\n",
+                "ws/gaplab.toml:6:19: train.label_smoothing: expected a number in [0, 0.5), got 0.5",
+            ),
+            (
+                "[train]\nobjective = \"exo_pair\"\n",
+                "ws/gaplab.toml:5:1: train.label_smoothing: exo_pair needs label_smoothing > 0",
+            ),
+            (
+                "[train]\npoet = \"ratio_k\"\npoet_ratio = 1.5\n",
+                "ws/gaplab.toml:7:14: train.poet_ratio: expected a number in (0, 1], got 1.5",
+            ),
+            (
+                "[train]\npoet = \"half\"\n",
+                "ws/gaplab.toml:6:8: train.poet: unknown variant `half`, expected one of `off`, `min`, `ratio_k`, `ratio_own`, `fixed`",
+            ),
+            (
+                "[train]\nobjective = [\"simpo\", \"sft\"]\n",
+                "ws/gaplab.toml:6:13: train.objective: simpo stands alone: a list mixes TRL DPOTrainer losses (got simpo+sft)",
+            ),
+            (
+                "[train]\nobjective = \"nca_pair\"\nf_divergence_type = \"js_divergence\"\n",
+                "ws/gaplab.toml:7:21: train.f_divergence_type: nca_pair reads the log-ratios directly",
+            ),
+            (
+                "[train]\npoet = true\nld_alpha = 0.5\n",
+                "ws/gaplab.toml:7:12: train.ld_alpha: ld_alpha and poet both weigh the tail",
+            ),
+            (
+                "[train]\nobjective = \"alphapo\"\n",
+                "ws/gaplab.toml:5:1: train.alpha: alphapo needs alpha != 0",
+            ),
+            (
+                "[train]\nobjective = \"sft\"\n",
+                "ws/gaplab.toml:6:13: train.objective: sft alone is a stage ([sft])",
             ),
             (
                 "format = \"sharegpt\"\n",

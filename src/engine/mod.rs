@@ -395,8 +395,14 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
     Ok(Outcome::Finished)
 }
 
-/// Warns when fitting to the length limits cut or dropped pairs.
+/// Warns when fitting to the length limits cut or dropped pairs, and about settings that
+/// make an objective degenerate.
 fn fit_warning(t: &Trainer, em: &mut Emitter) -> Result<()> {
+    if let Stage::Variant = t.stage {
+        for w in t.cfg.train.objective_warnings() {
+            em.log(t.step, Level::Warn, w)?;
+        }
+    }
     let (train_fit, eval_fit) = (t.data.train_fit, t.data.eval_fit);
     if train_fit.any() || eval_fit.any() {
         let mut msg = format!(

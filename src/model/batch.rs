@@ -15,6 +15,9 @@ pub struct SeqBatch {
     pub ids: Tensor,
     pub predict_pos: Tensor,
     pub targets: Tensor,
+    /// The response tokens on the host, packed as `targets` (the objective reads them: where a
+    /// response ends, SamPO's seed).
+    pub target_ids: Vec<u32>,
     pub prompt_lens: Vec<usize>,
     pub response_lens: Vec<usize>,
     pub offsets: Vec<usize>,
@@ -49,7 +52,8 @@ impl SeqBatch {
         Ok(Self {
             ids: Tensor::from_vec(ids, (rows.len(), seq_len), device)?,
             predict_pos: Tensor::from_vec(predict_pos, n, device)?,
-            targets: Tensor::from_vec(targets, n, device)?,
+            targets: Tensor::from_vec(targets.clone(), n, device)?,
+            target_ids: targets,
             prompt_lens: rows.iter().map(|(p, _)| p.len()).collect(),
             response_lens: rows.iter().map(|(_, r)| r.len()).collect(),
             offsets,

@@ -1,8 +1,12 @@
-//! Objectives: per-token log-probs -> sequence scores (with POET's prefix mask) -> losses and
-//! the TRL-named metrics. Formulas follow research.md; the notation is kept: `chosen` = y_w,
-//! `rejected` = y_l, `logps` are sums of per-token log-probs over the tokens counted.
+//! Objectives: per-token log-probs -> token weights (POET and its neighbours, `tokens`) ->
+//! sequence scores -> the loss terms TRL defines (`losses`) -> the TRL-named metrics. The
+//! notation is research.md's: `chosen` = y_w, `rejected` = y_l, `logps` are sums of per-token
+//! log-probs over the tokens counted.
 
+mod dual;
+pub mod losses;
 pub mod prefix;
+pub mod tokens;
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,30 +16,77 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::SeqBatch;
+pub use losses::{PairScores, Params};
+pub use tokens::{Poet, TokenScheme};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A loss term, named as TRL spells it (`dpo` is accepted for `sigmoid`). The first fifteen
+/// are TRL DPOTrainer's `loss_type`s and mix with weights; the reference-free ones are TRL's
+/// CPOTrainer (`cpo`, `slic` = its hinge, `simpo`, `alphapo` = simpo with `alpha`) and
+/// ORPOTrainer (`orpo`), each alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Loss {
-    /// Mean negative log-likelihood of the chosen response tokens.
-    Sft,
-    /// Sigmoid DPO: -log sigma(beta * (log-ratio(y_w) - log-ratio(y_l))).
-    Dpo,
-    /// SimPO: -log sigma(beta/|y_w| logp(y_w) - beta/|y_l| logp(y_l) - gamma), no reference.
-    Simpo,
-    /// IPO as TRL computes it: (mean log-ratio(y_w) - mean log-ratio(y_l) - 1/(2 beta))^2.
+    /// −log σ(βδ): DPO.
+    Sigmoid,
+    /// max(0, 1 − βδ): SLiC-HF against a reference.
+    Hinge,
+    /// (s_w/n_w − s_l/n_l − 1/(2β))², per-token normalised as TRL.
     Ipo,
+    ExoPair,
+    NcaPair,
+    /// Label-noise-robust DPO.
+    Robust,
+    BcoPair,
+    SppoHard,
+    /// Distributional alignment via optimal transport: the batch's margins sorted.
+    Aot,
+    AotUnpaired,
+    ApoZero,
+    ApoDown,
+    Discopop,
+    /// −log σ(β(s_w/n_w − s_l/n_l)).
+    SigmoidNorm,
+    /// Mean NLL of the chosen response tokens.
+    Sft,
+    /// −log σ(β(logp_w/n_w − logp_l/n_l) − γ), no reference.
+    Simpo,
+    /// −log σ(β(logp_w − logp_l)) + cpo_alpha·NLL(y_w).
+    Cpo,
+    /// max(0, 1 − β(logp_w − logp_l)) + cpo_alpha·NLL(y_w): CPO's hinge, SLiC.
+    Slic,
+    /// NLL(y_w) − λ log σ(log odds(y_w) − log odds(y_l)), λ = beta.
+    Orpo,
+    /// SimPO on AlphaPO's shaped rewards (1 − e^(−α·ℓ))/α.
+    Alphapo,
 }
 
 impl Loss {
     /// Every loss, in declaration order (serde's variant index) and the order messages list them.
-    pub const ALL: [Loss; 4] = [Loss::Sft, Loss::Dpo, Loss::Simpo, Loss::Ipo];
-
-    /// The losses of preference pairs: the values a command line's `--objective` offers (SFT is
-    /// a stage of a workspace, `[sft]`, never an objective to pick).
-    pub const PREFERENCE: [Loss; 3] = [Loss::Dpo, Loss::Simpo, Loss::Ipo];
+    pub const ALL: [Loss; 20] = [
+        Loss::Sigmoid,
+        Loss::Hinge,
+        Loss::Ipo,
+        Loss::ExoPair,
+        Loss::NcaPair,
+        Loss::Robust,
+        Loss::BcoPair,
+        Loss::SppoHard,
+        Loss::Aot,
+        Loss::AotUnpaired,
+        Loss::ApoZero,
+        Loss::ApoDown,
+        Loss::Discopop,
+        Loss::SigmoidNorm,
+        Loss::Sft,
+        Loss::Simpo,
+        Loss::Cpo,
+        Loss::Slic,
+        Loss::Orpo,
+        Loss::Alphapo,
+    ];
 
     /// [`Loss::name`] of each of [`Loss::ALL`], for serde's "expected one of" messages.
-    const NAMES: [&'static str; 4] = {
-        let mut names = [""; 4];
+    const NAMES: [&'static str; 20] = {
+        let mut names = [""; 20];
         let mut i = 0;
         while i < names.len() {
             names[i] = Loss::ALL[i].name();
@@ -44,23 +95,96 @@ impl Loss {
         names
     };
 
-    pub fn needs_reference(self) -> bool {
-        matches!(self, Loss::Dpo | Loss::Ipo)
-    }
+    /// Other spellings accepted on input.
+    const ALIASES: [(&'static str, Loss); 1] = [("dpo", Loss::Sigmoid)];
 
     /// The one spelling of each loss: in gaplab.toml, on the command line, in run directories
-    /// and in output.
+    /// and in output (TRL's).
     pub const fn name(self) -> &'static str {
         match self {
-            Loss::Sft => "sft",
-            Loss::Dpo => "dpo",
-            Loss::Simpo => "simpo",
+            Loss::Sigmoid => "sigmoid",
+            Loss::Hinge => "hinge",
             Loss::Ipo => "ipo",
+            Loss::ExoPair => "exo_pair",
+            Loss::NcaPair => "nca_pair",
+            Loss::Robust => "robust",
+            Loss::BcoPair => "bco_pair",
+            Loss::SppoHard => "sppo_hard",
+            Loss::Aot => "aot",
+            Loss::AotUnpaired => "aot_unpaired",
+            Loss::ApoZero => "apo_zero",
+            Loss::ApoDown => "apo_down",
+            Loss::Discopop => "discopop",
+            Loss::SigmoidNorm => "sigmoid_norm",
+            Loss::Sft => "sft",
+            Loss::Simpo => "simpo",
+            Loss::Cpo => "cpo",
+            Loss::Slic => "slic",
+            Loss::Orpo => "orpo",
+            Loss::Alphapo => "alphapo",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Loss> {
-        Loss::ALL.into_iter().find(|l| l.name() == name)
+        Loss::ALL
+            .into_iter()
+            .find(|l| l.name() == name)
+            .or_else(|| Loss::ALIASES.iter().find(|a| a.0 == name).map(|a| a.1))
+    }
+
+    /// Reads reference log-probs: every DPOTrainer loss but `sft`.
+    pub fn needs_reference(self) -> bool {
+        !self.is_reference_free() && self != Loss::Sft
+    }
+
+    /// CPOTrainer's and ORPOTrainer's losses, which stand alone (no mixtures).
+    pub fn is_reference_free(self) -> bool {
+        matches!(
+            self,
+            Loss::Simpo | Loss::Cpo | Loss::Slic | Loss::Orpo | Loss::Alphapo
+        )
+    }
+
+    /// The losses TRL lets an f-divergence other than reverse KL change.
+    pub fn takes_f_divergence(self) -> bool {
+        matches!(
+            self,
+            Loss::Sigmoid
+                | Loss::SigmoidNorm
+                | Loss::Hinge
+                | Loss::Ipo
+                | Loss::ExoPair
+                | Loss::Robust
+                | Loss::Discopop
+                | Loss::Sft
+        )
+    }
+
+    /// The losses of the margin logits βδ, which R-DPO's length term shifts.
+    pub fn takes_length_regulariser(self) -> bool {
+        matches!(
+            self,
+            Loss::Sigmoid | Loss::Hinge | Loss::ExoPair | Loss::Robust | Loss::Discopop
+        )
+    }
+
+    /// The losses that read label_smoothing.
+    pub fn takes_label_smoothing(self) -> bool {
+        matches!(
+            self,
+            Loss::ExoPair
+                | Loss::Robust
+                | Loss::Aot
+                | Loss::AotUnpaired
+                | Loss::Simpo
+                | Loss::Cpo
+                | Loss::Alphapo
+        )
+    }
+
+    /// The losses whose value depends on which pairs share the batch.
+    pub fn sorts_batch(self) -> bool {
+        matches!(self, Loss::Aot | Loss::AotUnpaired)
     }
 }
 
@@ -84,7 +208,7 @@ impl FromStr for Loss {
     fn from_str(s: &str) -> Result<Self> {
         Loss::from_name(s).ok_or_else(|| {
             anyhow::anyhow!(
-                "unknown objective \"{s}\" (expected {})",
+                "unknown loss \"{s}\" (expected {})",
                 or_list(&Loss::NAMES)
             )
         })
@@ -145,7 +269,7 @@ impl<'de> Deserialize<'de> for VariantName {
                     .ok_or_else(|| {
                         E::invalid_value(
                             serde::de::Unexpected::Unsigned(i),
-                            &"variant index 0 <= i < 4",
+                            &"variant index 0 <= i < 20",
                         )
                     })
             }
@@ -154,71 +278,238 @@ impl<'de> Deserialize<'de> for VariantName {
     }
 }
 
-/// The command line's `--objective` values: [`Loss::PREFERENCE`], by [`Loss::name`].
+/// The command line's `--objective` values: every loss, by [`Loss::name`] (and its aliases).
 impl clap::ValueEnum for Loss {
     fn value_variants<'a>() -> &'a [Self] {
-        &Loss::PREFERENCE
+        &Loss::ALL
     }
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Loss::PREFERENCE
-            .contains(self)
-            .then(|| clap::builder::PossibleValue::new(self.name()))
+        let v = clap::builder::PossibleValue::new(self.name());
+        Some(
+            Loss::ALIASES
+                .iter()
+                .filter(|a| a.1 == *self)
+                .fold(v, |v, a| v.alias(a.0)),
+        )
     }
 }
 
-/// The losses that compare a chosen with a rejected response: every [`Loss`] but SFT.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PreferenceLoss {
-    Dpo,
-    Simpo,
-    Ipo,
-}
-
-/// How a loss reads a batch: pairs of chosen and rejected rows, or chosen rows alone.
+/// How a batch is laid out for an objective: pairs of chosen and rejected rows, or chosen rows
+/// alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LossKind {
-    Preference(PreferenceLoss),
+    Preference,
     Sft,
 }
 
-impl Loss {
-    pub fn kind(self) -> LossKind {
-        match self {
-            Loss::Sft => LossKind::Sft,
-            Loss::Dpo => LossKind::Preference(PreferenceLoss::Dpo),
-            Loss::Simpo => LossKind::Preference(PreferenceLoss::Simpo),
-            Loss::Ipo => LossKind::Preference(PreferenceLoss::Ipo),
+/// The `objective` setting: one loss name or a list of them (TRL's `loss_type`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LossList(pub Vec<Loss>);
+
+impl Default for LossList {
+    fn default() -> Self {
+        LossList(vec![Loss::Sigmoid])
+    }
+}
+
+impl fmt::Display for LossList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|l| l.name()).collect();
+        f.write_str(&names.join("+"))
+    }
+}
+
+impl Serialize for LossList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Objective {
-    pub loss: Loss,
-    pub beta: f64,
-    /// SimPO's absolute target margin (not gamma/beta).
-    pub gamma: f64,
-    /// Count only the first k = min(|y_w|, |y_l|) response tokens of each pair.
-    pub poet: bool,
-}
-
-/// How many response tokens of each side count: all, or the first k with POET.
-pub fn counted_lengths(chosen_len: usize, rejected_len: usize, poet: bool) -> (usize, usize) {
-    if poet {
-        let k = chosen_len.min(rejected_len);
-        (k, k)
-    } else {
-        (chosen_len, rejected_len)
+impl<'de> Deserialize<'de> for LossList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LossList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a loss name or a list of loss names")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<LossList, E> {
+                Loss::from_name(s)
+                    .map(|l| LossList(vec![l]))
+                    .ok_or_else(|| E::unknown_variant(s, &Loss::NAMES))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<LossList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(l) = seq.next_element::<Loss>()? {
+                    out.push(l);
+                }
+                if out.is_empty() {
+                    return Err(serde::de::Error::invalid_length(0, &"at least one loss"));
+                }
+                Ok(LossList(out))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
-/// Per-token weights of a response of `len` tokens of which the first `counted` count.
-/// Positions are completion-relative, so the prompt is never counted.
-pub fn prefix_mask(len: usize, counted: usize) -> Vec<f32> {
-    (0..len)
-        .map(|t| if t < counted { 1.0 } else { 0.0 })
-        .collect()
+/// TRL's `f_divergence_type`: the function of the log-ratio the margin compares.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum FDivergence {
+    #[default]
+    ReverseKl,
+    ForwardKl,
+    JsDivergence,
+    /// With TRL's f_alpha_divergence_coef.
+    AlphaDivergence(f64),
+}
+
+impl FDivergence {
+    pub const NAMES: [&'static str; 4] = [
+        "reverse_kl",
+        "forward_kl",
+        "js_divergence",
+        "alpha_divergence",
+    ];
+
+    /// From TRL's name, with the coefficient `alpha_divergence` uses.
+    pub fn from_name(name: &str, alpha_coef: f64) -> Result<FDivergence> {
+        Ok(match name {
+            "reverse_kl" => FDivergence::ReverseKl,
+            "forward_kl" => FDivergence::ForwardKl,
+            "js_divergence" => FDivergence::JsDivergence,
+            "alpha_divergence" => FDivergence::AlphaDivergence(alpha_coef),
+            _ => bail!(
+                "unknown f-divergence \"{name}\" (expected {})",
+                or_list(&FDivergence::NAMES)
+            ),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FDivergence::ReverseKl => "reverse_kl",
+            FDivergence::ForwardKl => "forward_kl",
+            FDivergence::JsDivergence => "js_divergence",
+            FDivergence::AlphaDivergence(_) => "alpha_divergence",
+        }
+    }
+}
+
+/// The `f_divergence_type` setting (its coefficient is a setting of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FDivergenceType {
+    #[default]
+    ReverseKl,
+    ForwardKl,
+    JsDivergence,
+    AlphaDivergence,
+}
+
+impl FDivergenceType {
+    pub fn with_coef(self, alpha_coef: f64) -> FDivergence {
+        match self {
+            FDivergenceType::ReverseKl => FDivergence::ReverseKl,
+            FDivergenceType::ForwardKl => FDivergence::ForwardKl,
+            FDivergenceType::JsDivergence => FDivergence::JsDivergence,
+            FDivergenceType::AlphaDivergence => FDivergence::AlphaDivergence(alpha_coef),
+        }
+    }
+}
+
+/// An objective: the loss terms with their weights, their coefficients and which tokens count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Objective {
+    /// TRL's loss_type list with loss_weights (one entry for a single loss).
+    pub mixture: Vec<(Loss, f64)>,
+    pub params: Params,
+    pub tokens: TokenScheme,
+    /// WPO: each pair's loss weighted by how likely the policy finds both responses.
+    pub use_weighting: bool,
+    /// The tokenizer's EOS id, where keep_eos finds a response's end.
+    pub eos: Option<u32>,
+}
+
+impl Objective {
+    /// One loss with TRL's default coefficients, every token counted (or POET's k).
+    pub fn single(loss: Loss, beta: f64, poet: bool) -> Objective {
+        Objective {
+            mixture: vec![(loss, 1.0)],
+            params: Params {
+                beta,
+                gamma: 1.0,
+                label_smoothing: 0.0,
+                f_divergence: FDivergence::ReverseKl,
+                discopop_tau: 0.05,
+                cpo_alpha: 1.0,
+                alpha: 0.0,
+                rdpo_alpha: 0.0,
+            },
+            tokens: TokenScheme {
+                poet: if poet { Poet::Min } else { Poet::Off },
+                ..TokenScheme::PLAIN
+            },
+            use_weighting: false,
+            eos: None,
+        }
+    }
+
+    /// The loss that defines the rewards and the prefix diagnostics: the first that is not
+    /// `sft` (`sft` when that is all there is).
+    pub fn primary(&self) -> Loss {
+        self.mixture
+            .iter()
+            .map(|m| m.0)
+            .find(|l| *l != Loss::Sft)
+            .unwrap_or(Loss::Sft)
+    }
+
+    pub fn needs_reference(&self) -> bool {
+        self.mixture.iter().any(|m| m.0.needs_reference())
+    }
+
+    /// Nothing but the chosen NLL: chosen rows alone are enough.
+    pub fn is_sft_only(&self) -> bool {
+        self.mixture.iter().all(|m| m.0 == Loss::Sft)
+    }
+
+    /// How a batch is laid out for this objective.
+    pub fn kind(&self) -> LossKind {
+        if self.is_sft_only() {
+            LossKind::Sft
+        } else {
+            LossKind::Preference
+        }
+    }
+
+    pub fn poet(&self) -> bool {
+        self.tokens.poet.is_on()
+    }
+
+    /// "sigmoid", "sigmoid+sft": the losses as TRL's list would name them.
+    pub fn loss_names(&self) -> String {
+        self.mixture
+            .iter()
+            .map(|m| m.0.name())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+
+    /// The implicit reward of one response from its summed (prefix) log-probs.
+    pub fn reward(&self, logps: f64, ref_logps: Option<f64>, counted: usize) -> f64 {
+        let s = PairScores {
+            logps: [logps, 0.0],
+            ref_logps: ref_logps.map(|r| [r, 0.0]),
+            counted: [counted, 1],
+            weight: 1.0,
+        };
+        losses::rewards(self.primary(), &self.params, &s)[0]
+    }
 }
 
 /// Per-pair results, in the units of the JSON output of `gaplab eval`.
@@ -241,21 +532,11 @@ pub struct PairStats {
 }
 
 pub struct PairOutputs {
-    /// Mean loss over pairs, differentiable in the policy.
+    /// The batch's loss, differentiable in the policy.
     pub loss: Tensor,
     pub pairs: Vec<PairStats>,
-}
-
-/// Sums of per-token log-probs over the counted tokens of each row, as the product of a
-/// [rows, tokens] weight matrix with the packed per-token vector (one differentiable op).
-fn weighted_sums(batch: &SeqBatch, counted: &[usize], logps: &Tensor) -> Result<Tensor> {
-    let n = batch.num_response_tokens();
-    let mut w = vec![0f32; batch.rows() * n];
-    for (r, (&off, &c)) in batch.offsets.iter().zip(counted).enumerate() {
-        w[r * n + off..r * n + off + c].fill(1.0);
-    }
-    let w = Tensor::from_vec(w, (batch.rows(), n), logps.device())?.to_dtype(logps.dtype())?;
-    Ok(w.matmul(&logps.unsqueeze(1)?)?.squeeze(1)?)
+    /// The mean NLL of the chosen responses, when the objective has an NLL term.
+    pub nll_loss: Option<f64>,
 }
 
 /// Loss math runs in f32 (f64 when the model runs in f64, as gradient checks do).
@@ -267,12 +548,6 @@ fn loss_dtype(t: &Tensor) -> DType {
     }
 }
 
-/// ln(1 + e^x), stable for large |x|.
-fn softplus(x: &Tensor) -> Result<Tensor> {
-    let tail = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    Ok((x.relu()? + tail)?)
-}
-
 /// What a loss made of a batch.
 pub enum LossOutput {
     /// A preference loss, with what it measured of each pair.
@@ -281,135 +556,155 @@ pub enum LossOutput {
     Sft(Tensor),
 }
 
+/// Per-token extras some objectives read, packed as the batch's response tokens.
+#[derive(Clone, Copy, Default)]
+pub struct TokenExtras<'a> {
+    /// log Σ_v π(v)² at each position (WPO's weights).
+    pub log_sum_sq: Option<&'a [f32]>,
+}
+
 /// The loss of `obj` on a batch laid out for its kind: `SeqBatch::from_pairs` for a preference
-/// loss, `SeqBatch::chosen_only` for SFT (which counts every response token and reads no
-/// reference). `policy` and `reference` as in [`preference_loss`].
+/// objective, `SeqBatch::chosen_only` for SFT alone (which counts every response token and
+/// reads no reference). `policy` holds per-token log-probs [tokens] (with gradient);
+/// `reference` the same under the reference model.
 pub fn loss(
     obj: &Objective,
     batch: &SeqBatch,
     policy: &Tensor,
     reference: Option<&[f32]>,
+    extras: TokenExtras,
 ) -> Result<LossOutput> {
-    Ok(match obj.loss.kind() {
-        LossKind::Preference(kind) => {
-            LossOutput::Pairs(pair_loss(kind, obj, batch, policy, reference)?)
+    Ok(match obj.kind() {
+        LossKind::Preference => {
+            LossOutput::Pairs(pair_loss(obj, batch, policy, reference, extras)?)
         }
         LossKind::Sft => LossOutput::Sft(sft_loss(batch, policy, &batch.response_lens)?),
     })
 }
 
 /// Preference loss of a batch laid out as `SeqBatch::from_pairs` (chosen rows, then rejected
-/// rows). `policy` holds per-token log-probs [tokens] (with gradient); `reference` the same
-/// under the reference model, required by DPO and IPO.
+/// rows).
 pub fn preference_loss(
     obj: &Objective,
     batch: &SeqBatch,
     policy: &Tensor,
     reference: Option<&[f32]>,
 ) -> Result<PairOutputs> {
-    match obj.loss.kind() {
-        LossKind::Preference(kind) => pair_loss(kind, obj, batch, policy, reference),
-        LossKind::Sft => bail!("sft is not a preference loss"),
+    if obj.is_sft_only() {
+        bail!("sft alone is not a preference loss");
     }
+    pair_loss(obj, batch, policy, reference, TokenExtras::default())
+}
+
+/// WPO's weight of one response: exp(mean_t (log π(y_t) − log Σ_v π(v)²)) over all its tokens.
+pub fn wpo_weight(logps: &[f64], log_sum_sq: &[f32]) -> f64 {
+    let n = logps.len().max(1) as f64;
+    let s: f64 = logps
+        .iter()
+        .zip(log_sum_sq)
+        .map(|(&l, &q)| l - q as f64)
+        .sum();
+    (s / n).exp()
 }
 
 fn pair_loss(
-    kind: PreferenceLoss,
     obj: &Objective,
     batch: &SeqBatch,
     policy: &Tensor,
     reference: Option<&[f32]>,
+    extras: TokenExtras,
 ) -> Result<PairOutputs> {
     let b = batch.rows() / 2;
     if b == 0 || batch.rows() != 2 * b {
         bail!("a preference batch needs chosen and rejected rows for every pair");
     }
-    let lens = &batch.response_lens;
-    let counted: Vec<(usize, usize)> = (0..b)
-        .map(|i| counted_lengths(lens[i], lens[b + i], obj.poet))
-        .collect();
-    let row_counts: Vec<usize> = counted
-        .iter()
-        .map(|c| c.0)
-        .chain(counted.iter().map(|c| c.1))
-        .collect();
     let dt = loss_dtype(policy);
-    let seq = weighted_sums(batch, &row_counts, &policy.to_dtype(dt)?)?;
-    let device = seq.device().clone();
-    let (pol_w, pol_l) = (seq.narrow(0, 0, b)?, seq.narrow(0, b, b)?);
-    // SimPO has no reference: any reference log-probs passed in are ignored.
-    let ref_sums: Option<Vec<f64>> = reference.filter(|_| obj.loss.needs_reference()).map(|r| {
-        batch
-            .split(r)
-            .iter()
-            .zip(&row_counts)
-            .map(|(row, &c)| row[..c].iter().map(|&x| x as f64).sum())
-            .collect()
-    });
-    let vec_t =
-        |v: Vec<f64>| -> Result<Tensor> { Ok(Tensor::from_vec(v, b, &device)?.to_dtype(dt)?) };
-    let n_w = vec_t(counted.iter().map(|c| c.0 as f64).collect())?;
-    let n_l = vec_t(counted.iter().map(|c| c.1 as f64).collect())?;
-    let beta = obj.beta;
-    // log pi(y|x) - log pi_ref(y|x) of the chosen and the rejected responses.
-    let ratios = |rs: &[f64]| -> Result<(Tensor, Tensor)> {
-        let ref_w = vec_t(rs[..b].to_vec())?;
-        let ref_l = vec_t(rs[b..].to_vec())?;
-        Ok(((&pol_w - ref_w)?, (&pol_l - ref_l)?))
+    let pol_all: Vec<f64> = policy.detach().to_dtype(DType::F64)?.to_vec1()?;
+    let pol = batch.split(&pol_all);
+    let refs = match (obj.needs_reference(), reference) {
+        (true, Some(r)) => Some(batch.split(r)),
+        (true, None) => bail!("{} needs reference log-probs", obj.primary()),
+        (false, _) => None,
     };
-    let (loss, reward_w, reward_l) = match (kind, ref_sums.as_deref()) {
-        (PreferenceLoss::Dpo, Some(rs)) => {
-            let (ratio_w, ratio_l) = ratios(rs)?;
-            let logits = ((&ratio_w - &ratio_l)? * beta)?;
-            (
-                softplus(&logits.neg()?)?,
-                (ratio_w * beta)?,
-                (ratio_l * beta)?,
-            )
+    let ids = batch.split(&batch.target_ids);
+    let lss = extras.log_sum_sq.map(|q| batch.split(q));
+    if obj.use_weighting && lss.is_none() {
+        bail!("WPO weighting needs log Σ π² of every response token");
+    }
+    let lens = &batch.response_lens;
+    let mut weights = Vec::with_capacity(b);
+    let mut scores = Vec::with_capacity(b);
+    for i in 0..b {
+        let rows = [i, b + i];
+        let ends = rows.map(|r| obj.eos.map_or(0, |e| tokens::end_len(ids[r], e)));
+        let w = tokens::pair_weights(&obj.tokens, rows.map(|r| ids[r]), ends);
+        let sum = |vals: &[f64], w: &[f64]| -> f64 { vals.iter().zip(w).map(|(v, w)| v * w).sum() };
+        let sum32 = |vals: &[f32], w: &[f64]| -> f64 {
+            vals.iter().zip(w).map(|(&v, w)| v as f64 * w).sum()
+        };
+        let weight = match &lss {
+            Some(q) if obj.use_weighting => rows
+                .iter()
+                .map(|&r| wpo_weight(pol[r], q[r]))
+                .product(),
+            _ => 1.0,
+        };
+        scores.push(PairScores {
+            logps: [sum(pol[i], &w[0].w), sum(pol[b + i], &w[1].w)],
+            ref_logps: refs
+                .as_ref()
+                .map(|r| [sum32(r[i], &w[0].w), sum32(r[b + i], &w[1].w)]),
+            counted: [w[0].counted, w[1].counted],
+            weight,
+        });
+        weights.push(w);
+    }
+    // TRL's NLL terms: the mean over every chosen response token.
+    let chosen_tokens: usize = lens[..b].iter().sum();
+    let nll = -pol[..b].iter().flat_map(|r| r.iter()).sum::<f64>() / chosen_tokens.max(1) as f64;
+    let out = losses::batch_loss(&obj.mixture, &obj.params, &scores, nll)?;
+    // d loss / d per-token log-prob, then the loss as a linear function of the tokens with
+    // exactly these derivatives and the loss's value.
+    let mut grad = vec![0f64; pol_all.len()];
+    for i in 0..b {
+        for (side, r) in [i, b + i].into_iter().enumerate() {
+            let off = batch.offsets[r];
+            for (t, w) in weights[i][side].w.iter().enumerate() {
+                grad[off + t] += out.grad[i][side] * w;
+            }
         }
-        (PreferenceLoss::Ipo, Some(rs)) => {
-            let (ratio_w, ratio_l) = ratios(rs)?;
-            let mean_w = ratio_w.div(&n_w)?;
-            let mean_l = ratio_l.div(&n_l)?;
-            let h = (&mean_w - &mean_l)?;
-            (
-                (h - 1.0 / (2.0 * beta))?.sqr()?,
-                (mean_w * beta)?,
-                (mean_l * beta)?,
-            )
+    }
+    if out.nll_coef != 0.0 {
+        for r in 0..b {
+            let off = batch.offsets[r];
+            for g in &mut grad[off..off + lens[r]] {
+                *g -= out.nll_coef / chosen_tokens.max(1) as f64;
+            }
         }
-        (PreferenceLoss::Dpo | PreferenceLoss::Ipo, None) => {
-            bail!("{} needs reference log-probs", obj.loss)
-        }
-        (PreferenceLoss::Simpo, _) => {
-            let r_w = (pol_w.div(&n_w)? * beta)?;
-            let r_l = (pol_l.div(&n_l)? * beta)?;
-            let z = ((&r_w - &r_l)? - obj.gamma)?;
-            (softplus(&z.neg()?)?, r_w, r_l)
-        }
-    };
-    let host = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.detach().to_dtype(DType::F64)?.to_vec1()?) };
-    let (seq_h, loss_h) = (host(&seq)?, host(&loss)?);
-    let (rw_h, rl_h) = (host(&reward_w)?, host(&reward_l)?);
+    }
+    let linear: f64 = grad.iter().zip(&pol_all).map(|(g, l)| g * l).sum();
+    let g = Tensor::from_vec(grad, pol_all.len(), policy.device())?.to_dtype(dt)?;
+    let loss = ((policy.to_dtype(dt)? * g)?.sum_all()? + (out.value - linear))?;
     let pairs = (0..b)
         .map(|i| PairStats {
-            chosen_logps: seq_h[i],
-            rejected_logps: seq_h[b + i],
-            ref_chosen_logps: ref_sums.as_ref().map(|r| r[i]),
-            ref_rejected_logps: ref_sums.as_ref().map(|r| r[b + i]),
-            chosen_tokens: counted[i].0,
-            rejected_tokens: counted[i].1,
-            reward_chosen: rw_h[i],
-            reward_rejected: rl_h[i],
-            margin: rw_h[i] - rl_h[i],
-            loss: loss_h[i],
+            chosen_logps: scores[i].logps[0],
+            rejected_logps: scores[i].logps[1],
+            ref_chosen_logps: scores[i].ref_logps.map(|r| r[0]),
+            ref_rejected_logps: scores[i].ref_logps.map(|r| r[1]),
+            chosen_tokens: scores[i].counted[0],
+            rejected_tokens: scores[i].counted[1],
+            reward_chosen: out.rewards[i][0],
+            reward_rejected: out.rewards[i][1],
+            margin: out.rewards[i][0] - out.rewards[i][1],
+            loss: out.per_pair[i],
             chosen_len: lens[i],
             rejected_len: lens[b + i],
         })
         .collect();
     Ok(PairOutputs {
-        loss: loss.mean_all()?,
+        loss,
         pairs,
+        nll_loss: (out.nll_coef != 0.0).then_some(nll),
     })
 }
 
@@ -420,8 +715,15 @@ pub fn sft_loss(batch: &SeqBatch, policy: &Tensor, counted: &[usize]) -> Result<
     if total == 0 {
         bail!("sft: no response tokens to train on");
     }
-    let sums = weighted_sums(batch, counted, &policy.to_dtype(loss_dtype(policy))?)?;
-    Ok((sums.sum_all()?.neg()? / total as f64)?)
+    let n = batch.num_response_tokens();
+    let mut w = vec![0f32; n];
+    for (&off, &c) in batch.offsets.iter().zip(counted) {
+        w[off..off + c].fill(1.0);
+    }
+    let dt = loss_dtype(policy);
+    let w = Tensor::from_vec(w, n, policy.device())?.to_dtype(dt)?;
+    let sum = (policy.to_dtype(dt)? * w)?.sum_all()?;
+    Ok((sum.neg()? / total as f64)?)
 }
 
 /// Batch means with TRL's metric names.
@@ -468,12 +770,9 @@ mod tests {
     }
 
     fn obj(loss: Loss, poet: bool) -> Objective {
-        Objective {
-            loss,
-            beta: 0.5,
-            gamma: 0.25,
-            poet,
-        }
+        let mut o = Objective::single(loss, 0.5, poet);
+        o.params.gamma = 0.25;
+        o
     }
 
     fn softplus64(x: f64) -> f64 {
@@ -498,12 +797,12 @@ mod tests {
     #[test]
     fn dpo_by_hand() {
         // ratio_w = -6 - (-4.5) = -1.5, ratio_l = -4 - (-2) = -2; margin = 0.5 * 0.5 = 0.25
-        let p = run(obj(Loss::Dpo, false));
+        let p = run(obj(Loss::Sigmoid, false));
         assert!((p.margin - 0.25).abs() < 1e-6);
         assert!((p.loss - softplus64(-0.25)).abs() < 1e-5);
         assert_eq!((p.chosen_tokens, p.rejected_tokens), (3, 2));
         // POET: k = 2. ratio_w = -3 - (-3) = 0, ratio_l = -2; margin = 0.5 * 2 = 1
-        let p = run(obj(Loss::Dpo, true));
+        let p = run(obj(Loss::Sigmoid, true));
         assert!((p.margin - 1.0).abs() < 1e-6);
         assert!((p.loss - softplus64(-1.0)).abs() < 1e-5);
         assert_eq!((p.chosen_logps, p.ref_chosen_logps), (-3.0, Some(-3.0)));
@@ -525,7 +824,7 @@ mod tests {
 
     #[test]
     fn ipo_by_hand() {
-        // h = -1.5/3 - (-2/2) = 0.5; loss = (0.5 - 1)^2 = 0.25; margin = 0.5 * 0.5
+        // h = -1.5/3 - (-2/2) = 0.5; loss = (0.5 - 1)^2 = 0.25; margin = 0.5 * (-1.5 + 2)
         let p = run(obj(Loss::Ipo, false));
         assert!((p.loss - 0.25).abs() < 1e-5);
         assert!((p.margin - 0.25).abs() < 1e-6);
@@ -539,7 +838,7 @@ mod tests {
         let b = batch(&[(2, 2)]);
         let pol = Tensor::new(&[-1.0f32, -2.0, -0.5, -4.0], &Device::Cpu).unwrap();
         let r = [-1.0f32, -1.0, -1.0, -1.0];
-        for loss in [Loss::Dpo, Loss::Simpo, Loss::Ipo] {
+        for loss in Loss::ALL.into_iter().filter(|l| !l.sorts_batch() && *l != Loss::Sft) {
             let a = preference_loss(&obj(loss, false), &b, &pol, Some(&r)).unwrap();
             let p = preference_loss(&obj(loss, true), &b, &pol, Some(&r)).unwrap();
             assert_eq!(a.pairs, p.pairs, "{loss}");
@@ -552,7 +851,7 @@ mod tests {
         let pol = Tensor::new(&[-1.0f32, -2.0, -3.0, -1.0, -2.0, -3.0], &Device::Cpu).unwrap();
         let r = [-2.0f32; 6];
         for (loss, expect) in [
-            (Loss::Dpo, std::f64::consts::LN_2),
+            (Loss::Sigmoid, std::f64::consts::LN_2),
             (Loss::Simpo, softplus64(0.25)),
             (Loss::Ipo, 1.0),
         ] {
@@ -563,27 +862,6 @@ mod tests {
             assert!(p.margin.abs() < 1e-7, "{loss}");
             assert!((p.loss - expect).abs() < 1e-5, "{loss}: {}", p.loss);
         }
-    }
-
-    #[test]
-    fn poet_mask_keeps_shorter_eos_and_cuts_longer_tail() {
-        // chosen 5 tokens (EOS at index 4), rejected 3 tokens (EOS at index 2): k = 3.
-        let (nw, nl) = counted_lengths(5, 3, true);
-        assert_eq!((nw, nl), (3, 3));
-        let rejected = prefix_mask(3, nl);
-        assert_eq!(
-            rejected,
-            vec![1.0, 1.0, 1.0],
-            "the shorter side keeps its EOS"
-        );
-        let chosen = prefix_mask(5, nw);
-        assert_eq!(
-            chosen,
-            vec![1.0, 1.0, 1.0, 0.0, 0.0],
-            "the longer side loses its tail"
-        );
-        assert_eq!(counted_lengths(5, 3, false), (5, 3));
-        assert_eq!(counted_lengths(4, 4, true), (4, 4));
     }
 
     #[test]
@@ -613,18 +891,19 @@ mod tests {
     }
 
     #[test]
-    fn loss_dispatches_on_the_kind_of_loss() {
+    fn loss_dispatches_on_the_kind_of_objective() {
         // SFT reads chosen rows alone and counts every response token: -(-1 - 2 - 3) / 3.
         let rows: Vec<(&[u32], &[u32])> = vec![(&[1], &[2, 2, 2])];
         let sb = SeqBatch::new(&rows, 0, &Device::Cpu).unwrap();
         let pol = Tensor::new(&POL[..3], &Device::Cpu).unwrap();
-        match loss(&obj(Loss::Sft, true), &sb, &pol, None).unwrap() {
+        let none = TokenExtras::default();
+        match loss(&obj(Loss::Sft, true), &sb, &pol, None, none).unwrap() {
             LossOutput::Sft(l) => assert!((l.to_scalar::<f32>().unwrap() - 2.0).abs() < 1e-6),
             LossOutput::Pairs(_) => panic!("sft scored pairs"),
         }
         let b = batch(&[(3, 2)]);
         let pol = Tensor::new(&POL, &Device::Cpu).unwrap();
-        match loss(&obj(Loss::Dpo, false), &b, &pol, Some(&REF)).unwrap() {
+        match loss(&obj(Loss::Sigmoid, false), &b, &pol, Some(&REF), none).unwrap() {
             LossOutput::Pairs(out) => assert!((out.pairs[0].margin - 0.25).abs() < 1e-6),
             LossOutput::Sft(_) => panic!("dpo scored chosen rows alone"),
         }
@@ -639,8 +918,51 @@ mod tests {
     }
 
     #[test]
+    fn a_mixture_adds_the_weighted_chosen_nll() {
+        let b = batch(&[(3, 2)]);
+        let pol = Tensor::new(&POL, &Device::Cpu).unwrap();
+        let mut o = obj(Loss::Sigmoid, false);
+        let dpo = preference_loss(&o, &b, &pol, Some(&REF)).unwrap();
+        o.mixture.push((Loss::Sft, 0.5));
+        let out = preference_loss(&o, &b, &pol, Some(&REF)).unwrap();
+        // NLL of the chosen response: (1 + 2 + 3) / 3 = 2.
+        let l = out.loss.to_scalar::<f32>().unwrap() as f64;
+        let l0 = dpo.loss.to_scalar::<f32>().unwrap() as f64;
+        assert!((l - l0 - 1.0).abs() < 1e-6);
+        assert_eq!(out.nll_loss, Some(2.0));
+    }
+
+    #[test]
+    fn gradients_reach_the_counted_tokens_only() {
+        let b = batch(&[(3, 2)]);
+        let var = candle_core::Var::new(&POL, &Device::Cpu).unwrap();
+        let out = preference_loss(&obj(Loss::Sigmoid, true), &b, var.as_tensor(), Some(&REF))
+            .unwrap();
+        let g: Vec<f32> = out.loss.backward().unwrap().get(var.as_tensor()).unwrap().to_vec1().unwrap();
+        assert_eq!(g[2], 0.0, "POET cut the chosen tail");
+        // d/dlogp_w of softplus(-β(ρ_w - ρ_l)) = -β σ(-z), z = 1.
+        let expect = -0.5 * dual::sigmoid(-1.0);
+        assert!((g[0] as f64 - expect).abs() < 1e-6 && (g[1] as f64 - expect).abs() < 1e-6);
+        assert!((g[3] as f64 + expect).abs() < 1e-6);
+    }
+
+    #[test]
+    fn keep_eos_counts_the_end_of_the_cut_response() {
+        // chosen [2, 2, 9] ends with EOS 9, rejected [3, 9]: k = 2; keep_eos adds chosen's EOS.
+        let rows: Vec<(&[u32], &[u32])> = vec![(&[1], &[2, 2, 9]), (&[1], &[3, 9])];
+        let b = SeqBatch::new(&rows, 0, &Device::Cpu).unwrap();
+        let pol = Tensor::new(&POL, &Device::Cpu).unwrap();
+        let mut o = obj(Loss::Sigmoid, true);
+        o.tokens.keep_eos = true;
+        o.eos = Some(9);
+        let p = preference_loss(&o, &b, &pol, Some(&REF)).unwrap().pairs[0].clone();
+        assert_eq!((p.chosen_tokens, p.rejected_tokens), (3, 2));
+        assert_eq!(p.chosen_logps, -6.0);
+    }
+
+    #[test]
     fn metrics_use_trl_names() {
-        let p = run(obj(Loss::Dpo, true));
+        let p = run(obj(Loss::Sigmoid, true));
         let m = pair_metrics(&[p], 0.3);
         let names: Vec<&str> = m.iter().map(|x| x.0).collect();
         for n in [
@@ -673,32 +995,32 @@ mod tests {
                 l
             );
         }
-        assert_eq!(
-            "kto".parse::<Loss>().unwrap_err().to_string(),
-            "unknown objective \"kto\" (expected sft, dpo, simpo or ipo)"
-        );
+        assert_eq!("dpo".parse::<Loss>().unwrap(), Loss::Sigmoid);
+        assert_eq!(serde_json::from_str::<Loss>("\"dpo\"").unwrap(), Loss::Sigmoid);
+        let e = "kto".parse::<Loss>().unwrap_err().to_string();
+        assert!(e.starts_with("unknown loss \"kto\" (expected sigmoid, hinge, ipo, "), "{e}");
+        assert!(e.ends_with("orpo or alphapo)"), "{e}");
         // The message serde's derive gives, which gaplab.toml errors show.
         let err = serde_json::from_str::<Loss>("\"kto\"")
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("unknown variant `kto`, expected one of `sft`, `dpo`, `simpo`, `ipo`"),
+            err.starts_with("unknown variant `kto`, expected one of `sigmoid`, `hinge`"),
             "{err}"
         );
     }
 
     #[test]
-    fn the_command_line_offers_only_preference_losses() {
+    fn the_command_line_offers_every_loss_and_the_dpo_alias() {
         use clap::ValueEnum;
         let offered: Vec<String> = Loss::value_variants()
             .iter()
             .filter_map(|l| l.to_possible_value())
             .map(|v| v.get_name().to_string())
             .collect();
-        assert_eq!(offered, ["dpo", "simpo", "ipo"]);
-        assert!(Loss::Sft.to_possible_value().is_none());
+        assert_eq!(offered.len(), Loss::ALL.len());
         assert_eq!(<Loss as ValueEnum>::from_str("ipo", false), Ok(Loss::Ipo));
-        assert!(<Loss as ValueEnum>::from_str("sft", false).is_err());
+        assert_eq!(<Loss as ValueEnum>::from_str("dpo", false), Ok(Loss::Sigmoid));
     }
 
     #[test]

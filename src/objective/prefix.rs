@@ -2,10 +2,12 @@
 //!
 //! For a pair and a prefix length j (response tokens), m(j) is the margin the objective would
 //! see if both responses stopped after j tokens: beta * (sum_{t<=j} [l - lref](y_w) -
-//! sum_{t<=j} [l - lref](y_l)) with a reference, (beta / j) * (sum l(y_w) - sum l(y_l)) without
-//! (SimPO). j runs over 1, 2, 4, ... up to the pair's k = min(|y_w|, |y_l|).
+//! sum_{t<=j} [l - lref](y_l)) with a reference; without one, the objective's own reward of the
+//! two j-token prefixes ((beta / j) * (sum l(y_w) - sum l(y_l)) for SimPO). j runs over 1, 2,
+//! 4, ... up to the pair's k = min(|y_w|, |y_l|). Prefixes are raw sums: the token weights of
+//! LD-DPO, SamPO or a position decay do not apply here.
 
-use super::{Loss, Objective};
+use super::Objective;
 pub use crate::event::PrefixCurve;
 
 /// Per-token log-probs of one pair under the policy and (optionally) the reference.
@@ -23,7 +25,7 @@ impl PairTokenLogps<'_> {
     }
 
     fn uses_reference(&self, obj: &Objective) -> bool {
-        obj.loss != Loss::Simpo && self.ref_chosen.is_some() && self.ref_rejected.is_some()
+        obj.needs_reference() && self.ref_chosen.is_some() && self.ref_rejected.is_some()
     }
 }
 
@@ -37,18 +39,13 @@ fn terms<'a>(policy: &'a [f32], reference: Option<&'a [f32]>) -> impl Iterator<I
 
 /// m(j) for one pair; `j` must not exceed the pair's k.
 pub fn prefix_margin(obj: &Objective, pair: &PairTokenLogps, j: usize) -> f64 {
+    let sum = |v: &[f32]| v.iter().take(j).map(|&x| x as f64).sum::<f64>();
     let (rc, rr) = if pair.uses_reference(obj) {
-        (pair.ref_chosen, pair.ref_rejected)
+        (pair.ref_chosen.map(sum), pair.ref_rejected.map(sum))
     } else {
         (None, None)
     };
-    let w: f64 = terms(pair.chosen, rc).take(j).sum();
-    let l: f64 = terms(pair.rejected, rr).take(j).sum();
-    if pair.uses_reference(obj) {
-        obj.beta * (w - l)
-    } else {
-        obj.beta / j as f64 * (w - l)
-    }
+    obj.reward(sum(pair.chosen), rc, j) - obj.reward(sum(pair.rejected), rr, j)
 }
 
 /// 1, 2, 4, ... up to `max` inclusive.
@@ -99,13 +96,10 @@ pub fn token_reward_diff(obj: &Objective, pair: &PairTokenLogps) -> Vec<f64> {
 mod tests {
     use super::*;
 
+    use crate::objective::Loss;
+
     fn obj(loss: Loss) -> Objective {
-        Objective {
-            loss,
-            beta: 0.1,
-            gamma: 0.0,
-            poet: false,
-        }
+        Objective::single(loss, 0.1, false)
     }
 
     #[test]
@@ -124,11 +118,11 @@ mod tests {
             ref_rejected: Some(&[-1.0, -1.0]),
         };
         // j=1: beta * ((-1 + 1.5) - (-2 + 1)) = 0.1 * 1.5
-        assert!((prefix_margin(&obj(Loss::Dpo), &pair, 1) - 0.15).abs() < 1e-12);
+        assert!((prefix_margin(&obj(Loss::Sigmoid), &pair, 1) - 0.15).abs() < 1e-12);
         // SimPO, j=2: beta/2 * ((-2) - (-3)) = 0.05
         assert!((prefix_margin(&obj(Loss::Simpo), &pair, 2) - 0.05).abs() < 1e-12);
-        assert_eq!(token_reward_diff(&obj(Loss::Dpo), &pair), vec![1.5, 0.0]);
-        let c = prefix_curve(&obj(Loss::Dpo), &[pair], &prefix_lengths(4));
+        assert_eq!(token_reward_diff(&obj(Loss::Sigmoid), &pair), vec![1.5, 0.0]);
+        let c = prefix_curve(&obj(Loss::Sigmoid), &[pair], &prefix_lengths(4));
         assert_eq!(c.j, vec![1, 2], "j stops at k = 2");
         assert_eq!(c.accuracy, vec![1.0, 1.0]);
     }

@@ -317,7 +317,7 @@ fn plan(
     let (reference, preference, batch, accum) = match sft {
         Some(s) => (Reference::None, false, s.batch_size, 1),
         None => (
-            if !cfg.train.objective.needs_reference() {
+            if !cfg.train.objective().needs_reference() {
                 Reference::None
             } else if cfg.train.precompute_ref {
                 Reference::Cached

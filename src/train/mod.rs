@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::data::TokenizedPair;
 use crate::model::CausalLm;
 use crate::model::SeqBatch;
-use crate::objective::{self, LossKind, LossOutput, Objective, PairStats};
+use crate::objective::{self, LossKind, LossOutput, Objective, PairStats, TokenExtras};
 use optim::AdamW;
 
 /// What the forward and backward pass of one micro-batch measured.
@@ -104,8 +104,8 @@ pub fn batch_for(
     pad: u32,
     device: &Device,
 ) -> Result<SeqBatch> {
-    match obj.loss.kind() {
-        LossKind::Preference(_) => SeqBatch::from_pairs(pairs, pad, device),
+    match obj.kind() {
+        LossKind::Preference => SeqBatch::from_pairs(pairs, pad, device),
         LossKind::Sft => SeqBatch::chosen_only(pairs, pad, device),
     }
 }
@@ -122,8 +122,15 @@ pub fn grads(
     poison: bool,
 ) -> Result<MicroOutput> {
     let scores = policy.response_scores(batch)?;
+    let log_sum_sq = match obj.use_weighting {
+        true => Some(log_sum_sq_probs(&scores.logits)?),
+        false => None,
+    };
+    let extras = TokenExtras {
+        log_sum_sq: log_sum_sq.as_deref(),
+    };
     let (loss_t, pairs, (logits_chosen, logits_rejected)) =
-        match objective::loss(obj, batch, &scores.logps, reference)? {
+        match objective::loss(obj, batch, &scores.logps, reference, extras)? {
             LossOutput::Pairs(out) => (out.loss, out.pairs, logit_sums(batch, &scores.logits)?),
             LossOutput::Sft(loss) => (loss, vec![], ((0.0, 0), (0.0, 0))),
         };
@@ -142,6 +149,18 @@ pub fn grads(
         logits_chosen,
         logits_rejected,
     })
+}
+
+/// log Σ_v π(v)² at each position of `logits` [tokens, vocab] (WPO's weights; no graph).
+pub fn log_sum_sq_probs(logits: &Tensor) -> Result<Vec<f32>> {
+    let z = logits.detach().to_dtype(DType::F32)?;
+    let lse = |t: &Tensor| -> Result<Tensor> {
+        let m = t.max_keepdim(1)?;
+        Ok((t.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()? + m)?)
+    };
+    let two = (&z * 2.0)?;
+    let out = (lse(&two)? - (lse(&z)? * 2.0)?)?;
+    Ok(out.squeeze(1)?.to_vec1()?)
 }
 
 /// Adds `more` into `total`, variable by variable.

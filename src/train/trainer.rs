@@ -246,7 +246,7 @@ impl Trainer {
         let pad = tok.pad_id();
         let mut reference_samples = Vec::new();
         let mut this_reference = None;
-        let reference = if !objective_of(&stage, &cfg.train).loss.needs_reference() {
+        let reference = if !objective_of(&stage, &cfg.train).needs_reference() {
             Reference::None
         } else if cfg.train.precompute_ref {
             let bs = cfg.eval.batch_size;
@@ -323,7 +323,10 @@ impl Trainer {
     }
 
     pub fn objective(&self) -> Objective {
-        objective_of(&self.stage, &self.cfg.train)
+        Objective {
+            eos: Some(self.tok.eos),
+            ..objective_of(&self.stage, &self.cfg.train)
+        }
     }
 
     pub fn num_params(&self) -> usize {
@@ -421,11 +424,11 @@ impl Trainer {
         self.tokens_seen += tokens as u64;
         let loss = losses.iter().sum::<f64>() / losses.len() as f64;
         let mut metrics = BTreeMap::new();
-        match obj.loss.kind() {
+        match obj.kind() {
             LossKind::Sft => {
                 metrics.insert("loss".into(), loss);
             }
-            LossKind::Preference(_) => {
+            LossKind::Preference => {
                 metrics.extend(
                     objective::pair_metrics(&pairs, loss)
                         .into_iter()
@@ -793,14 +796,9 @@ impl Trainer {
 
 /// What `stage` optimizes: the SFT loss, or the variant's objective with its live settings.
 fn objective_of(stage: &Stage, t: &TrainSettings) -> Objective {
-    Objective {
-        loss: match stage {
-            Stage::Sft(_) => Loss::Sft,
-            Stage::Variant => t.objective,
-        },
-        beta: t.beta,
-        gamma: t.gamma,
-        poet: t.poet,
+    match stage {
+        Stage::Sft(_) => Objective::single(Loss::Sft, t.beta, false),
+        Stage::Variant => t.objective(),
     }
 }
 
@@ -856,13 +854,13 @@ mod tests {
                 max_grad_norm: 0.5,
             }
         );
-        assert_eq!(objective_of(&Stage::Sft(sft()), &train).loss, Loss::Sft);
+        assert!(objective_of(&Stage::Sft(sft()), &train).is_sft_only());
     }
 
     #[test]
     fn a_variant_optimizes_with_train_settings() {
         let train = TrainSettings {
-            objective: Loss::Simpo,
+            objective: crate::objective::LossList(vec![Loss::Simpo]),
             adam_beta1: 0.8,
             grad_accum: 3,
             warmup_steps: 7,
@@ -873,7 +871,7 @@ mod tests {
         assert_eq!((s.warmup, s.batch_size, s.grad_accum), (7, 8, 3));
         assert_eq!(s.schedule, train.schedule);
         let obj = objective_of(&Stage::Variant, &train);
-        assert_eq!((obj.loss, obj.beta), (Loss::Simpo, train.beta));
+        assert_eq!((obj.primary(), obj.params.beta), (Loss::Simpo, train.beta));
     }
 
     #[test]
