@@ -95,6 +95,10 @@ fn case_flags(case: &Value) -> Vec<String> {
     args
 }
 
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 /// The differences between gaplab's JSON and TRL's numbers for one case, one line each.
 fn mismatches(what: &str, got: &Value, case: &Value) -> Vec<String> {
     let mut out = Vec::new();
@@ -122,7 +126,11 @@ fn eval_matches_trl_for_every_loss() {
         let model = fixture(mp["policy"].as_str().unwrap());
         let reference = fixture(mp["reference"].as_str().unwrap());
         for case in mp["cases"].as_array().unwrap() {
-            let what = format!("{} / {}", mp["policy"].as_str().unwrap(), case["name"]);
+            let what = format!(
+                "{} / {}",
+                mp["policy"].as_str().unwrap(),
+                case["name"].as_str().unwrap()
+            );
             let mut args: Vec<String> =
                 ["eval", "--model", path(&model), "--ref", path(&reference)]
                     .iter()
@@ -154,10 +162,6 @@ fn eval_matches_trl_for_every_loss() {
         failures.len(),
         failures.join("\n")
     );
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
