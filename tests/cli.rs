@@ -389,6 +389,6 @@ fn readme_hub_workspace_is_a_valid_config() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ws.variant_names(), vec!["dpo", "dpo-poet"]);
     let cfg = ws.run_config("dpo-poet").unwrap();
-    assert!(cfg.train.poet && cfg.train.dtype == gaplab::model::Precision::Bf16);
+    assert!(cfg.train.poet != gaplab::objective::tokens::PoetMode::Off && cfg.train.dtype == gaplab::model::Precision::Bf16);
     assert_eq!(cfg.train.batch_size * cfg.train.grad_accum, 128);
 }

@@ -18,12 +18,7 @@ fn pairs() -> Vec<TokenizedPair> {
 }
 
 fn dpo(poet: bool) -> Objective {
-    Objective {
-        loss: Loss::Dpo,
-        beta: 0.5,
-        gamma: 0.0,
-        poet,
-    }
+    Objective::single(Loss::Sigmoid, 0.5, poet)
 }
 
 fn loss_of(policy: &CausalLm, reference: &CausalLm, batch: &SeqBatch, obj: &Objective) -> Tensor {

@@ -91,12 +91,7 @@ fn every_parameter_receives_a_gradient_in_half_precision() {
             let batch = SeqBatch::from_pairs(&pairs, 0, &Device::Cpu).unwrap();
             let r = reference_logps(&reference, &batch).unwrap();
             let s = policy.response_scores(&batch).unwrap();
-            let obj = Objective {
-                loss: Loss::Dpo,
-                beta: 0.5,
-                gamma: 0.0,
-                poet: true,
-            };
+            let obj = Objective::single(Loss::Sigmoid, 0.5, true);
             let loss = preference_loss(&obj, &batch, &s.logps, Some(&r))
                 .unwrap()
                 .loss;

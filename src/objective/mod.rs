@@ -946,6 +946,84 @@ mod tests {
         assert!((g[3] as f64 + expect).abs() < 1e-6);
     }
 
+    /// The loss's gradient with respect to every per-token log-prob, against central
+    /// differences, for objectives whose tokens weigh differently.
+    #[test]
+    fn token_gradients_match_finite_differences() {
+        // Two pairs: (chosen 4, rejected 2) and (chosen 2, rejected 3); EOS is 9.
+        let rows: Vec<(&[u32], &[u32])> = vec![
+            (&[1], &[2, 4, 5, 9]),
+            (&[1], &[6, 9]),
+            (&[1], &[3, 9]),
+            (&[1], &[7, 8, 9]),
+        ];
+        let b = SeqBatch::new(&rows, 0, &Device::Cpu).unwrap();
+        let pol: Vec<f64> = (0..11).map(|i| -0.3 - 0.17 * i as f64).collect();
+        let reference: Vec<f32> = (0..11).map(|i| -0.5 - 0.11 * (i % 4) as f32).collect();
+        let lss: Vec<f32> = (0..11).map(|i| -1.0 - 0.05 * i as f32).collect();
+        let mut cases = Vec::new();
+        let base = obj(Loss::Sigmoid, false);
+        let mut o = base.clone();
+        o.tokens.ld_alpha = Some(0.4);
+        o.mixture.push((Loss::Sft, 0.7));
+        cases.push(o);
+        let mut o = base.clone();
+        // (WPO's weights carry no gradient, so finite differences would see them move.)
+        o.tokens.position_decay = Some(0.8);
+        cases.push(o);
+        let mut o = obj(Loss::Ipo, true);
+        o.tokens.keep_eos = true;
+        o.eos = Some(9);
+        cases.push(o);
+        let mut o = obj(Loss::Orpo, false);
+        o.params.beta = 0.2;
+        cases.push(o);
+        let mut o = base.clone();
+        o.tokens.sampo_seed = Some(3);
+        o.mixture = vec![(Loss::AotUnpaired, 1.0)];
+        cases.push(o);
+        let extras = TokenExtras {
+            log_sum_sq: Some(&lss),
+        };
+        let value = |o: &Objective, p: &[f64]| -> f64 {
+            let t = Tensor::new(p, &Device::Cpu).unwrap();
+            let LossOutput::Pairs(out) = loss(o, &b, &t, Some(&reference), extras).unwrap() else {
+                panic!("pairs")
+            };
+            out.loss.to_scalar::<f64>().unwrap()
+        };
+        for o in &cases {
+            let var = candle_core::Var::new(pol.as_slice(), &Device::Cpu).unwrap();
+            let LossOutput::Pairs(out) =
+                loss(o, &b, var.as_tensor(), Some(&reference), extras).unwrap()
+            else {
+                panic!("pairs")
+            };
+            assert!((out.loss.to_scalar::<f64>().unwrap() - value(o, &pol)).abs() < 1e-12);
+            let g: Vec<f64> = out
+                .loss
+                .backward()
+                .unwrap()
+                .get(var.as_tensor())
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let h = 1e-6;
+            for t in 0..pol.len() {
+                let (mut up, mut down) = (pol.clone(), pol.clone());
+                up[t] += h;
+                down[t] -= h;
+                let fd = (value(o, &up) - value(o, &down)) / (2.0 * h);
+                assert!(
+                    (g[t] - fd).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{:?} token {t}: {} vs {fd}",
+                    o.mixture,
+                    g[t]
+                );
+            }
+        }
+    }
+
     #[test]
     fn keep_eos_counts_the_end_of_the_cut_response() {
         // chosen [2, 2, 9] ends with EOS 9, rejected [3, 9]: k = 2; keep_eos adds chosen's EOS.

@@ -519,7 +519,18 @@ impl Trainer {
                 Reference::None => None,
             };
             let pol_t = Tensor::new(pol.as_slice(), &self.device)?;
-            let out = objective::preference_loss(&obj, &batch, &pol_t, refp.as_deref())?;
+            let log_sum_sq = match obj.use_weighting {
+                true => Some(super::log_sum_sq_probs(&scores.logits)?),
+                false => None,
+            };
+            let extras = objective::TokenExtras {
+                log_sum_sq: log_sum_sq.as_deref(),
+            };
+            let objective::LossOutput::Pairs(out) =
+                objective::loss(&obj, &batch, &pol_t, refp.as_deref(), extras)?
+            else {
+                bail!("the eval of a variant scores preference pairs");
+            };
             stats.extend(out.pairs);
             let (c, r) = logit_sums(&batch, &scores.logits)?;
             lc = (lc.0 + c.0, lc.1 + c.1);
