@@ -1,6 +1,6 @@
-//! Conversational preference data and chat templates: token ids against transformers (the
-//! fixtures of tests/fixtures/make_chat_fixtures.py), where templates come from, and `check`,
-//! `train` and `eval` through the real binary.
+//! Conversational preference data and chat templates: token ids against TRL's DPOTrainer and
+//! renderings against transformers (the fixtures of tests/fixtures/make_chat_fixtures.py), where
+//! templates come from, and `check`, `train` and `eval` through the real binary.
 // Tests state their expectations by unwrapping: a failure is a test failure.
 #![allow(clippy::unwrap_used)]
 
@@ -18,8 +18,40 @@ fn chat_tok() -> Tok {
     Tok::load(&fixture("tiny-qwen2-chat"), None).unwrap()
 }
 
+/// Checks the pairs of `path` (read and rendered with `templates`) against the fixture's `rows`:
+/// the texts as rendered and TRL's prompt, chosen and rejected ids.
+fn assert_rows_match(tok: &Tok, path: &Path, templates: &mut TemplateResolver, rows: &Value) {
+    let name = path.display();
+    let (pairs, summary) = data::load_pairs(path, &DataFormat::default(), templates).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(
+        (pairs.len(), summary.pairs),
+        (rows.len(), rows.len()),
+        "{name}"
+    );
+    for (i, (p, want)) in pairs.iter().zip(rows).enumerate() {
+        let what = format!("{name} row {}", i + 1);
+        assert!(p.templated, "{what}");
+        assert_eq!(p.prompt, want["prompt_text"].as_str().unwrap(), "{what}");
+        assert_eq!(p.chosen, want["chosen_text"].as_str().unwrap(), "{what}");
+        assert_eq!(
+            p.rejected,
+            want["rejected_text"].as_str().unwrap(),
+            "{what}"
+        );
+        let t = data::tokenize_pair(tok, p).unwrap();
+        assert_eq!(t.prompt, u32s(&want["prompt_ids"]), "{what}: prompt ids");
+        assert_eq!(t.chosen, u32s(&want["chosen_ids"]), "{what}: chosen ids");
+        assert_eq!(
+            t.rejected,
+            u32s(&want["rejected_ids"]),
+            "{what}: rejected ids"
+        );
+    }
+}
+
 #[test]
-fn conversational_ids_match_transformers() {
+fn conversational_ids_match_trl() {
     let tok = chat_tok();
     assert_eq!(tok.eos, 321);
     assert_eq!(tok.inner.token_to_id("<|im_start|>"), Some(320));
@@ -29,37 +61,71 @@ fn conversational_ids_match_transformers() {
     assert_eq!(expected["eos_token_id"], 321);
     let files = expected["files"].as_object().unwrap();
     assert_eq!(files.len(), 6, "three JSONL files and three Parquet shards");
+    assert_eq!(expected["trl"], "1.16.0");
     for (name, rows) in files {
-        let path = fixture("chat").join(name);
         let mut templates = TemplateResolver::new(TemplateSetting::Tokenizer, &tok);
-        let (pairs, summary) =
-            data::load_pairs(&path, &DataFormat::default(), &mut templates).unwrap();
-        let rows = rows.as_array().unwrap();
-        assert_eq!(
-            (pairs.len(), summary.pairs),
-            (rows.len(), rows.len()),
-            "{name}"
-        );
-        for (i, (p, want)) in pairs.iter().zip(rows).enumerate() {
-            let what = format!("{name} row {}", i + 1);
-            assert!(p.templated, "{what}");
-            assert_eq!(p.prompt, want["prompt_text"].as_str().unwrap(), "{what}");
-            assert_eq!(p.chosen, want["chosen_text"].as_str().unwrap(), "{what}");
-            assert_eq!(
-                p.rejected,
-                want["rejected_text"].as_str().unwrap(),
-                "{what}"
-            );
-            let t = data::tokenize_pair(&tok, p).unwrap();
-            assert_eq!(t.prompt, u32s(&want["prompt_ids"]), "{what}: prompt ids");
-            assert_eq!(t.chosen, u32s(&want["chosen_ids"]), "{what}: chosen ids");
-            assert_eq!(
-                t.rejected,
-                u32s(&want["rejected_ids"]),
-                "{what}: rejected ids"
-            );
+        assert_rows_match(&tok, &fixture("chat").join(name), &mut templates, rows);
+        // The template ends each turn with `<|im_end|>\n` and nothing is appended after it.
+        for row in rows.as_array().unwrap() {
+            for ids in [&row["chosen_ids"], &row["rejected_ids"]] {
+                assert!(u32s(ids).ends_with(&[321, 201]), "{name}: {ids}");
+            }
         }
     }
+}
+
+#[test]
+fn a_token_spanning_the_end_of_the_prompt_starts_the_completion_as_in_trl() {
+    // A template whose generation prompt ends with a space: "assistant: " + "the" is one token,
+    // so TRL cuts where the ids part and the prompt's last token is left out; and a prompt
+    // ending with an assistant message gets a new assistant turn.
+    let tok = chat_tok();
+    let expected = read_json(&fixture("chat/expected_ids.json"));
+    let b = &expected["boundary"];
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("boundary.jsonl");
+    let pairs = b["pairs"].as_array().unwrap();
+    let lines: Vec<String> = pairs.iter().map(|p| p["row"].to_string()).collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let template = b["template"].as_str().unwrap();
+    let mut templates = TemplateResolver::new(TemplateSetting::Inline(template.into()), &tok);
+    assert_rows_match(&tok, &data, &mut templates, &b["pairs"]);
+    let first = &pairs[0];
+    assert_eq!(
+        first["prompt_ids"].as_array().unwrap().len() + 1,
+        tok.encode_rendered(first["prompt_text"].as_str().unwrap())
+            .unwrap()
+            .len(),
+        "the prompt's trailing space is left out"
+    );
+    // `check` warns, naming what is left out.
+    std::fs::write(tmp.path().join("boundary.jinja"), template).unwrap();
+    let ws = chat_workspace(
+        tmp.path(),
+        "tiny-qwen2-chat",
+        &data,
+        None,
+        &format!("chat_template = {:?}", tmp.path().join("boundary.jinja")),
+    );
+    let out = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("warning: the first pair's tokenized prompt is not a prefix of its tokenized conversations")
+            && text.contains(r#"so its end " " is left out of training"#),
+        "{text}"
+    );
+    // The fixture's own template ends its generation prompt on a token boundary: no warning.
+    let ws = chat_workspace(
+        &tmp.path().join("chatml"),
+        "tiny-qwen2-chat",
+        &chat("pairs.jsonl"),
+        None,
+        "",
+    );
+    let out = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("warning"), "{}", stdout(&out));
 }
 
 /// A copy of the chat fixture's tokenizer files in `dir`, with `config` as its

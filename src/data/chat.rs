@@ -117,45 +117,6 @@ impl ChatTemplate {
     }
 }
 
-impl ChatTemplate {
-    /// Renders `messages` so that generation continues the final message (transformers'
-    /// `continue_final_message`): a tag is appended to its content and the rendering is cut
-    /// there (trailing whitespace too when the template trimmed the tag's).
-    pub fn render_continuing(&self, messages: &[Json]) -> Result<String> {
-        const TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
-        let mut msgs = messages.to_vec();
-        let Some(last) = msgs.last_mut() else {
-            bail!("cannot continue the final message of an empty conversation");
-        };
-        match last.get_mut("content") {
-            Some(Json::String(s)) => s.push_str(TAG),
-            Some(Json::Array(blocks)) => {
-                let text = blocks
-                    .iter_mut()
-                    .rev()
-                    .find_map(|b| b.get_mut("text").filter(|t| t.is_string()));
-                match text {
-                    Some(Json::String(s)) => s.push_str(TAG),
-                    _ => bail!("the final message has no text to continue"),
-                }
-            }
-            _ => bail!("the final message has no `content` to continue"),
-        }
-        let out = self.render(&msgs, false)?;
-        let Some(at) = out.rfind(TAG.trim_end()) else {
-            bail!(
-                "chat template ({}): the final message does not appear in the rendering, so it cannot be continued",
-                self.origin
-            );
-        };
-        Ok(if out[at..].starts_with(TAG) {
-            out[..at].to_string()
-        } else {
-            out[..at].trim_end().to_string()
-        })
-    }
-}
-
 /// transformers' `strftime_now(format)`: the local time now, formatted by strftime.
 fn strftime_now(format: String) -> Result<String, Error> {
     let bad = || Error::new(ErrorKind::InvalidOperation, "strftime_now: invalid format");
@@ -307,6 +268,11 @@ impl<'a> TemplateResolver<'a> {
         self
     }
 
+    /// The tokenizer whose special tokens the template gets.
+    pub fn tok(&self) -> &'a Tok {
+        self.tok
+    }
+
     /// Whether the template was set explicitly (not taken from the tokenizer).
     pub fn is_explicit(&self) -> bool {
         self.setting != TemplateSetting::Tokenizer
@@ -399,23 +365,6 @@ mod tests {
             t.render(&m, false).unwrap(),
             "none|{\"content\": \"a<b & 'c' \\\\u003c é\", \"role\": \"user\"}"
         );
-    }
-
-    #[test]
-    fn continues_a_final_assistant_message() {
-        let t = tpl(CHATML);
-        let m = [
-            json!({"role": "user", "content": "hi"}),
-            json!({"role": "assistant", "content": "Sure:"}),
-        ];
-        assert_eq!(
-            t.render_continuing(&m).unwrap(),
-            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nSure:"
-        );
-        // A template that strips the content loses the tag's space: the cut strips too.
-        let strip = tpl("{% for m in messages %}[{{ m.content | trim }}]{% endfor %}");
-        let m = [json!({"role": "assistant", "content": "go "})];
-        assert_eq!(strip.render_continuing(&m).unwrap(), "[go");
     }
 
     #[test]

@@ -15,13 +15,19 @@ use crate::model::{SeqBatch, Tok};
 use chat::{ChatTemplate, TemplateResolver};
 
 /// A preference pair as text. `templated`: a chat template rendered it, writing the special
-/// tokens the model wants, so its prompt is encoded without the tokenizer's (no extra BOS).
+/// tokens the model wants, so it is encoded without the tokenizer's (no extra BOS, no EOS
+/// appended), prompt and completion together as TRL does.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PreferencePair {
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
     pub templated: bool,
+    /// How many bytes of `prompt` the whole conversations start with: a templated pair's
+    /// prompt + chosen rendering is `prompt[..shared_len] + chosen` (likewise rejected).
+    /// `prompt.len()` unless the template renders the prompt alone differently (a generation
+    /// prompt the conversation does not repeat).
+    pub shared_len: usize,
 }
 
 impl PreferencePair {
@@ -32,6 +38,7 @@ impl PreferencePair {
             chosen: chosen.into(),
             rejected: rejected.into(),
             templated: false,
+            shared_len: prompt.len(),
         }
     }
 
@@ -191,6 +198,7 @@ fn standard_row(v: &Json, f: &Fields) -> std::result::Result<PreferencePair, Str
     let chosen = texts.pop().unwrap_or_default();
     let prompt = texts.pop().unwrap_or_default();
     Ok(PreferencePair {
+        shared_len: prompt.len(),
         prompt,
         chosen,
         rejected,
@@ -398,34 +406,42 @@ fn read_pairs_jsonl(path: &Path) -> Result<Vec<PreferencePair>> {
     }
 }
 
-/// Renders a conversation as TRL's `maybe_apply_chat_template` does: the prompt with the
-/// generation prompt, each completion as the full conversation's rendering without the
-/// prompt's (which it must start with). A prompt that ends with an assistant message is continued instead (transformers'
-/// `continue_final_message`, as TRL does).
+/// Renders a conversation as TRL 1.16's `DPOTrainer` does before tokenizing it: the prompt
+/// messages with the generation prompt (also when the last one is an assistant message: the
+/// completion is then a new assistant turn, not a continuation), and prompt + each completion
+/// as one conversation. A completion's text is its conversation's rendering after the part of
+/// the prompt's rendering both conversations start with; that is all of it, unless the template
+/// renders the prompt alone differently (Gemma's empty thought block, DeepSeek-R1's
+/// `<think>`), in which case TRL too starts the completion where the renderings part.
 pub fn render_conversation(tpl: &ChatTemplate, c: &Conversation) -> Result<PreferencePair> {
-    let continues = c.prompt.last().and_then(|m| m.get("role")) == Some(&Json::from("assistant"));
-    let prompt = if continues {
-        tpl.render_continuing(&c.prompt)?
-    } else {
-        tpl.render(&c.prompt, true)?
+    let prompt = tpl.render(&c.prompt, true)?;
+    let whole = |completion: &[Json]| -> Result<String> {
+        let all: Vec<Json> = c.prompt.iter().chain(completion).cloned().collect();
+        tpl.render(&all, false)
     };
-    let completion = |msgs: &[Json], name: &str| -> Result<String> {
-        let all: Vec<Json> = c.prompt.iter().chain(msgs).cloned().collect();
-        let full = tpl.render(&all, false)?;
-        match full.strip_prefix(prompt.as_str()) {
-            Some(rest) => Ok(rest.to_string()),
-            None => bail!(
-                "the chat template's rendering of prompt + {name} does not start with its rendering of the prompt with add_generation_prompt ({}), so the completion cannot be cut from it",
-                tpl.origin
-            ),
-        }
-    };
+    let (chosen, rejected) = (whole(&c.chosen)?, whole(&c.rejected)?);
+    let shared_len =
+        common_prefix_bytes(&prompt, &chosen).min(common_prefix_bytes(&prompt, &rejected));
     Ok(PreferencePair {
-        chosen: completion(&c.chosen, "chosen")?,
-        rejected: completion(&c.rejected, "rejected")?,
+        chosen: chosen[shared_len..].to_string(),
+        rejected: rejected[shared_len..].to_string(),
         prompt,
         templated: true,
+        shared_len,
     })
+}
+
+/// Length in bytes of the longest common prefix of `a` and `b` (whole characters).
+fn common_prefix_bytes(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((at, _), _)| at)
+}
+
+/// Length of the longest common prefix of two id sequences (TRL's `common_prefix_length`).
+pub fn common_prefix_len(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// What a data file held, for `gaplab check`.
@@ -447,6 +463,10 @@ pub enum FileKind {
         template: String,
         /// The first pair as rendered.
         first: Box<PreferencePair>,
+        /// The end of the first pair's prompt (as text) that its tokenized conversations do not
+        /// share, and so left out of training ([`tokenize_templated`]); None when there is none.
+        /// Checked on the first pair only, as TRL warns once: it mostly holds for all.
+        prompt_left_out: Option<String>,
     },
 }
 
@@ -458,12 +478,22 @@ impl std::fmt::Display for FileSummary {
                 with_prompt,
                 implicit,
                 template,
+                prompt_left_out,
                 ..
-            } => write!(
-                f,
-                "conversational, {} pairs ({with_prompt} with a prompt list, {implicit} with the prompt implicit in chosen/rejected), chat template {template}",
-                self.pairs
-            ),
+            } => {
+                write!(
+                    f,
+                    "conversational, {} pairs ({with_prompt} with a prompt list, {implicit} with the prompt implicit in chosen/rejected), chat template {template}",
+                    self.pairs
+                )?;
+                if let Some(tail) = prompt_left_out {
+                    write!(
+                        f,
+                        "; warning: the first pair's tokenized prompt is not a prefix of its tokenized conversations (the template renders the prompt alone differently, or a token spans its end), so its end {tail:?} is left out of training and the model trains on a context that differs from the one it generates from (TRL does the same); this likely holds for every pair"
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -495,6 +525,17 @@ pub fn load_pairs(
                 .into_iter()
                 .collect::<Result<Vec<_>>>()?;
             let implicit = convs.iter().filter(|c| c.implicit).count();
+            // A pair that does not tokenize is reported, with its line, by tokenize_pairs.
+            let prompt_left_out = match tokenize_templated(templates.tok(), &pairs[0]) {
+                Ok((_, tail)) if !tail.is_empty() => Some(
+                    templates
+                        .tok()
+                        .inner
+                        .decode(&tail, false)
+                        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?,
+                ),
+                _ => None,
+            };
             let summary = FileSummary {
                 path: path.to_path_buf(),
                 pairs: pairs.len(),
@@ -503,6 +544,7 @@ pub fn load_pairs(
                     implicit,
                     template: tpl.origin.clone(),
                     first: Box::new(pairs[0].clone()),
+                    prompt_left_out,
                 },
             };
             Ok((pairs, summary))
@@ -510,7 +552,8 @@ pub fn load_pairs(
     }
 }
 
-/// A pair in token ids: responses end with EOS.
+/// A pair in token ids: standard responses end with EOS, templated ones as the template ends
+/// them (`<|im_end|>\n`, `<|eot_id|>`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenizedPair {
     pub prompt: Vec<u32>,
@@ -525,19 +568,61 @@ impl TokenizedPair {
     }
 }
 
-/// Tokenizes a pair by the convention (see the README): a plain prompt with the tokenizer's
-/// special tokens, a templated one without (the template wrote them); responses without
-/// special tokens, EOS appended.
+/// Tokenizes a pair by the convention (see the README). Standard: the prompt with the
+/// tokenizer's special tokens (BOS), each response without them and EOS appended, as TRL does
+/// for non-conversational data. Templated: as TRL 1.16 does for conversational data
+/// ([`tokenize_templated`]).
 pub fn tokenize_pair(tok: &Tok, pair: &PreferencePair) -> Result<TokenizedPair> {
-    let prompt = tok.encode_prompt_as(&pair.prompt, pair.templated)?;
-    if prompt.is_empty() {
+    let t = if pair.templated {
+        tokenize_templated(tok, pair)?.0
+    } else {
+        TokenizedPair {
+            prompt: tok.encode_prompt(&pair.prompt)?,
+            chosen: tok.encode_response(&pair.chosen)?,
+            rejected: tok.encode_response(&pair.rejected)?,
+        }
+    };
+    if t.prompt.is_empty() {
         bail!("the prompt has no tokens (the tokenizer adds no BOS and the text is empty)");
     }
-    Ok(TokenizedPair {
-        prompt,
-        chosen: tok.encode_response(&pair.chosen)?,
-        rejected: tok.encode_response(&pair.rejected)?,
-    })
+    Ok(t)
+}
+
+/// A templated pair in ids as TRL 1.16's `DPOTrainer` makes them: the rendered prompt and each
+/// rendered conversation are tokenized as they are, with nothing added (the template wrote the
+/// special tokens, the end of turn included), and each completion is its conversation's ids
+/// after the longest prefix the prompt's ids share with both conversations. Tokenizing the
+/// conversation whole matters where a token spans the end of the prompt (in Qwen2's and
+/// Llama 3's vocabularies, the generation prompt's `\n` and a response's leading newline
+/// make one `\n\n` token). Also returns the end of the prompt's ids that is left out: empty
+/// unless the template renders the prompt alone differently or a token spans that end.
+pub fn tokenize_templated(tok: &Tok, pair: &PreferencePair) -> Result<(TokenizedPair, Vec<u32>)> {
+    let Some(shared) = pair.prompt.get(..pair.shared_len) else {
+        bail!(
+            "the prompt's shared length ({}) is not a character boundary of the prompt ({} bytes)",
+            pair.shared_len,
+            pair.prompt.len()
+        );
+    };
+    let mut prompt = tok.encode_rendered(&pair.prompt)?;
+    let chosen = tok.encode_rendered(&format!("{shared}{}", pair.chosen))?;
+    let rejected = tok.encode_rendered(&format!("{shared}{}", pair.rejected))?;
+    let n = common_prefix_len(&prompt, &chosen).min(common_prefix_len(&prompt, &rejected));
+    let left_out = prompt.split_off(n);
+    let (chosen, rejected) = (chosen[n..].to_vec(), rejected[n..].to_vec());
+    for (name, ids) in [("chosen", &chosen), ("rejected", &rejected)] {
+        if ids.is_empty() {
+            bail!("the chat template renders the {name} completion as nothing");
+        }
+    }
+    Ok((
+        TokenizedPair {
+            prompt,
+            chosen,
+            rejected,
+        },
+        left_out,
+    ))
 }
 
 /// Tokenizes every pair; errors name the file and line of the pair (`source` = the file).
@@ -1091,7 +1176,7 @@ mod tests {
     }
 
     #[test]
-    fn rendering_cuts_the_prompt_and_checks_the_prefix() {
+    fn rendering_follows_trl() {
         const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
         let t = ChatTemplate::new(CHATML, "t", None, None, None).unwrap();
         let c = Conversation {
@@ -1101,48 +1186,60 @@ mod tests {
             rejected: vec![a("no")],
             implicit: false,
         };
-        let p = render_conversation(&t, &c).unwrap();
+        let prompt = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
         assert_eq!(
-            p,
+            render_conversation(&t, &c).unwrap(),
             PreferencePair {
-                prompt: "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n".into(),
+                prompt: prompt.into(),
                 chosen: "yes<|im_end|>\n".into(),
                 rejected: "no<|im_end|>\n".into(),
                 templated: true,
+                shared_len: prompt.len(),
             }
         );
-        // A prompt ending with an assistant message is continued.
-        let cont = Conversation {
+        // A prompt ending with an assistant message gets the generation prompt too (TRL 1.16):
+        // the completion is a new assistant turn.
+        let after_assistant = Conversation {
             prompt: vec![u("hi"), a("Sure:")],
             chosen: vec![a(" yes")],
             ..c.clone()
         };
-        let p = render_conversation(&t, &cont).unwrap();
-        assert!(p.prompt.ends_with("assistant\nSure:"), "{p:?}");
+        let p = render_conversation(&t, &after_assistant).unwrap();
         assert!(
-            p.chosen
-                .starts_with("<|im_end|>\n<|im_start|>assistant\n yes"),
+            p.prompt
+                .ends_with("assistant\nSure:<|im_end|>\n<|im_start|>assistant\n"),
             "{p:?}"
         );
-        // A template whose generation prompt is not a prefix of the conversation.
-        let odd = ChatTemplate::new(
-            "{% if add_generation_prompt %}GEN {% endif %}{% for m in messages %}{{ m.content }}{% endfor %}",
-            "odd.jinja",
+        assert_eq!(p.chosen, " yes<|im_end|>\n");
+        // A template that renders the prompt alone differently: the completions start where
+        // the renderings part (the prompt keeps its whole text, for generation).
+        let think = ChatTemplate::new(
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant><think></think>{% endif %}",
+            "think.jinja",
             None,
             None,
             None,
         )
         .unwrap();
-        let e = format!("{:#}", render_conversation(&odd, &c).unwrap_err());
-        assert!(
-            e.contains("does not start with its rendering of the prompt")
-                && e.contains("odd.jinja"),
-            "{e}"
-        );
+        let p = render_conversation(&think, &c).unwrap();
+        assert_eq!(p.prompt, "<user>hi<assistant><think></think>");
+        assert_eq!(p.shared_len, "<user>hi<assistant>".len());
+        assert_eq!((p.chosen.as_str(), p.rejected.as_str()), ("yes", "no"));
+        // Where the two renderings part differently, the shorter shared part counts.
+        let c2 = Conversation {
+            chosen: vec![a("<think>x")],
+            ..c.clone()
+        };
+        let p = render_conversation(&think, &c2).unwrap();
+        assert_eq!(p.shared_len, "<user>hi<assistant>".len());
+        assert_eq!(p.chosen, "<think>x");
+        assert_eq!(common_prefix_bytes("aé", "aè"), 1, "whole characters");
+        assert_eq!(common_prefix_bytes("ab", "abc"), 2);
+        assert_eq!(common_prefix_len(&[1, 2, 3], &[1, 2]), 2);
     }
 
     #[test]
-    fn templated_prompts_get_no_bos() {
+    fn templated_pairs_are_tokenized_whole_with_nothing_added() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2");
         let tok = Tok::load(&dir, None).unwrap();
         let plain = tokenize_pair(&tok, &PreferencePair::standard("a b", "c", "d")).unwrap();
@@ -1154,11 +1251,44 @@ mod tests {
             },
         )
         .unwrap();
+        // Standard: BOS before the prompt, EOS after each response; templated: neither.
         assert_eq!(plain.prompt[0], tok.bos.unwrap());
         assert_eq!(plain.prompt[1..], templated.prompt[..]);
+        assert_eq!(plain.chosen, [&templated.chosen[..], &[tok.eos]].concat());
         assert_eq!(
-            (plain.chosen, plain.rejected),
-            (templated.chosen, templated.rejected)
+            plain.rejected,
+            [&templated.rejected[..], &[tok.eos]].concat()
+        );
+        // "q: " + "the" is one token "Ġthe" where "q: " alone ends with "Ġ": as TRL does, the
+        // completion starts where the ids part, and the prompt's "Ġ" is left out.
+        let pair = PreferencePair {
+            templated: true,
+            ..PreferencePair::standard("q: ", "the", "an")
+        };
+        let ids = |t: &str| tok.encode_rendered(t).unwrap();
+        let (t, left_out) = tokenize_templated(&tok, &pair).unwrap();
+        assert_eq!(ids("q: ").len(), 3);
+        assert_eq!(t.prompt, ids("q:"));
+        assert_eq!(left_out, ids(" "));
+        assert_eq!(t.chosen, ids(" the"));
+        assert_eq!(t.rejected, ids(" an"));
+        assert_eq!(tokenize_pair(&tok, &pair).unwrap(), t);
+        // The completion is cut from prompt[..shared_len] + response.
+        let shorter = PreferencePair {
+            shared_len: 2,
+            chosen: " the".into(),
+            rejected: " an".into(),
+            ..pair.clone()
+        };
+        assert_eq!(tokenize_templated(&tok, &shorter).unwrap(), (t, left_out));
+        let empty = PreferencePair {
+            templated: true,
+            ..PreferencePair::standard("a b", "c", "")
+        };
+        let e = tokenize_pair(&tok, &empty).unwrap_err().to_string();
+        assert!(
+            e.contains("renders the rejected completion as nothing"),
+            "{e}"
         );
     }
 

@@ -1,9 +1,11 @@
 //! The tokenizer of a checkpoint and its special tokens.
 //!
-//! Convention (see README): prompt ids = encode(prompt, add_special_tokens = true), response ids
-//! = encode(response, add_special_tokens = false) + [eos]; log p(y|x) sums over response tokens.
-//! A prompt rendered by a chat template already holds the special tokens the model wants, so it
-//! is encoded with add_special_tokens = false (TRL's DPOTrainer.tokenize_row).
+//! Convention (see README), as TRL 1.16's DPOTrainer: for standard data, prompt ids =
+//! encode(prompt, add_special_tokens = true) and response ids = encode(response,
+//! add_special_tokens = false) + [eos]. Text a chat template rendered already holds the special
+//! tokens the model wants, its end-of-turn included, so it is encoded with add_special_tokens =
+//! false and nothing is appended (transformers' `apply_chat_template(tokenize=True)`).
+//! log p(y|x) sums over response tokens.
 
 use std::path::{Path, PathBuf};
 
@@ -190,7 +192,17 @@ impl Tok {
     /// Ids of a prompt: with the tokenizer's special tokens (BOS) for plain text; without them
     /// for text a chat template rendered (it wrote the special tokens itself).
     pub fn encode_prompt_as(&self, prompt: &str, templated: bool) -> Result<Vec<u32>> {
-        self.encode(prompt, !templated)
+        if templated {
+            self.encode_rendered(prompt)
+        } else {
+            self.encode_prompt(prompt)
+        }
+    }
+
+    /// Ids of text a chat template rendered: no special tokens added and no EOS appended, since
+    /// the template wrote them (transformers' `apply_chat_template(tokenize=True)`).
+    pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode(text, false)
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -206,7 +218,8 @@ impl Tok {
         self.encode(prompt, true)
     }
 
-    /// Response ids: no special tokens, EOS appended.
+    /// Response ids of standard (untemplated) data: no special tokens, EOS appended (TRL adds
+    /// the EOS text to non-conversational responses).
     pub fn encode_response(&self, response: &str) -> Result<Vec<u32>> {
         let mut ids = self.encode(response, false)?;
         ids.push(self.eos);
