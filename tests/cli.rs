@@ -51,7 +51,13 @@ fn eval_json_matches_python_oracle() {
         let got: serde_json::Value =
             serde_json::from_str(&stdout(&out)).expect("one JSON document");
         let what = format!("{objective} poet={poet}");
-        assert_eq!(got["objective"], objective, "{what}");
+        // `dpo` is read as TRL's `sigmoid`, and reported by that name.
+        let name = if objective == "dpo" {
+            "sigmoid"
+        } else {
+            objective
+        };
+        assert_eq!(got["objective"], name, "{what}");
         assert_eq!(got["poet"], poet, "{what}");
         assert!(
             close(
@@ -61,15 +67,23 @@ fn eval_json_matches_python_oracle() {
             ),
             "{what}: loss"
         );
+        let want_pairs = setting["pairs"].as_array().unwrap();
+        // The oracle's IPO rewards are per-token means; TRL's (and gaplab's) are β times the
+        // summed log-ratios, which the oracle's recorded sums give.
+        let margin_of = |w: &serde_json::Value| -> f64 {
+            if objective != "ipo" {
+                return w["margin"].as_f64().unwrap();
+            }
+            let f = |k: &str| w[k].as_f64().unwrap();
+            setting["beta"].as_f64().unwrap()
+                * ((f("chosen_logps") - f("ref_chosen_logps"))
+                    - (f("rejected_logps") - f("ref_rejected_logps")))
+        };
+        let want_margin = want_pairs.iter().map(margin_of).sum::<f64>() / want_pairs.len() as f64;
         assert!(
-            close(
-                got["reward_margin"].as_f64().unwrap(),
-                setting["reward_margin"].as_f64().unwrap(),
-                1e-4
-            ),
+            close(got["reward_margin"].as_f64().unwrap(), want_margin, 1e-4),
             "{what}: margin"
         );
-        let want_pairs = setting["pairs"].as_array().unwrap();
         let got_pairs = got["pairs"].as_array().unwrap();
         assert_eq!(got_pairs.len(), want_pairs.len());
         let mut wins = 0;
@@ -88,14 +102,20 @@ fn eval_json_matches_python_oracle() {
                     None => assert!(g[k].is_null(), "{what}: {k} must be null"),
                 }
             }
-            for k in ["margin", "loss"] {
-                assert!(
-                    close(g[k].as_f64().unwrap(), w[k].as_f64().unwrap(), 1e-4),
-                    "{what}: {k}"
-                );
-            }
+            assert!(
+                close(
+                    g["loss"].as_f64().unwrap(),
+                    w["loss"].as_f64().unwrap(),
+                    1e-4
+                ),
+                "{what}: loss"
+            );
+            let m = margin_of(w);
+            assert!(
+                close(g["margin"].as_f64().unwrap(), m, 1e-4),
+                "{what}: margin"
+            );
             // Identical responses tie exactly in exact arithmetic; only clear wins must agree.
-            let m = w["margin"].as_f64().unwrap();
             if m.abs() > 1e-6 {
                 assert_eq!(g["margin"].as_f64().unwrap() > 0.0, m > 0.0, "{what}");
             }
@@ -337,16 +357,59 @@ fn out_of_range_flags_are_worded_as_in_gaplab_toml() {
 }
 
 #[test]
-fn eval_offers_only_preference_objectives() {
+fn eval_offers_every_loss_and_names_the_flag_of_a_bad_combination() {
     let out = gaplab(&["eval", "--help"]);
-    assert!(
-        stdout(&out).contains("--objective <OBJECTIVE>    [possible values: dpo, simpo, ipo]"),
-        "{}",
-        stdout(&out)
-    );
-    let out = gaplab(&["eval", "--model", "x", "--data", "y", "--objective", "sft"]);
+    let help = stdout(&out);
+    for name in [
+        "sigmoid",
+        "hinge",
+        "exo_pair",
+        "aot_unpaired",
+        "sft",
+        "orpo",
+        "alphapo",
+    ] {
+        assert!(help.contains(name), "{name}: {help}");
+    }
+    let base = ["eval", "--model", "x", "--data", "y", "--objective"];
+    let out = gaplab(&[&base[..], &["kto"]].concat());
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("invalid value 'sft' for '--objective <OBJECTIVE>'"));
+    assert!(stderr(&out).contains("invalid value 'kto' for '--objective <OBJECTIVE>'"));
+    assert!(stderr(&out).contains("possible values: sigmoid, hinge, ipo"));
+    for (args, want) in [
+        (
+            vec!["sigmoid,sft", "--loss-weights", "1"],
+            "--loss-weights: expected 2 weights, one per loss of objective (sigmoid+sft), got 1",
+        ),
+        (
+            vec!["exo_pair"],
+            "--label-smoothing: exo_pair needs label_smoothing > 0",
+        ),
+        (
+            vec!["robust", "--label-smoothing", "0.5"],
+            "--label-smoothing: expected a number in [0, 0.5), got 0.5",
+        ),
+        (
+            vec!["sigmoid", "--poet", "ratio_k", "--poet-ratio", "0"],
+            "--poet-ratio: expected a number in (0, 1], got 0",
+        ),
+        (
+            vec!["simpo,sft"],
+            "--objective: simpo stands alone",
+        ),
+        (
+            vec!["bco_pair", "--f-divergence", "forward_kl"],
+            "--f-divergence: bco_pair reads the log-ratios directly",
+        ),
+        (
+            vec!["sigmoid", "--f-divergence", "tv"],
+            "unknown f-divergence \"tv\" (expected reverse_kl, forward_kl, js_divergence or alpha_divergence)",
+        ),
+    ] {
+        let out = gaplab(&[&base[..], &args].concat());
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
 }
 
 #[test]
@@ -389,6 +452,9 @@ fn readme_hub_workspace_is_a_valid_config() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ws.variant_names(), vec!["dpo", "dpo-poet"]);
     let cfg = ws.run_config("dpo-poet").unwrap();
-    assert!(cfg.train.poet != gaplab::objective::tokens::PoetMode::Off && cfg.train.dtype == gaplab::model::Precision::Bf16);
+    assert!(
+        cfg.train.poet != gaplab::objective::tokens::PoetMode::Off
+            && cfg.train.dtype == gaplab::model::Precision::Bf16
+    );
     assert_eq!(cfg.train.batch_size * cfg.train.grad_accum, 128);
 }

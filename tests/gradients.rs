@@ -95,7 +95,7 @@ fn dpo_gradient_matches_finite_differences() {
                 assert!(
                     (fd - g[i]).abs() <= 1e-7 + 1e-4 * g[i].abs(),
                     "{name}[{i}] poet={}: analytic {} vs finite difference {fd}",
-                    obj.poet,
+                    obj.poet(),
                     g[i]
                 );
             }

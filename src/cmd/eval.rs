@@ -160,7 +160,11 @@ impl EvalArgs {
             seed: self.seed,
             ..Default::default()
         };
-        if let Some((field, msg)) = settings.objective_problems().into_iter().next() {
+        // `sft` alone is a stage in a workspace; eval scores it on pairs, as TRL's DPOTrainer.
+        let problems = settings.objective_problems().into_iter();
+        let mut problems =
+            problems.filter(|p| !(p.0 == "objective" && p.1.starts_with("sft alone")));
+        if let Some((field, msg)) = problems.next() {
             bail!("--{}: {msg}", flag_of(field));
         }
         Ok(settings.objective())
@@ -237,6 +241,14 @@ struct PairTokens {
 /// Scores the pairs and prints the report (a table, or JSON with `--json`).
 pub fn run(args: &EvalArgs) -> Result<()> {
     let obj = args.objective()?;
+    if args.batch_size <= 1 {
+        if let Some(l) = obj.mixture.iter().find(|m| m.0.sorts_batch()) {
+            eprintln!(
+                "warning: {} sorts within the batch; with --batch-size 1 nothing is sorted",
+                l.0
+            );
+        }
+    }
     let (device, dtype) = args.device.resolve()?;
     let report = evaluate(args, &obj, &device, dtype)?;
     if args.json {
@@ -254,12 +266,9 @@ pub fn evaluate(
     device: &Device,
     dtype: DType,
 ) -> Result<EvalReport> {
-    if obj.is_sft_only() {
-        bail!("--objective: eval scores preference pairs; sft mixes with a preference loss");
-    }
     let (policy, tok) = io::load_dir(&args.model, device, dtype)?;
     let reference: Option<CausalLm> = match &args.reference {
-        Some(dir) if obj.needs_reference() => {
+        Some(dir) if !obj.primary().is_reference_free() => {
             let r = io::load_model(dir, device, dtype)?;
             if r.cfg.vocab_size != policy.cfg.vocab_size {
                 bail!(
@@ -345,20 +354,16 @@ fn score(
             false => None,
         };
         // Without --ref the policy is its own reference.
-        let refp = match (obj.needs_reference(), reference) {
-            (false, _) => None,
-            (true, Some(r)) => Some(reference_logps(r, &batch)?),
-            (true, None) => Some(pol.clone()),
+        let refp = match (obj.primary().is_reference_free(), reference) {
+            (true, _) => None,
+            (false, Some(r)) => Some(reference_logps(r, &batch)?),
+            (false, None) => Some(pol.clone()),
         };
         let pol_t = candle_core::Tensor::new(pol.as_slice(), device)?;
         let extras = TokenExtras {
             log_sum_sq: log_sum_sq.as_deref(),
         };
-        let LossOutput::Pairs(res) =
-            objective::loss(obj, &batch, &pol_t, refp.as_deref(), extras)?
-        else {
-            bail!("eval scores preference pairs");
-        };
+        let res = objective::pair_loss(obj, &batch, &pol_t, refp.as_deref(), extras)?;
         let b = chunk.len();
         out.loss_sum += res.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * b as f64;
         if let Some(nll) = res.nll_loss {
@@ -399,10 +404,11 @@ fn report(obj: &Objective, scored: Scored) -> EvalReport {
     let max_k = views.iter().map(|v| v.k()).max().unwrap_or(0);
     let curve = prefix::prefix_curve(obj, &views, &prefix::prefix_lengths(max_k));
     let loss = loss_sum / n;
-    let mut metrics: std::collections::BTreeMap<String, f64> = objective::pair_metrics(&pairs, loss)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let mut metrics: std::collections::BTreeMap<String, f64> =
+        objective::pair_metrics(obj, &pairs, loss)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
     if let Some(s) = nll_sum {
         metrics.insert("nll_loss".into(), s / n);
     }

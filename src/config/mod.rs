@@ -318,7 +318,9 @@ impl TrainSettings {
                 beta: self.beta,
                 gamma: self.gamma,
                 label_smoothing: self.label_smoothing,
-                f_divergence: self.f_divergence_type.with_coef(self.f_alpha_divergence_coef),
+                f_divergence: self
+                    .f_divergence_type
+                    .with_coef(self.f_alpha_divergence_coef),
                 discopop_tau: self.discopop_tau,
                 cpo_alpha: self.cpo_alpha,
                 alpha: self.alpha,
@@ -375,7 +377,10 @@ impl TrainSettings {
         }
         let eps = self.label_smoothing;
         if !(0.0..0.5).contains(&eps) {
-            out.push(("label_smoothing", format!("expected a number in [0, 0.5), got {eps}")));
+            out.push((
+                "label_smoothing",
+                format!("expected a number in [0, 0.5), got {eps}"),
+            ));
         } else if eps == 0.0 && losses.contains(&Loss::ExoPair) {
             out.push((
                 "label_smoothing",
@@ -399,28 +404,43 @@ impl TrainSettings {
             } else if self.poet != PoetMode::Off {
                 out.push((
                     "ld_alpha",
-                    "ld_alpha and poet both weigh the tail (ld_alpha = 0 is POET); choose one".into(),
+                    "ld_alpha and poet both weigh the tail (ld_alpha = 0 is POET); choose one"
+                        .into(),
                 ));
             }
         }
         if self.use_weighting {
-            if let Some(l) = losses.iter().find(|l| l.sorts_batch() || l.is_reference_free()) {
+            if let Some(l) = losses
+                .iter()
+                .find(|l| l.sorts_batch() || l.is_reference_free())
+            {
                 out.push((
                     "use_weighting",
-                    format!("WPO weighting is for DPOTrainer losses that keep pairs together, not {l}"),
+                    format!(
+                        "WPO weighting is for DPOTrainer losses that keep pairs together, not {l}"
+                    ),
                 ));
             }
         }
         if !(self.discopop_tau > 0.0 && self.discopop_tau.is_finite()) {
-            out.push(("discopop_tau", format!("expected a number > 0, got {}", self.discopop_tau)));
+            out.push((
+                "discopop_tau",
+                format!("expected a number > 0, got {}", self.discopop_tau),
+            ));
         }
         if !self.cpo_alpha.is_finite() || self.cpo_alpha < 0.0 {
-            out.push(("cpo_alpha", format!("expected a number >= 0, got {}", self.cpo_alpha)));
+            out.push((
+                "cpo_alpha",
+                format!("expected a number >= 0, got {}", self.cpo_alpha),
+            ));
         }
         if !self.alpha.is_finite() {
             out.push(("alpha", "expected a finite number".into()));
         } else if self.alpha == 0.0 && losses.contains(&Loss::Alphapo) {
-            out.push(("alpha", "alphapo needs alpha != 0 (the AlphaPO paper uses 0.25)".into()));
+            out.push((
+                "alpha",
+                "alphapo needs alpha != 0 (the AlphaPO paper uses 0.25)".into(),
+            ));
         }
         if !self.rdpo_alpha.is_finite() {
             out.push(("rdpo_alpha", "expected a finite number".into()));
@@ -433,16 +453,25 @@ impl TrainSettings {
         if matches!(self.poet, PoetMode::RatioK | PoetMode::RatioOwn)
             && !(self.poet_ratio > 0.0 && self.poet_ratio <= 1.0)
         {
-            out.push(("poet_ratio", format!("expected a number in (0, 1], got {}", self.poet_ratio)));
+            out.push((
+                "poet_ratio",
+                format!("expected a number in (0, 1], got {}", self.poet_ratio),
+            ));
         }
         if self.poet == PoetMode::Fixed && self.poet_tokens == 0 {
             out.push(("poet_tokens", "expected at least 1 token".into()));
         }
         if let Some(d) = self.position_decay.filter(|d| !(*d > 0.0 && *d <= 1.0)) {
-            out.push(("position_decay", format!("expected a number in (0, 1], got {d}")));
+            out.push((
+                "position_decay",
+                format!("expected a number in (0, 1], got {d}"),
+            ));
         }
         if self.keep_eos && self.poet == PoetMode::Off {
-            out.push(("keep_eos", "keep_eos keeps the end of a response POET cuts; set poet".into()));
+            out.push((
+                "keep_eos",
+                "keep_eos keeps the end of a response POET cuts; set poet".into(),
+            ));
         }
         out
     }
@@ -1331,7 +1360,10 @@ mod tests {
         let cfg = ws.run_config(&ws.variant_names()[0]).unwrap();
         let obj = cfg.train.objective();
         assert_eq!(obj.mixture, vec![(Loss::Sigmoid, 1.0), (Loss::Sft, 0.5)]);
-        assert_eq!(obj.tokens.poet, crate::objective::Poet::RatioOwn { ratio: 0.25 });
+        assert_eq!(
+            obj.tokens.poet,
+            crate::objective::Poet::RatioOwn { ratio: 0.25 }
+        );
         assert!(obj.tokens.keep_eos);
         // rpo_alpha is a shorthand for an sft term.
         let ws = parse(&format!("{OK}[train]\nrpo_alpha = 0.3\n")).unwrap();
@@ -1343,7 +1375,10 @@ mod tests {
             ..Default::default()
         };
         let v = serde_json::to_value(&t).unwrap();
-        assert_eq!((v["poet"].clone(), v["objective"].clone()), (true.into(), "sigmoid".into()));
+        assert_eq!(
+            (v["poet"].clone(), v["objective"].clone()),
+            (true.into(), "sigmoid".into())
+        );
     }
 
     #[test]
@@ -1394,7 +1429,7 @@ mod tests {
             ),
             (
                 "[train]\nobjective = [\"sigmoid\", \"kto\"]\n",
-                "ws/gaplab.toml:6:25: train.objective: unknown variant `kto`, expected one of `sigmoid`, `hinge`",
+                "ws/gaplab.toml:6:25: train.objective[1]: unknown variant `kto`, expected one of `sigmoid`, `hinge`",
             ),
             (
                 "[train]\nobjective = [\"sigmoid\", \"sft\"]\nloss_weights = [1.0]\n",
@@ -1406,7 +1441,7 @@ mod tests {
             ),
             (
                 "[train]\nobjective = \"exo_pair\"\n",
-                "ws/gaplab.toml:5:1: train.label_smoothing: exo_pair needs label_smoothing > 0",
+                "ws/gaplab.toml:5:2: train.label_smoothing: exo_pair needs label_smoothing > 0",
             ),
             (
                 "[train]\npoet = \"ratio_k\"\npoet_ratio = 1.5\n",
@@ -1430,7 +1465,11 @@ mod tests {
             ),
             (
                 "[train]\nobjective = \"alphapo\"\n",
-                "ws/gaplab.toml:5:1: train.alpha: alphapo needs alpha != 0",
+                "ws/gaplab.toml:5:2: train.alpha: alphapo needs alpha != 0",
+            ),
+            (
+                "[[variant]]\nname = \"a\"\nobjective = \"exo_pair\"\n",
+                "ws/gaplab.toml:5:3: variant[0].label_smoothing: exo_pair needs label_smoothing > 0",
             ),
             (
                 "[train]\nobjective = \"sft\"\n",
@@ -1540,6 +1579,12 @@ mod tests {
             },
             data: DataSection {
                 eval: Some("e".into()),
+                ..Default::default()
+            },
+            train: TrainSettings {
+                ld_alpha: Some(0.5),
+                rpo_alpha: Some(0.1),
+                position_decay: Some(0.9),
                 ..Default::default()
             },
             ..Default::default()

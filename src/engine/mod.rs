@@ -482,6 +482,12 @@ fn sft_key(cfg: &RunConfig, sft: &SftSection, base: &Path) -> Result<u64> {
         h.bytes(&std::fs::read(f).unwrap_or_default());
     }
     h.bytes(&cfg.train.seed.to_le_bytes());
+    // Conversational responses stopped getting an EOS after the template's end of turn (TRL
+    // 1.16's ids): an SFT result trained on the older ids is not reused. Standard data's ids
+    // did not change, so its caches stay valid.
+    if cfg.data.format != crate::data::Format::Standard {
+        h.bytes(b"chat-ids-trl-1.16");
+    }
     // The stage trains in the run's dtype: a bf16 SFT result is not an f32 one. (f32 adds
     // nothing, so caches made before half precision existed stay valid.)
     if cfg.train.dtype != crate::model::Precision::F32 {

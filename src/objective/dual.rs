@@ -24,11 +24,19 @@ impl Dual {
     }
 
     pub const fn x(v: f64) -> Dual {
-        Dual { v, dx: 1.0, dy: 0.0 }
+        Dual {
+            v,
+            dx: 1.0,
+            dy: 0.0,
+        }
     }
 
     pub const fn y(v: f64) -> Dual {
-        Dual { v, dx: 0.0, dy: 1.0 }
+        Dual {
+            v,
+            dx: 0.0,
+            dy: 1.0,
+        }
     }
 
     /// f(self) given f(v) and f'(v).
@@ -159,14 +167,20 @@ impl Div for Dual {
 impl Add<f64> for Dual {
     type Output = Dual;
     fn add(self, c: f64) -> Dual {
-        Dual { v: self.v + c, ..self }
+        Dual {
+            v: self.v + c,
+            ..self
+        }
     }
 }
 
 impl Sub<f64> for Dual {
     type Output = Dual;
     fn sub(self, c: f64) -> Dual {
-        Dual { v: self.v - c, ..self }
+        Dual {
+            v: self.v - c,
+            ..self
+        }
     }
 }
 

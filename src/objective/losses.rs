@@ -205,7 +205,8 @@ fn sorted_terms(loss: Loss, p: &Params, pairs: &[PairScores]) -> Result<Vec<Sort
             pol.iter()
                 .zip(&rf)
                 .map(|(&i, &j)| {
-                    let d = Dual::x(pairs[i].logps[0]) - Dual::y(pairs[i].logps[1])
+                    let d = Dual::x(pairs[i].logps[0])
+                        - Dual::y(pairs[i].logps[1])
                         - (refs[j][0] - refs[j][1]);
                     SortedTerm {
                         value: smoothed(d * b, eps),

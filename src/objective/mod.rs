@@ -207,10 +207,7 @@ impl FromStr for Loss {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         Loss::from_name(s).ok_or_else(|| {
-            anyhow::anyhow!(
-                "unknown loss \"{s}\" (expected {})",
-                or_list(&Loss::NAMES)
-            )
+            anyhow::anyhow!("unknown loss \"{s}\" (expected {})", or_list(&Loss::NAMES))
         })
     }
 }
@@ -342,7 +339,10 @@ impl<'de> Deserialize<'de> for LossList {
                     .map(|l| LossList(vec![l]))
                     .ok_or_else(|| E::unknown_variant(s, &Loss::NAMES))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<LossList, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<LossList, A::Error> {
                 let mut out = Vec::new();
                 while let Some(l) = seq.next_element::<Loss>()? {
                     out.push(l);
@@ -607,7 +607,9 @@ pub fn wpo_weight(logps: &[f64], log_sum_sq: &[f32]) -> f64 {
     (s / n).exp()
 }
 
-fn pair_loss(
+/// The preference loss of a batch laid out as `SeqBatch::from_pairs`, whatever the objective
+/// (`sft` alone too, as TRL's DPOTrainer computes it on pairs).
+pub fn pair_loss(
     obj: &Objective,
     batch: &SeqBatch,
     policy: &Tensor,
@@ -621,10 +623,11 @@ fn pair_loss(
     let dt = loss_dtype(policy);
     let pol_all: Vec<f64> = policy.detach().to_dtype(DType::F64)?.to_vec1()?;
     let pol = batch.split(&pol_all);
+    // `sft` alone reads no reference but logs DPOTrainer's rewards when there is one.
     let refs = match (obj.needs_reference(), reference) {
-        (true, Some(r)) => Some(batch.split(r)),
         (true, None) => bail!("{} needs reference log-probs", obj.primary()),
-        (false, _) => None,
+        (_, Some(r)) if !obj.primary().is_reference_free() => Some(batch.split(r)),
+        _ => None,
     };
     let ids = batch.split(&batch.target_ids);
     let lss = extras.log_sum_sq.map(|q| batch.split(q));
@@ -643,10 +646,9 @@ fn pair_loss(
             vals.iter().zip(w).map(|(&v, w)| v as f64 * w).sum()
         };
         let weight = match &lss {
-            Some(q) if obj.use_weighting => rows
-                .iter()
-                .map(|&r| wpo_weight(pol[r], q[r]))
-                .product(),
+            Some(q) if obj.use_weighting => {
+                rows.iter().map(|&r| wpo_weight(pol[r], q[r])).product()
+            }
             _ => 1.0,
         };
         scores.push(PairScores {
@@ -675,9 +677,8 @@ fn pair_loss(
         }
     }
     if out.nll_coef != 0.0 {
-        for r in 0..b {
-            let off = batch.offsets[r];
-            for g in &mut grad[off..off + lens[r]] {
+        for (&off, &len) in batch.offsets[..b].iter().zip(&lens[..b]) {
+            for g in &mut grad[off..off + len] {
                 *g -= out.nll_coef / chosen_tokens.max(1) as f64;
             }
         }
@@ -726,9 +727,19 @@ pub fn sft_loss(batch: &SeqBatch, policy: &Tensor, counted: &[usize]) -> Result<
     Ok((sum.neg()? / total as f64)?)
 }
 
-/// Batch means with TRL's metric names.
-pub fn pair_metrics(pairs: &[PairStats], loss: f64) -> Vec<(&'static str, f64)> {
+/// Batch means with TRL's metric names. `logps/*` are what the trainer that defines the
+/// objective's loss logs: per-token means for simpo, alphapo and orpo (TRL's CPOTrainer and
+/// ORPOTrainer average them), sums otherwise.
+pub fn pair_metrics(obj: &Objective, pairs: &[PairStats], loss: f64) -> Vec<(&'static str, f64)> {
     let n = pairs.len().max(1) as f64;
+    let averaged = matches!(obj.primary(), Loss::Simpo | Loss::Alphapo | Loss::Orpo);
+    let logps = |sum: f64, tokens: usize| {
+        if averaged {
+            sum / tokens.max(1) as f64
+        } else {
+            sum
+        }
+    };
     let mean = |f: &dyn Fn(&PairStats) -> f64| pairs.iter().map(f).sum::<f64>() / n;
     let kept: usize = pairs
         .iter()
@@ -744,8 +755,14 @@ pub fn pair_metrics(pairs: &[PairStats], loss: f64) -> Vec<(&'static str, f64)> 
             "rewards/accuracies",
             mean(&|p| (p.reward_chosen > p.reward_rejected) as u8 as f64),
         ),
-        ("logps/chosen", mean(&|p| p.chosen_logps)),
-        ("logps/rejected", mean(&|p| p.rejected_logps)),
+        (
+            "logps/chosen",
+            mean(&|p| logps(p.chosen_logps, p.chosen_tokens)),
+        ),
+        (
+            "logps/rejected",
+            mean(&|p| logps(p.rejected_logps, p.rejected_tokens)),
+        ),
         ("poet/k", mean(&|p| p.chosen_len.min(p.rejected_len) as f64)),
         ("poet/kept_frac", kept as f64 / total.max(1) as f64),
     ]
@@ -838,7 +855,10 @@ mod tests {
         let b = batch(&[(2, 2)]);
         let pol = Tensor::new(&[-1.0f32, -2.0, -0.5, -4.0], &Device::Cpu).unwrap();
         let r = [-1.0f32, -1.0, -1.0, -1.0];
-        for loss in Loss::ALL.into_iter().filter(|l| !l.sorts_batch() && *l != Loss::Sft) {
+        for loss in Loss::ALL
+            .into_iter()
+            .filter(|l| !l.sorts_batch() && *l != Loss::Sft)
+        {
             let a = preference_loss(&obj(loss, false), &b, &pol, Some(&r)).unwrap();
             let p = preference_loss(&obj(loss, true), &b, &pol, Some(&r)).unwrap();
             assert_eq!(a.pairs, p.pairs, "{loss}");
@@ -936,9 +956,16 @@ mod tests {
     fn gradients_reach_the_counted_tokens_only() {
         let b = batch(&[(3, 2)]);
         let var = candle_core::Var::new(&POL, &Device::Cpu).unwrap();
-        let out = preference_loss(&obj(Loss::Sigmoid, true), &b, var.as_tensor(), Some(&REF))
+        let out =
+            preference_loss(&obj(Loss::Sigmoid, true), &b, var.as_tensor(), Some(&REF)).unwrap();
+        let g: Vec<f32> = out
+            .loss
+            .backward()
+            .unwrap()
+            .get(var.as_tensor())
+            .unwrap()
+            .to_vec1()
             .unwrap();
-        let g: Vec<f32> = out.loss.backward().unwrap().get(var.as_tensor()).unwrap().to_vec1().unwrap();
         assert_eq!(g[2], 0.0, "POET cut the chosen tail");
         // d/dlogp_w of softplus(-β(ρ_w - ρ_l)) = -β σ(-z), z = 1.
         let expect = -0.5 * dual::sigmoid(-1.0);
@@ -1041,7 +1068,7 @@ mod tests {
     #[test]
     fn metrics_use_trl_names() {
         let p = run(obj(Loss::Sigmoid, true));
-        let m = pair_metrics(&[p], 0.3);
+        let m = pair_metrics(&obj(Loss::Sigmoid, true), &[p], 0.3);
         let names: Vec<&str> = m.iter().map(|x| x.0).collect();
         for n in [
             "loss",
@@ -1074,9 +1101,15 @@ mod tests {
             );
         }
         assert_eq!("dpo".parse::<Loss>().unwrap(), Loss::Sigmoid);
-        assert_eq!(serde_json::from_str::<Loss>("\"dpo\"").unwrap(), Loss::Sigmoid);
+        assert_eq!(
+            serde_json::from_str::<Loss>("\"dpo\"").unwrap(),
+            Loss::Sigmoid
+        );
         let e = "kto".parse::<Loss>().unwrap_err().to_string();
-        assert!(e.starts_with("unknown loss \"kto\" (expected sigmoid, hinge, ipo, "), "{e}");
+        assert!(
+            e.starts_with("unknown loss \"kto\" (expected sigmoid, hinge, ipo, "),
+            "{e}"
+        );
         assert!(e.ends_with("orpo or alphapo)"), "{e}");
         // The message serde's derive gives, which gaplab.toml errors show.
         let err = serde_json::from_str::<Loss>("\"kto\"")
@@ -1098,7 +1131,10 @@ mod tests {
             .collect();
         assert_eq!(offered.len(), Loss::ALL.len());
         assert_eq!(<Loss as ValueEnum>::from_str("ipo", false), Ok(Loss::Ipo));
-        assert_eq!(<Loss as ValueEnum>::from_str("dpo", false), Ok(Loss::Sigmoid));
+        assert_eq!(
+            <Loss as ValueEnum>::from_str("dpo", false),
+            Ok(Loss::Sigmoid)
+        );
     }
 
     #[test]

@@ -121,7 +121,10 @@ mod tests {
         assert!((prefix_margin(&obj(Loss::Sigmoid), &pair, 1) - 0.15).abs() < 1e-12);
         // SimPO, j=2: beta/2 * ((-2) - (-3)) = 0.05
         assert!((prefix_margin(&obj(Loss::Simpo), &pair, 2) - 0.05).abs() < 1e-12);
-        assert_eq!(token_reward_diff(&obj(Loss::Sigmoid), &pair), vec![1.5, 0.0]);
+        assert_eq!(
+            token_reward_diff(&obj(Loss::Sigmoid), &pair),
+            vec![1.5, 0.0]
+        );
         let c = prefix_curve(&obj(Loss::Sigmoid), &[pair], &prefix_lengths(4));
         assert_eq!(c.j, vec![1, 2], "j stops at k = 2");
         assert_eq!(c.accuracy, vec![1.0, 1.0]);

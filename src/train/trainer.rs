@@ -430,7 +430,7 @@ impl Trainer {
             }
             LossKind::Preference => {
                 metrics.extend(
-                    objective::pair_metrics(&pairs, loss)
+                    objective::pair_metrics(&obj, &pairs, loss)
                         .into_iter()
                         .map(|(k, v)| (k.to_string(), v)),
                 );
@@ -578,7 +578,7 @@ impl Trainer {
             self.cfg.eval.prefix_lengths.clone()
         };
         let loss = stats.iter().map(|p| p.loss).sum::<f64>() / stats.len() as f64;
-        let mut metrics: BTreeMap<String, f64> = objective::pair_metrics(&stats, loss)
+        let mut metrics: BTreeMap<String, f64> = objective::pair_metrics(&obj, &stats, loss)
             .into_iter()
             .map(|(k, v)| (format!("eval_{k}"), v))
             .collect();
