@@ -33,7 +33,8 @@ enum Command {
     Check(cmd::check::CheckArgs),
     DemoData(cmd::demo_data::DemoDataArgs),
     Init(cmd::init::InitArgs),
-    Eval(cmd::eval::EvalArgs),
+    // Boxed: the objective's flags make it the largest by far.
+    Eval(Box<cmd::eval::EvalArgs>),
     Sample(cmd::sample::SampleArgs),
     Bench(cmd::bench::BenchArgs),
 }

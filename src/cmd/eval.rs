@@ -13,8 +13,7 @@ use crate::model::{io, CausalLm, Tok};
 use crate::objective::prefix::{self, PairTokenLogps, PrefixCurve};
 use crate::objective::tokens::PoetMode;
 use crate::objective::{
-    self, FDivergence, FDivergenceType, Loss, LossList, LossOutput, Objective, PairStats,
-    TokenExtras,
+    self, FDivergence, FDivergenceType, Loss, LossList, Objective, PairStats, TokenExtras,
 };
 use crate::train::{log_sum_sq_probs, reference_logps};
 

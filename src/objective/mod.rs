@@ -668,11 +668,11 @@ pub fn pair_loss(
     // d loss / d per-token log-prob, then the loss as a linear function of the tokens with
     // exactly these derivatives and the loss's value.
     let mut grad = vec![0f64; pol_all.len()];
-    for i in 0..b {
+    for (i, (pair_w, pair_g)) in weights.iter().zip(&out.grad).enumerate() {
         for (side, r) in [i, b + i].into_iter().enumerate() {
             let off = batch.offsets[r];
-            for (t, w) in weights[i][side].w.iter().enumerate() {
-                grad[off + t] += out.grad[i][side] * w;
+            for (t, w) in pair_w[side].w.iter().enumerate() {
+                grad[off + t] += pair_g[side] * w;
             }
         }
     }
