@@ -952,20 +952,19 @@ mod tests {
         assert_eq!(out.nll_loss, Some(2.0));
     }
 
+    /// d loss / d var.
+    fn grad_of<T: candle_core::WithDType>(loss: &Tensor, var: &candle_core::Var) -> Vec<T> {
+        let grads = loss.backward().unwrap();
+        grads.get(var.as_tensor()).unwrap().to_vec1().unwrap()
+    }
+
     #[test]
     fn gradients_reach_the_counted_tokens_only() {
         let b = batch(&[(3, 2)]);
         let var = candle_core::Var::new(&POL, &Device::Cpu).unwrap();
         let out =
             preference_loss(&obj(Loss::Sigmoid, true), &b, var.as_tensor(), Some(&REF)).unwrap();
-        let g: Vec<f32> = out
-            .loss
-            .backward()
-            .unwrap()
-            .get(var.as_tensor())
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let g: Vec<f32> = grad_of(&out.loss, &var);
         assert_eq!(g[2], 0.0, "POET cut the chosen tail");
         // d/dlogp_w of softplus(-β(ρ_w - ρ_l)) = -β σ(-z), z = 1.
         let expect = -0.5 * dual::sigmoid(-1.0);
@@ -1027,14 +1026,7 @@ mod tests {
                 panic!("pairs")
             };
             assert!((out.loss.to_scalar::<f64>().unwrap() - value(o, &pol)).abs() < 1e-12);
-            let g: Vec<f64> = out
-                .loss
-                .backward()
-                .unwrap()
-                .get(var.as_tensor())
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let g: Vec<f64> = grad_of(&out.loss, &var);
             let h = 1e-6;
             for t in 0..pol.len() {
                 let (mut up, mut down) = (pol.clone(), pol.clone());
