@@ -322,13 +322,18 @@ impl Observer for Progress {
             Event::Eval(r) => {
                 let g = |k: &str| r.metrics.get(k).copied().unwrap_or(f64::NAN);
                 let mut text = format!(
-                    "{}: eval @ {}: loss {:.4}  accuracy {:.3}  margin {:+.4}",
+                    "{}: eval @ {}: loss {:.4}",
                     self.variant,
                     r.step,
-                    g("eval_loss"),
-                    g("eval_rewards/accuracies"),
-                    g("eval_rewards/margins")
+                    g("eval_loss")
                 );
+                // The SFT stage's eval has no pairs to compare: no accuracy, no margin.
+                if let Some(a) = r.metrics.get("eval_rewards/accuracies") {
+                    text += &format!("  accuracy {a:.3}");
+                }
+                if let Some(m) = r.metrics.get("eval_rewards/margins") {
+                    text += &format!("  margin {m:+.4}");
+                }
                 if !r.prefix.j.is_empty() {
                     let parts: Vec<String> = r
                         .prefix
@@ -355,9 +360,16 @@ impl Observer for Progress {
                     RunState::Finished => {
                         let took = crate::ui::math::duration(self.started.elapsed().as_secs_f64());
                         let summary = match self.last {
-                            Some((_, loss, margin, acc, _)) => format!(
-                                " (last step: loss {loss:.4}, margin {margin:+.4}, accuracy {acc:.3})"
-                            ),
+                            Some((_, loss, margin, acc, _)) => {
+                                let mut s = format!(" (last step: loss {loss:.4}");
+                                if margin.is_finite() {
+                                    s += &format!(", margin {margin:+.4}");
+                                }
+                                if acc.is_finite() {
+                                    s += &format!(", accuracy {acc:.3}");
+                                }
+                                s + ")"
+                            }
                             None => String::new(),
                         };
                         let text = format!(
