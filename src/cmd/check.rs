@@ -140,9 +140,7 @@ pub fn report(path: &Path) -> Result<String> {
             c.variant,
             c.train.objective,
             c.train
-                .objective()
-                .tokens
-                .poet
+                .poet_rule()
                 .label()
                 .map_or(String::new(), |p| format!("+{p}")),
             c.train.beta,

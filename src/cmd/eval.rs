@@ -12,9 +12,7 @@ use crate::model::SeqBatch;
 use crate::model::{io, CausalLm, Tok};
 use crate::objective::prefix::{self, PairTokenLogps, PrefixCurve};
 use crate::objective::tokens::PoetMode;
-use crate::objective::{
-    self, FDivergence, FDivergenceType, Loss, LossList, Objective, PairStats, TokenExtras,
-};
+use crate::objective::{self, FDivergenceType, Loss, LossList, Objective, PairStats, TokenExtras};
 use crate::train::{log_sum_sq_probs, reference_logps};
 
 use super::{check_flag, print, DeviceArgs};
@@ -129,12 +127,7 @@ impl EvalArgs {
             Some(rule) => serde_json::from_value(serde_json::Value::String(rule.clone()))
                 .map_err(|e| anyhow::anyhow!("--poet: {e}"))?,
         };
-        let f_divergence_type = match FDivergence::from_name(&self.f_divergence, self.f_alpha)? {
-            FDivergence::ReverseKl => FDivergenceType::ReverseKl,
-            FDivergence::ForwardKl => FDivergenceType::ForwardKl,
-            FDivergence::JsDivergence => FDivergenceType::JsDivergence,
-            FDivergence::AlphaDivergence(_) => FDivergenceType::AlphaDivergence,
-        };
+        let f_divergence_type = FDivergenceType::from_name(&self.f_divergence)?;
         let settings = TrainSettings {
             objective: losses,
             loss_weights: self.loss_weights.clone(),
@@ -159,11 +152,8 @@ impl EvalArgs {
             seed: self.seed,
             ..Default::default()
         };
-        // `sft` alone is a stage in a workspace; eval scores it on pairs, as TRL's DPOTrainer.
-        let problems = settings.objective_problems().into_iter();
-        let mut problems =
-            problems.filter(|p| !(p.0 == "objective" && p.1.starts_with("sft alone")));
-        if let Some((field, msg)) = problems.next() {
+        // `sft` alone is scored on pairs, as TRL's DPOTrainer does (a workspace makes it a stage).
+        if let Some((field, msg)) = settings.objective_problems().into_iter().next() {
             bail!("--{}: {msg}", flag_of(field));
         }
         Ok(settings.objective())

@@ -18,7 +18,7 @@ use crate::data::{DataFormat, Fields, Format, LengthLimits};
 use crate::event::Change;
 use crate::model::{DeviceSpec, Precision, ScratchSpec};
 use crate::objective::tokens::PoetMode;
-use crate::objective::{FDivergenceType, Loss, LossList, Objective, Params, TokenScheme};
+use crate::objective::{FDivergenceType, Loss, LossList, Objective, Params, Poet, TokenScheme};
 
 /// Merges the `fields` of one section: live ones that changed are taken from `new` and
 /// recorded, restart-only ones that changed are only named.
@@ -327,7 +327,7 @@ impl TrainSettings {
                 rdpo_alpha: self.rdpo_alpha,
             },
             tokens: TokenScheme {
-                poet: self.poet.rule(self.poet_ratio, self.poet_tokens),
+                poet: self.poet_rule(),
                 keep_eos: self.keep_eos,
                 ld_alpha: self.ld_alpha,
                 sampo_seed: self.sampo.then_some(self.seed),
@@ -338,19 +338,16 @@ impl TrainSettings {
         }
     }
 
+    /// The POET rule `poet`, `poet_ratio` and `poet_tokens` describe.
+    pub fn poet_rule(&self) -> Poet {
+        self.poet.rule(self.poet_ratio, self.poet_tokens)
+    }
+
     /// Settings that contradict each other or the objective, as (field, message).
     pub fn objective_problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let losses = &self.objective.0;
         let names = self.objective.to_string();
-        if let [Loss::Sft] = losses.as_slice() {
-            if self.rpo_alpha.is_none() {
-                out.push((
-                    "objective",
-                    "sft alone is a stage ([sft]); in [train] it mixes with a preference loss, e.g. [\"sigmoid\", \"sft\"]".into(),
-                ));
-            }
-        }
         if losses.len() > 1 {
             if let Some(l) = losses.iter().find(|l| l.is_reference_free()) {
                 out.push((
@@ -940,8 +937,7 @@ fn default_variant_name(t: &TrainSettings) -> String {
         [Loss::Sigmoid] => "dpo".to_string(),
         _ => t.objective.to_string(),
     };
-    let poet = t.objective().tokens.poet.label();
-    match poet {
+    match t.poet_rule().label() {
         Some(p) => format!("{loss}-{p}"),
         None => loss,
     }
@@ -1039,6 +1035,12 @@ impl TrainSettings {
             self.max_bad_steps >= 1,
             "max_bad_steps",
             "expected at least 1".into(),
+        );
+        // A workspace trains SFT as a stage; `gaplab eval` scores `sft` alone on pairs.
+        c(
+            !(self.objective.0 == [Loss::Sft] && self.rpo_alpha.is_none()),
+            "objective",
+            "sft alone is a stage ([sft]); in [train] it mixes with a preference loss, e.g. [\"sigmoid\", \"sft\"]".into(),
         );
         for (f, m) in self.objective_problems() {
             c(false, f, m);

@@ -722,6 +722,13 @@ pub fn entropy(logits: &Tensor) -> Result<Tensor> {
     (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()
 }
 
+/// log Σ_v p(v)² per row of `logits` [n, vocab] (WPO's weights; no gradient).
+pub fn log_sum_sq_probs(logits: &Tensor) -> Result<Tensor> {
+    let logits = logits.detach().to_dtype(DType::F32)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    (logp * 2.0)?.exp()?.sum(D::Minus1)?.log()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,6 +758,21 @@ mod tests {
             let (ga, gb) = (ga.get(v).unwrap(), gb.get(v).unwrap());
             assert!(max_abs_diff(ga, gb) < 1e-9, "gradient differs");
         }
+    }
+
+    #[test]
+    fn log_sum_sq_probs_of_uniform_and_peaked_rows() {
+        // Uniform over 4: Σ p² = 1/4. All mass on one token: Σ p² = 1.
+        let logits = Tensor::new(
+            &[[0f32, 0., 0., 0.], [0., -100., -100., -100.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let v: Vec<f32> = log_sum_sq_probs(&logits).unwrap().to_vec1().unwrap();
+        assert!(
+            (v[0] - 0.25f32.ln()).abs() < 1e-6 && v[1].abs() < 1e-6,
+            "{v:?}"
+        );
     }
 
     #[test]

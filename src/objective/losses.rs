@@ -77,6 +77,25 @@ fn smoothed(z: Dual, eps: f64) -> Dual {
     -(z.log_sigmoid() * (1.0 - eps)) - (-z).log_sigmoid() * eps
 }
 
+/// AlphaPO's reward shaping (1 − e^(−α·v))/α of a score v; v itself at α = 0.
+fn alpha_shaped(v: Dual, alpha: f64) -> Dual {
+    if alpha != 0.0 {
+        -((-(v * alpha)).exp() - 1.0) / alpha
+    } else {
+        v
+    }
+}
+
+/// The loss that defines a mixture's rewards: the first that is not `sft` (`sft` when that is
+/// all there is).
+pub fn primary(mixture: &[(Loss, f64)]) -> Loss {
+    mixture
+        .iter()
+        .map(|m| m.0)
+        .find(|l| *l != Loss::Sft)
+        .unwrap_or(Loss::Sft)
+}
+
 /// The term of one pair for a loss that reads only that pair.
 fn pair_term(loss: Loss, p: &Params, s: &PairScores) -> Result<Dual> {
     let (x, y) = (Dual::x(s.logps[0]), Dual::y(s.logps[1]));
@@ -98,14 +117,7 @@ fn pair_term(loss: Loss, p: &Params, s: &PairScores) -> Result<Dual> {
         Ok((sw - sl) * b - p.rdpo_alpha * (s.counted[0] as f64 - s.counted[1] as f64))
     };
     // SimPO/AlphaPO's length-averaged score, AlphaPO's shaping applied.
-    let shaped = |v: Dual, n: f64| -> Dual {
-        let avg = v / n;
-        if p.alpha != 0.0 {
-            -((-(avg * p.alpha)).exp() - 1.0) / p.alpha
-        } else {
-            avg
-        }
-    };
+    let shaped = |v: Dual, n: f64| alpha_shaped(v / n, p.alpha);
     Ok(match loss {
         Loss::Sigmoid => -margin_logits()?.log_sigmoid(),
         Loss::Hinge => (-margin_logits()? + 1.0).relu(),
@@ -241,14 +253,7 @@ fn sorted_terms(loss: Loss, p: &Params, pairs: &[PairScores]) -> Result<Vec<Sort
 /// log-ratio for DPOTrainer's losses; the policy's own score for the reference-free ones.
 pub fn rewards(loss: Loss, p: &Params, s: &PairScores) -> [f64; 2] {
     let n = [s.counted[0].max(1) as f64, s.counted[1].max(1) as f64];
-    // AlphaPO's shaping of a score (none at alpha = 0).
-    let shaped = |v: f64| {
-        if p.alpha != 0.0 {
-            (1.0 - (-p.alpha * v).exp()) / p.alpha
-        } else {
-            v
-        }
-    };
+    let shaped = |v: f64| alpha_shaped(Dual::c(v), p.alpha).v;
     let side = |i: usize| -> f64 {
         let l = s.logps[i];
         match loss {
@@ -319,11 +324,7 @@ pub fn batch_loss(
         }
     }
     value += nll_coef * nll;
-    let reward_loss = mixture
-        .iter()
-        .map(|m| m.0)
-        .find(|l| *l != Loss::Sft)
-        .unwrap_or(Loss::Sigmoid);
+    let reward_loss = primary(mixture);
     let rewards = pairs.iter().map(|s| rewards(reward_loss, p, s)).collect();
     Ok(BatchLoss {
         value,

@@ -368,38 +368,6 @@ pub enum FDivergence {
     AlphaDivergence(f64),
 }
 
-impl FDivergence {
-    pub const NAMES: [&'static str; 4] = [
-        "reverse_kl",
-        "forward_kl",
-        "js_divergence",
-        "alpha_divergence",
-    ];
-
-    /// From TRL's name, with the coefficient `alpha_divergence` uses.
-    pub fn from_name(name: &str, alpha_coef: f64) -> Result<FDivergence> {
-        Ok(match name {
-            "reverse_kl" => FDivergence::ReverseKl,
-            "forward_kl" => FDivergence::ForwardKl,
-            "js_divergence" => FDivergence::JsDivergence,
-            "alpha_divergence" => FDivergence::AlphaDivergence(alpha_coef),
-            _ => bail!(
-                "unknown f-divergence \"{name}\" (expected {})",
-                or_list(&FDivergence::NAMES)
-            ),
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            FDivergence::ReverseKl => "reverse_kl",
-            FDivergence::ForwardKl => "forward_kl",
-            FDivergence::JsDivergence => "js_divergence",
-            FDivergence::AlphaDivergence(_) => "alpha_divergence",
-        }
-    }
-}
-
 /// The `f_divergence_type` setting (its coefficient is a setting of its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -412,6 +380,36 @@ pub enum FDivergenceType {
 }
 
 impl FDivergenceType {
+    const ALL: [FDivergenceType; 4] = [
+        FDivergenceType::ReverseKl,
+        FDivergenceType::ForwardKl,
+        FDivergenceType::JsDivergence,
+        FDivergenceType::AlphaDivergence,
+    ];
+
+    /// TRL's spelling, as in gaplab.toml.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FDivergenceType::ReverseKl => "reverse_kl",
+            FDivergenceType::ForwardKl => "forward_kl",
+            FDivergenceType::JsDivergence => "js_divergence",
+            FDivergenceType::AlphaDivergence => "alpha_divergence",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<FDivergenceType> {
+        FDivergenceType::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| {
+                let names = FDivergenceType::ALL.map(FDivergenceType::name);
+                anyhow::anyhow!(
+                    "unknown f-divergence \"{name}\" (expected {})",
+                    or_list(&names)
+                )
+            })
+    }
+
     pub fn with_coef(self, alpha_coef: f64) -> FDivergence {
         match self {
             FDivergenceType::ReverseKl => FDivergence::ReverseKl,
@@ -462,11 +460,7 @@ impl Objective {
     /// The loss that defines the rewards and the prefix diagnostics: the first that is not
     /// `sft` (`sft` when that is all there is).
     pub fn primary(&self) -> Loss {
-        self.mixture
-            .iter()
-            .map(|m| m.0)
-            .find(|l| *l != Loss::Sft)
-            .unwrap_or(Loss::Sft)
+        losses::primary(&self.mixture)
     }
 
     pub fn needs_reference(&self) -> bool {
@@ -489,15 +483,6 @@ impl Objective {
 
     pub fn poet(&self) -> bool {
         self.tokens.poet.is_on()
-    }
-
-    /// "sigmoid", "sigmoid+sft": the losses as TRL's list would name them.
-    pub fn loss_names(&self) -> String {
-        self.mixture
-            .iter()
-            .map(|m| m.0.name())
-            .collect::<Vec<_>>()
-            .join("+")
     }
 
     /// The implicit reward of one response from its summed (prefix) log-probs.
@@ -539,7 +524,8 @@ pub struct PairOutputs {
     pub nll_loss: Option<f64>,
 }
 
-/// Loss math runs in f32 (f64 when the model runs in f64, as gradient checks do).
+/// The dtype of the loss tensor that carries the (f64, host) loss into the graph: f32, or f64
+/// when the model runs in f64, as gradient checks do.
 fn loss_dtype(t: &Tensor) -> DType {
     if t.dtype() == DType::F64 {
         DType::F64
@@ -637,14 +623,13 @@ pub fn pair_loss(
     let lens = &batch.response_lens;
     let mut weights = Vec::with_capacity(b);
     let mut scores = Vec::with_capacity(b);
+    let sum = |vals: &[f64], w: &[f64]| -> f64 { vals.iter().zip(w).map(|(v, w)| v * w).sum() };
+    let sum32 =
+        |vals: &[f32], w: &[f64]| -> f64 { vals.iter().zip(w).map(|(&v, w)| v as f64 * w).sum() };
     for i in 0..b {
         let rows = [i, b + i];
         let ends = rows.map(|r| obj.eos.map_or(0, |e| tokens::end_len(ids[r], e)));
         let w = tokens::pair_weights(&obj.tokens, rows.map(|r| ids[r]), ends);
-        let sum = |vals: &[f64], w: &[f64]| -> f64 { vals.iter().zip(w).map(|(v, w)| v * w).sum() };
-        let sum32 = |vals: &[f32], w: &[f64]| -> f64 {
-            vals.iter().zip(w).map(|(&v, w)| v as f64 * w).sum()
-        };
         let weight = match &lss {
             Some(q) if obj.use_weighting => {
                 rows.iter().map(|&r| wpo_weight(pol[r], q[r])).product()
@@ -1127,6 +1112,14 @@ mod tests {
             <Loss as ValueEnum>::from_str("dpo", false),
             Ok(Loss::Sigmoid)
         );
+    }
+
+    #[test]
+    fn f_divergences_are_spelled_alike_in_toml_and_on_the_command_line() {
+        for f in FDivergenceType::ALL {
+            assert_eq!(serde_json::to_value(f).unwrap(), f.name());
+            assert_eq!(FDivergenceType::from_name(f.name()).unwrap(), f);
+        }
     }
 
     #[test]

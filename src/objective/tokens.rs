@@ -64,9 +64,26 @@ pub enum PoetMode {
 }
 
 impl PoetMode {
-    const NAMES: [&'static str; 5] = ["off", "min", "ratio_k", "ratio_own", "fixed"];
+    const ALL: [PoetMode; 5] = [
+        PoetMode::Off,
+        PoetMode::Min,
+        PoetMode::RatioK,
+        PoetMode::RatioOwn,
+        PoetMode::Fixed,
+    ];
 
-    pub fn name(self) -> &'static str {
+    /// [`PoetMode::name`] of each of [`PoetMode::ALL`], for serde's "expected one of".
+    const NAMES: [&'static str; 5] = {
+        let mut names = [""; 5];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = PoetMode::ALL[i].name();
+            i += 1;
+        }
+        names
+    };
+
+    pub const fn name(self) -> &'static str {
         match self {
             PoetMode::Off => "off",
             PoetMode::Min => "min",
@@ -111,16 +128,10 @@ impl<'de> Deserialize<'de> for PoetMode {
                 Ok(if b { PoetMode::Min } else { PoetMode::Off })
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PoetMode, E> {
-                [
-                    PoetMode::Off,
-                    PoetMode::Min,
-                    PoetMode::RatioK,
-                    PoetMode::RatioOwn,
-                    PoetMode::Fixed,
-                ]
-                .into_iter()
-                .find(|m| m.name() == s)
-                .ok_or_else(|| E::unknown_variant(s, &PoetMode::NAMES))
+                PoetMode::ALL
+                    .into_iter()
+                    .find(|m| m.name() == s)
+                    .ok_or_else(|| E::unknown_variant(s, &PoetMode::NAMES))
             }
         }
         d.deserialize_any(V)

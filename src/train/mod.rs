@@ -151,16 +151,9 @@ pub fn grads(
     })
 }
 
-/// log Σ_v π(v)² at each position of `logits` [tokens, vocab] (WPO's weights; no graph).
+/// log Σ_v π(v)² at each position of `logits` [tokens, vocab], on the host (WPO's weights).
 pub fn log_sum_sq_probs(logits: &Tensor) -> Result<Vec<f32>> {
-    let z = logits.detach().to_dtype(DType::F32)?;
-    let lse = |t: &Tensor| -> Result<Tensor> {
-        let m = t.max_keepdim(1)?;
-        Ok((t.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()? + m)?)
-    };
-    let two = (&z * 2.0)?;
-    let out = (lse(&two)? - (lse(&z)? * 2.0)?)?;
-    Ok(out.squeeze(1)?.to_vec1()?)
+    Ok(crate::model::ops::log_sum_sq_probs(logits)?.to_vec1()?)
 }
 
 /// Adds `more` into `total`, variable by variable.
