@@ -9,6 +9,7 @@ pub mod attention;
 pub mod batch;
 pub mod config;
 pub mod io;
+pub mod lora;
 pub mod matmul;
 pub mod ops;
 pub mod sample;

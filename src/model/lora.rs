@@ -1,0 +1,588 @@
+//! LoRA adapters in PEFT's layout: low-rank updates W + s·B·A on chosen linear layers of the
+//! decoder, trained while the base weights stay frozen.
+//!
+//! PEFT's conventions, kept exactly so adapters move between gaplab, PEFT/TRL and vLLM:
+//! A is [r, in] (Kaiming-uniform with a = √5, i.e. U(±1/√in)), B is [out, r] (zeros), the
+//! scale s is alpha / r (alpha / √r with rsLoRA), dropout applies to the input of A only, and a
+//! folder holds `adapter_config.json` and `adapter_model.safetensors` whose keys read
+//! `base_model.model.<module>.lora_A.weight`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::ModelConfig;
+use crate::rng::Rng;
+
+/// The files of a PEFT adapter folder.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// PEFT's prefix of every saved key (the PeftModel wrapping the causal LM).
+const KEY_PREFIX: &str = "base_model.model.";
+
+/// A linear layer of a decoder block that can carry an adapter, by PEFT's module name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Module {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl Module {
+    /// Every linear layer of a block, in the order of the forward pass. PEFT's "all-linear"
+    /// means these (every linear layer but the LM head).
+    pub const ALL: [Module; 7] = [
+        Self::QProj,
+        Self::KProj,
+        Self::VProj,
+        Self::OProj,
+        Self::GateProj,
+        Self::UpProj,
+        Self::DownProj,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::QProj => "q_proj",
+            Self::KProj => "k_proj",
+            Self::VProj => "v_proj",
+            Self::OProj => "o_proj",
+            Self::GateProj => "gate_proj",
+            Self::UpProj => "up_proj",
+            Self::DownProj => "down_proj",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// The module's path inside block `layer` ("model.layers.3.self_attn.q_proj").
+    pub fn path(self, layer: usize) -> String {
+        let group = match self {
+            Self::QProj | Self::KProj | Self::VProj | Self::OProj => "self_attn",
+            _ => "mlp",
+        };
+        format!("model.layers.{layer}.{group}.{}", self.name())
+    }
+
+    /// (in, out) features of this linear layer in a decoder of `cfg`.
+    pub fn features(self, cfg: &ModelConfig) -> (usize, usize) {
+        let (d, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (h, kv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        match self {
+            Self::QProj => (d, h * hd),
+            Self::KProj | Self::VProj => (d, kv * hd),
+            Self::OProj => (h * hd, d),
+            Self::GateProj | Self::UpProj => (d, i),
+            Self::DownProj => (i, d),
+        }
+    }
+}
+
+impl std::fmt::Display for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `lora.target_modules`: PEFT's module names, or "all-linear".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    /// "all-linear" (PEFT's shorthand); any other string is refused by [`TargetModules::resolve`].
+    Named(String),
+    List(Vec<String>),
+}
+
+impl Default for TargetModules {
+    fn default() -> Self {
+        Self::Named(ALL_LINEAR.to_string())
+    }
+}
+
+pub const ALL_LINEAR: &str = "all-linear";
+
+impl TargetModules {
+    /// The modules named, or what is wrong: an entry that matches no module lists those that
+    /// exist.
+    pub fn resolve(&self) -> Result<Vec<Module>, String> {
+        let names: Vec<&str> = match self {
+            Self::Named(s) if s == ALL_LINEAR => return Ok(Module::ALL.to_vec()),
+            Self::Named(s) => vec![s.as_str()],
+            Self::List(v) => v.iter().map(String::as_str).collect(),
+        };
+        if names.is_empty() {
+            return Err("an empty list targets no module".into());
+        }
+        let mut out = Vec::new();
+        for n in names {
+            // PEFT matches a list entry against the end of a module's path.
+            let short = n.rsplit('.').next().unwrap_or(n);
+            match Module::from_name(short) {
+                Some(m) if !out.contains(&m) => out.push(m),
+                Some(_) => {}
+                None => {
+                    let known: Vec<&str> = Module::ALL.iter().map(|m| m.name()).collect();
+                    return Err(format!(
+                        "\"{n}\" matches no module of the decoder; its linear layers are {} (or \"{ALL_LINEAR}\")",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// The adapter's shape and scaling: `[lora]`, or a PEFT folder's adapter_config.json.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<Module>,
+    pub use_rslora: bool,
+}
+
+impl LoraConfig {
+    /// The factor of B·A: alpha / r, or alpha / √r with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+
+    /// Every adapter tensor of a decoder of `cfg`: (module path, module, [r, in] and [out, r]).
+    pub fn modules(&self, cfg: &ModelConfig) -> Vec<(String, Module)> {
+        (0..cfg.num_hidden_layers)
+            .flat_map(|l| self.targets.iter().map(move |&m| (m.path(l), m)))
+            .collect()
+    }
+
+    /// Parameters the adapters add (the trainable ones of a LoRA run).
+    pub fn num_params(&self, cfg: &ModelConfig) -> usize {
+        self.modules(cfg)
+            .iter()
+            .map(|(_, m)| {
+                let (i, o) = m.features(cfg);
+                self.r * (i + o)
+            })
+            .sum()
+    }
+
+    /// adapter_config.json as PEFT 0.21 writes it (every field it writes, at its defaults), so
+    /// `PeftModel.from_pretrained(base, DIR)` loads the folder.
+    pub fn to_peft_json(&self, base_model: &str) -> Value {
+        let targets: Vec<&str> = self.targets.iter().map(|m| m.name()).collect();
+        json!({
+            "alora_invocation_tokens": null,
+            "alpha_pattern": {},
+            "arrow_config": null,
+            "auto_mapping": null,
+            "base_model_name_or_path": base_model,
+            "bias": "none",
+            "corda_config": null,
+            "ensure_weight_tying": false,
+            "eva_config": null,
+            "exclude_modules": null,
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "kasa_config": null,
+            "layer_replication": null,
+            "layers_pattern": null,
+            "layers_to_transform": null,
+            "loftq_config": {},
+            "lora_alpha": json_number(self.alpha),
+            "lora_bias": false,
+            "lora_dropout": self.dropout,
+            "lora_ga_config": null,
+            "megatron_config": null,
+            "megatron_core": "megatron.core",
+            "modules_to_save": null,
+            "monteclora_config": null,
+            "peft_type": "LORA",
+            "peft_version": "0.21.2",
+            "qalora_group_size": 16,
+            "r": self.r,
+            "rank_pattern": {},
+            "revision": null,
+            "target_modules": targets,
+            "target_parameters": null,
+            "task_type": "CAUSAL_LM",
+            "trainable_token_indices": null,
+            "use_bdlora": null,
+            "use_dora": false,
+            "use_qalora": false,
+            "use_rslora": self.use_rslora,
+            "velora_config": null
+        })
+    }
+
+    /// Reads a PEFT adapter_config.json, refusing what gaplab cannot apply as PEFT would.
+    pub fn from_peft_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "{}: cannot read (a PEFT adapter folder holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})",
+                path.display()
+            )
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}:{}: invalid JSON: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            )
+        })?;
+        let at = |field: &str, what: &str| -> anyhow::Error {
+            anyhow::anyhow!("{}: field `{field}`: expected {what}", path.display())
+        };
+        match v.get("peft_type").and_then(Value::as_str) {
+            Some("LORA") => {}
+            other => bail!(
+                "{}: field `peft_type` is {:?}; gaplab reads LoRA adapters (\"LORA\")",
+                path.display(),
+                other.unwrap_or("missing")
+            ),
+        }
+        let r = v
+            .get("r")
+            .and_then(Value::as_u64)
+            .filter(|&r| r > 0)
+            .ok_or_else(|| at("r", "a positive integer"))? as usize;
+        let alpha = v
+            .get("lora_alpha")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| at("lora_alpha", "a number"))?;
+        let dropout = v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
+        let use_rslora = v
+            .get("use_rslora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let targets: TargetModules =
+            serde_json::from_value(v.get("target_modules").cloned().unwrap_or(Value::Null))
+                .map_err(|_| at("target_modules", "a list of module names or \"all-linear\""))?;
+        let targets = targets
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("{}: field `target_modules`: {e}", path.display()))?;
+        let unsupported = |field: &str, x: &Value| match field {
+            "use_dora" | "fan_in_fan_out" => x.as_bool() == Some(true),
+            "bias" => x.as_str().is_some_and(|s| s != "none"),
+            "modules_to_save" => !(x.is_null() || x.as_array().is_some_and(|a| a.is_empty())),
+            _ => !x.is_null(),
+        };
+        for field in [
+            "use_dora",
+            "bias",
+            "fan_in_fan_out",
+            "modules_to_save",
+            "layers_to_transform",
+        ] {
+            if let Some(x) = v.get(field).filter(|x| unsupported(field, x)) {
+                bail!(
+                    "{}: field `{field}` is {x}; gaplab supports plain LoRA adapters (use_dora false, bias \"none\", no modules_to_save or layers_to_transform)",
+                    path.display()
+                );
+            }
+        }
+        for field in ["rank_pattern", "alpha_pattern"] {
+            if v.get(field)
+                .and_then(Value::as_object)
+                .is_some_and(|o| !o.is_empty())
+            {
+                bail!(
+                    "{}: field `{field}` is not empty; gaplab supports one rank and alpha for every module",
+                    path.display()
+                );
+            }
+        }
+        Ok(Self {
+            r,
+            alpha,
+            dropout,
+            targets,
+            use_rslora,
+        })
+    }
+}
+
+/// Writes alpha as an integer when it is one (PEFT's configs usually hold integers).
+fn json_number(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
+/// One module's adapter pair.
+#[derive(Clone, Debug)]
+pub struct LoraPair {
+    /// [r, in]
+    pub a: Tensor,
+    /// [out, r]
+    pub b: Tensor,
+}
+
+/// The key a PEFT file stores for `module`'s A or B.
+pub fn peft_key(module: &str, which: char) -> String {
+    format!("{KEY_PREFIX}{module}.lora_{which}.weight")
+}
+
+/// Fresh adapters as PEFT initialises them (A ~ U(±1/√in), B = 0), deterministic for a seed.
+pub fn init_adapters(
+    cfg: &ModelConfig,
+    lora: &LoraConfig,
+    seed: u64,
+    device: &Device,
+    dtype: DType,
+) -> Result<BTreeMap<String, LoraPair>> {
+    let mut rng = Rng::new(seed ^ 0x6c6f_7261);
+    let mut out = BTreeMap::new();
+    for (path, m) in lora.modules(cfg) {
+        let (i, o) = m.features(cfg);
+        let bound = 1.0 / (i as f64).sqrt();
+        let a: Vec<f32> = (0..lora.r * i)
+            .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+            .collect();
+        let a = Tensor::from_vec(a, (lora.r, i), device)?.to_dtype(dtype)?;
+        let b = Tensor::zeros((o, lora.r), dtype, device)?;
+        out.insert(path, LoraPair { a, b });
+    }
+    Ok(out)
+}
+
+/// Reads a PEFT adapter folder for a decoder of `cfg`: its config and every pair, checked
+/// against the shapes the base implies.
+pub fn load_adapter(
+    dir: &Path,
+    cfg: &ModelConfig,
+    device: &Device,
+    dtype: DType,
+) -> Result<(LoraConfig, BTreeMap<String, LoraPair>)> {
+    if !dir.is_dir() {
+        bail!("{}: not an adapter folder", dir.display());
+    }
+    let config_path = dir.join(ADAPTER_CONFIG);
+    if !config_path.exists() {
+        let hint = if dir.join("config.json").exists() {
+            " (it holds config.json: a full checkpoint, not a LoRA adapter; pass it as the model)"
+        } else {
+            ""
+        };
+        bail!(
+            "{}: no {ADAPTER_CONFIG}; a PEFT adapter folder holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}{hint}",
+            dir.display()
+        );
+    }
+    let lora = LoraConfig::from_peft_json(&config_path)?;
+    let weights = dir.join(ADAPTER_WEIGHTS);
+    let mut map: HashMap<String, Tensor> = candle_core::safetensors::load(&weights, device)
+        .with_context(|| format!("{}: cannot read safetensors", weights.display()))?;
+    let mut out = BTreeMap::new();
+    for (path, m) in lora.modules(cfg) {
+        let (i, o) = m.features(cfg);
+        let mut take = |which: char, shape: [usize; 2]| -> Result<Tensor> {
+            let key = peft_key(&path, which);
+            let t = map.remove(&key).with_context(|| {
+                format!(
+                    "{}: tensor `{key}` missing (adapter_config.json targets {m})",
+                    weights.display()
+                )
+            })?;
+            if t.dims() != shape {
+                bail!(
+                    "{}: tensor `{key}` has shape {:?} but the base model with r = {} implies {:?}: an adapter made for another base?",
+                    weights.display(),
+                    t.dims(),
+                    lora.r,
+                    shape
+                );
+            }
+            Ok(t.to_dtype(dtype)?)
+        };
+        let a = take('A', [lora.r, i])?;
+        let b = take('B', [o, lora.r])?;
+        out.insert(path, LoraPair { a, b });
+    }
+    if let Some(extra) = map.keys().min() {
+        bail!(
+            "{}: tensor `{extra}` ({} in all) is not an adapter of a module adapter_config.json targets on this base",
+            weights.display(),
+            map.len()
+        );
+    }
+    Ok((lora, out))
+}
+
+/// Writes a PEFT adapter folder: adapter_config.json and adapter_model.safetensors (f32, as
+/// PEFT saves adapters trained in f32).
+pub fn save_adapter(
+    dir: &Path,
+    lora: &LoraConfig,
+    base_model: &str,
+    adapters: &[(String, Tensor)],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tensors = adapters
+        .iter()
+        .map(|(k, t)| {
+            Ok((
+                k.clone(),
+                t.detach().to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let path = dir.join(ADAPTER_WEIGHTS);
+    safetensors::serialize_to_file(tensors, Some(metadata), &path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = dir.join(ADAPTER_CONFIG);
+    let text = serde_json::to_string_pretty(&lora.to_peft_json(base_model))? + "\n";
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ModelConfig {
+        ModelConfig::from_scratch(
+            &crate::model::ScratchSpec {
+                num_key_value_heads: 2,
+                ..Default::default()
+            },
+            100,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn targets_resolve_like_peft() {
+        let all = TargetModules::Named("all-linear".into()).resolve().unwrap();
+        assert_eq!(all, Module::ALL.to_vec());
+        let list = TargetModules::List(vec![
+            "v_proj".into(),
+            "model.layers.0.self_attn.q_proj".into(),
+            "q_proj".into(),
+        ]);
+        assert_eq!(list.resolve().unwrap(), vec![Module::QProj, Module::VProj]);
+        let bad = TargetModules::List(vec!["c_attn".into()])
+            .resolve()
+            .unwrap_err();
+        assert!(bad.contains("c_attn") && bad.contains("gate_proj"), "{bad}");
+        assert!(TargetModules::List(vec![]).resolve().is_err());
+        assert!(TargetModules::Named("qkv".into()).resolve().is_err());
+    }
+
+    #[test]
+    fn scale_and_sizes() {
+        let c = cfg();
+        let lora = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: vec![Module::QProj, Module::DownProj],
+            use_rslora: false,
+        };
+        assert_eq!(lora.scale(), 2.0);
+        assert_eq!(
+            LoraConfig {
+                use_rslora: true,
+                ..lora.clone()
+            }
+            .scale(),
+            4.0
+        );
+        let (d, i) = (c.hidden_size, c.intermediate_size);
+        let q = c.num_attention_heads * c.head_dim;
+        assert_eq!(
+            lora.num_params(&c),
+            c.num_hidden_layers * 4 * ((d + q) + (i + d))
+        );
+    }
+
+    #[test]
+    fn a_saved_adapter_reads_back() {
+        let c = cfg();
+        let lora = LoraConfig {
+            r: 2,
+            alpha: 16.0,
+            dropout: 0.05,
+            targets: vec![Module::VProj, Module::UpProj],
+            use_rslora: true,
+        };
+        let pairs = init_adapters(&c, &lora, 7, &Device::Cpu, DType::F32).unwrap();
+        let flat: Vec<(String, Tensor)> = pairs
+            .iter()
+            .flat_map(|(p, ab)| {
+                [
+                    (peft_key(p, 'A'), ab.a.clone()),
+                    (peft_key(p, 'B'), ab.b.clone()),
+                ]
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        save_adapter(dir.path(), &lora, "base", &flat).unwrap();
+        let (back, loaded) = load_adapter(dir.path(), &c, &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(back, lora);
+        assert_eq!(loaded.len(), pairs.len());
+        let a = &pairs.values().next().unwrap().a;
+        let bound = 1.0 / (c.hidden_size as f32).sqrt();
+        let v: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|x| x.abs() <= bound) && v.iter().any(|x| *x != 0.0));
+    }
+
+    #[test]
+    fn bad_adapters_are_named() {
+        let c = cfg();
+        let dir = tempfile::tempdir().unwrap();
+        let e = load_adapter(dir.path(), &c, &Device::Cpu, DType::F32).unwrap_err();
+        assert!(e.to_string().contains("no adapter_config.json"), "{e}");
+        // Made for a wider base: the tensor and both shapes are named.
+        let mut wide = c.clone();
+        wide.hidden_size *= 2;
+        wide.head_dim *= 2;
+        let lora = LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            targets: vec![Module::QProj],
+            use_rslora: false,
+        };
+        let pairs = init_adapters(&wide, &lora, 1, &Device::Cpu, DType::F32).unwrap();
+        let flat: Vec<(String, Tensor)> = pairs
+            .iter()
+            .flat_map(|(p, ab)| {
+                [
+                    (peft_key(p, 'A'), ab.a.clone()),
+                    (peft_key(p, 'B'), ab.b.clone()),
+                ]
+            })
+            .collect();
+        save_adapter(dir.path(), &lora, "base", &flat).unwrap();
+        let e = format!(
+            "{:#}",
+            load_adapter(dir.path(), &c, &Device::Cpu, DType::F32).unwrap_err()
+        );
+        assert!(
+            e.contains("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")
+                && e.contains("another base"),
+            "{e}"
+        );
+    }
+}
