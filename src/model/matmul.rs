@@ -7,6 +7,7 @@
 //! matrices of a batch), which scales almost linearly. The backward pass is two more products
 //! of the same op on transposed views (no copies).
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -173,10 +174,82 @@ impl CustomOp2 for MatMul {
         _c: &Tensor,
         dc: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let r = a.rank();
-        let da = matmul(dc, &b.transpose(r - 2, r - 1)?)?;
-        let db = matmul(&a.transpose(r - 2, r - 1)?, dc)?;
-        Ok((Some(da), Some(db)))
+        operand_grads(a, b, dc)
+    }
+}
+
+/// Gradients of a [..., m, k] x b [..., k, n] for the operands that track one: a frozen
+/// weight (LoRA's base, an embedding used as LM head) gets none, which saves a weight-sized
+/// product per layer and keeps weight-sized gradients out of the store.
+fn operand_grads(a: &Tensor, b: &Tensor, dc: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let r = a.rank();
+    let da = match a.track_op() {
+        true => Some(matmul(dc, &b.transpose(r - 2, r - 1)?)?),
+        false => None,
+    };
+    let db = match b.track_op() {
+        true => Some(matmul(&a.transpose(r - 2, r - 1)?, dc)?),
+        false => None,
+    };
+    Ok((da, db))
+}
+
+/// The backend's own matmul (any device, any dtype) with the backward of [`operand_grads`]:
+/// candle's built-in matmul computes both operands' gradients.
+struct BackendMatMul;
+
+fn backend_matmul<S: BackendStorage>(
+    s1: &S,
+    l1: &Layout,
+    s2: &S,
+    l2: &Layout,
+) -> Result<(S, Shape)> {
+    let (da, db) = (l1.dims(), l2.dims());
+    let r = da.len();
+    if r < 2 || db.len() != r || da[..r - 2] != db[..r - 2] || da[r - 1] != db[r - 2] {
+        candle_core::bail!("matmul: incompatible shapes {da:?} x {db:?}");
+    }
+    let (m, k, n) = (da[r - 2], da[r - 1], db[r - 1]);
+    let batch: usize = da[..r - 2].iter().product();
+    let mut dims = da[..r - 2].to_vec();
+    dims.extend([m, n]);
+    Ok((s1.matmul(s2, (batch, m, n, k), l1, l2)?, Shape::from(dims)))
+}
+
+impl CustomOp2 for BackendMatMul {
+    fn name(&self) -> &'static str {
+        "gaplab-backend-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        backend_matmul(s1, l1, s2, l2)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        backend_matmul(s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _c: &Tensor,
+        dc: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        operand_grads(a, b, dc)
     }
 }
 
@@ -186,6 +259,9 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         && matches!(a.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
         && a.dtype() == b.dtype();
     if !fused {
+        if a.track_op() != b.track_op() && a.elem_count() > 0 && b.elem_count() > 0 {
+            return a.apply_op2(b, BackendMatMul);
+        }
         return a.matmul(b);
     }
     let a = if walkable(a.layout()) {

@@ -17,12 +17,14 @@ pub mod sample;
 mod testutil;
 pub mod tokenizer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
 pub use config::{Arch, ModelConfig, ScratchSpec};
+pub use lora::{LoraConfig, LoraPair};
 pub use tokenizer::Tok;
 
 use serde::{Deserialize, Serialize};
@@ -245,22 +247,73 @@ pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
     v
 }
 
+#[derive(Clone)]
 struct Linear {
     w: Tensor,
     b: Option<Tensor>,
+    lora: Option<Adapter>,
+}
+
+/// A LoRA pair on a linear layer: y = x Wᵀ + b + scale · (drop(x) Aᵀ) Bᵀ, as PEFT computes it.
+#[derive(Clone)]
+struct Adapter {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+    /// Seeds this module's dropout mask apart from the other modules'.
+    stream: u64,
+}
+
+/// LoRA dropout of one forward pass: the probability and the pass's seed. Masks are drawn
+/// from the seed (and the module), so recomputing a layer draws the same mask.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    pub p: f64,
+    pub seed: u64,
+}
+
+impl Dropout {
+    /// `x` with entries zeroed at probability p and the rest scaled by 1 / (1 − p).
+    fn apply(&self, x: &Tensor, stream: u64) -> Result<Tensor> {
+        let keep = 1.0 - self.p;
+        let mask = if x.device().is_cpu() {
+            // Host draws keep CPU runs exactly reproducible (and resumable).
+            let mut rng = Rng::new(self.seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let scale = (1.0 / keep) as f32;
+            let m: Vec<f32> = (0..x.elem_count())
+                .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
+                .collect();
+            Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())?
+        } else {
+            let u = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
+            (u.lt(keep)?.to_dtype(DType::F32)? * (1.0 / keep))?.to_dtype(x.dtype())?
+        };
+        Ok((x * mask)?)
+    }
 }
 
 impl Linear {
     /// x [n, in] -> [n, out]
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, dropout: Option<&Dropout>) -> Result<Tensor> {
         let y = matmul::matmul(x, &self.w.t()?)?;
-        match &self.b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
+        let y = match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let Some(ad) = &self.lora else {
+            return Ok(y);
+        };
+        let x = match dropout {
+            Some(d) if d.p > 0.0 => d.apply(x, ad.stream)?,
+            _ => x.clone(),
+        };
+        let low = matmul::matmul(&x, &ad.a.t()?)?;
+        let up = matmul::matmul(&low, &ad.b.t()?)?;
+        Ok((y + (up * ad.scale)?)?)
     }
 }
 
+#[derive(Clone)]
 struct Layer {
     input_norm: Tensor,
     q: Linear,
@@ -297,10 +350,59 @@ pub struct ResponseScores {
     pub logits: Tensor,
 }
 
+/// The LoRA adapters a decoder carries: their config and tensors by PEFT key
+/// (`base_model.model.<module>.lora_A.weight`), in [`LoraConfig::modules`] order, A before B.
+#[derive(Clone)]
+pub struct Adapters {
+    pub lora: LoraConfig,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+impl Adapters {
+    /// Checks `pairs` against the modules `lora` targets on a decoder of `cfg`.
+    pub fn new(
+        cfg: &ModelConfig,
+        lora: LoraConfig,
+        mut pairs: BTreeMap<String, LoraPair>,
+    ) -> Result<Self> {
+        let mut tensors = Vec::new();
+        for (path, m) in lora.modules(cfg) {
+            let pair = pairs
+                .remove(&path)
+                .with_context(|| format!("adapter for `{path}` missing"))?;
+            let (i, o) = m.features(cfg);
+            for (which, t, shape) in [('A', pair.a, [lora.r, i]), ('B', pair.b, [o, lora.r])] {
+                let key = lora::peft_key(&path, which);
+                if t.dims() != shape {
+                    bail!(
+                        "tensor `{key}` has shape {:?} but the base model with r = {} implies {shape:?}",
+                        t.dims(),
+                        lora.r
+                    );
+                }
+                tensors.push((key, t));
+            }
+        }
+        if let Some(extra) = pairs.keys().next() {
+            bail!("adapter for `{extra}`: not a module the LoRA config targets");
+        }
+        Ok(Self { lora, tensors })
+    }
+
+    /// Trainable parameters.
+    pub fn num_params(&self) -> usize {
+        self.tensors.iter().map(|(_, t)| t.elem_count()).sum()
+    }
+}
+
+#[derive(Clone)]
 pub struct CausalLm {
     pub cfg: ModelConfig,
     /// Weights by name, in `param_specs` order.
     weights: Vec<(String, Tensor)>,
+    adapters: Option<Adapters>,
+    /// LoRA dropout of the next forward passes (training only).
+    dropout: Option<Dropout>,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -309,16 +411,26 @@ pub struct CausalLm {
     sin: Tensor,
 }
 
+/// What a forward pass with activation recomputation kept: each layer's input (no graph) and
+/// the last layer's output as the leaf of the head's graph. [`CausalLm::backward_layers`]
+/// turns the head's gradients into the layers' by recomputing one layer at a time.
+pub struct Recompute {
+    ids: Tensor,
+    inputs: Vec<Tensor>,
+    top: Var,
+}
+
 impl CausalLm {
     /// Builds a decoder from named tensors (moved out of `map`), checking names and shapes.
     pub fn from_tensors(cfg: ModelConfig, map: HashMap<String, Tensor>) -> Result<Self> {
-        Self::assemble(cfg, map, None)
+        Self::assemble(cfg, map, None, None)
     }
 
     fn assemble(
         cfg: ModelConfig,
         mut map: HashMap<String, Tensor>,
         rope: Option<(Tensor, Tensor)>,
+        adapters: Option<Adapters>,
     ) -> Result<Self> {
         let specs = param_specs(&cfg);
         let mut weights = Vec::with_capacity(specs.len());
@@ -340,13 +452,35 @@ impl CausalLm {
         let dtype = weights[0].1.dtype();
         let by_name: HashMap<&str, &Tensor> =
             weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let adapter_by_key: HashMap<&str, &Tensor> = adapters
+            .iter()
+            .flat_map(|a| a.tensors.iter().map(|(n, t)| (n.as_str(), t)))
+            .collect();
+        let scale = adapters.as_ref().map_or(1.0, |a| a.lora.scale());
         let get = |n: &str| by_name.get(n).map(|t| (*t).clone());
         // Every name the spec lists was checked above; a miss here is a spec without it.
         let need = |n: &str| get(n).with_context(|| format!("missing tensor `{n}`"));
-        let lin = |n: &str| -> Result<Linear> {
+        let mut stream = 0u64;
+        let mut lin = |n: &str| -> Result<Linear> {
+            stream += 1;
+            let adapter = |which: char| {
+                adapter_by_key
+                    .get(lora::peft_key(n, which).as_str())
+                    .map(|t| (*t).clone())
+            };
+            let lora = match (adapter('A'), adapter('B')) {
+                (Some(a), Some(b)) => Some(Adapter {
+                    a,
+                    b,
+                    scale,
+                    stream,
+                }),
+                _ => None,
+            };
             Ok(Linear {
                 w: need(&format!("{n}.weight"))?,
                 b: get(&format!("{n}.bias")),
+                lora,
             })
         };
         let mut layers = Vec::new();
@@ -378,6 +512,8 @@ impl CausalLm {
         Ok(Self {
             cfg,
             weights,
+            adapters,
+            dropout: None,
             embed,
             layers,
             norm,
@@ -407,8 +543,14 @@ impl CausalLm {
         Self::from_tensors(cfg, map)
     }
 
+    /// The base weights (adapters apart).
     pub fn weights(&self) -> &[(String, Tensor)] {
         &self.weights
+    }
+
+    /// The LoRA adapters, when the decoder carries some.
+    pub fn adapters(&self) -> Option<&Adapters> {
+        self.adapters.as_ref()
     }
 
     pub fn device(&self) -> &Device {
@@ -419,18 +561,123 @@ impl CausalLm {
         self.embed.dtype()
     }
 
-    /// Rebuilds the decoder over other tensors of the same names (e.g. optimizer variables).
-    fn rebuild(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+    /// This decoder with LoRA adapters on the modules `lora` targets (checked against the
+    /// shapes), in the decoder's dtype.
+    pub fn with_adapters(
+        self,
+        lora: LoraConfig,
+        pairs: BTreeMap<String, LoraPair>,
+    ) -> Result<Self> {
+        let dtype = self.dtype();
+        let pairs = pairs
+            .into_iter()
+            .map(|(k, p)| {
+                Ok((
+                    k,
+                    LoraPair {
+                        a: p.a.to_dtype(dtype)?,
+                        b: p.b.to_dtype(dtype)?,
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let adapters = Adapters::new(&self.cfg, lora, pairs)?;
+        self.rebuild_with(|t| Ok(t.clone()), Some(adapters))
+    }
+
+    /// The same base weights with the adapters switched off (shared storage, no copy): the
+    /// reference of a LoRA run.
+    pub fn without_adapters(&self) -> Result<Self> {
+        self.rebuild_with(|t| Ok(t.clone()), None)
+    }
+
+    /// The base with every adapter folded in (W + scale · B·A, computed in f32 and stored in
+    /// the base's dtype), without adapters: what `gaplab merge` writes.
+    pub fn merged(&self) -> Result<Self> {
+        let Some(ad) = &self.adapters else {
+            return self.without_adapters();
+        };
+        let by_key: HashMap<&str, &Tensor> =
+            ad.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        let scale = ad.lora.scale();
         let map = self
             .weights
             .iter()
-            .map(|(n, t)| Ok((n.clone(), f(t)?)))
+            .map(|(n, w)| {
+                let module = n.strip_suffix(".weight").unwrap_or(n);
+                let pair = (
+                    by_key.get(lora::peft_key(module, 'A').as_str()),
+                    by_key.get(lora::peft_key(module, 'B').as_str()),
+                );
+                let t = match pair {
+                    (Some(a), Some(b)) => {
+                        let f = |t: &Tensor| t.detach().to_dtype(DType::F32);
+                        let delta = (f(b)?.matmul(&f(a)?)? * scale)?;
+                        (f(w)? + delta)?.to_dtype(w.dtype())?
+                    }
+                    _ => w.detach(),
+                };
+                Ok((n.clone(), t))
+            })
             .collect::<Result<HashMap<_, _>>>()?;
         Self::assemble(
             self.cfg.clone(),
             map,
             Some((self.cos.clone(), self.sin.clone())),
+            None,
         )
+    }
+
+    /// The same decoder drawing LoRA dropout masks from `seed` in its forward passes (a cheap
+    /// copy; no dropout when the adapters have none).
+    pub fn with_dropout(&self, seed: u64) -> Self {
+        let mut m = self.clone();
+        m.dropout = m
+            .adapters
+            .as_ref()
+            .filter(|a| a.lora.dropout > 0.0)
+            .map(|a| Dropout {
+                p: a.lora.dropout,
+                seed,
+            });
+        m
+    }
+
+    /// Rebuilds the decoder over other tensors of the same names (e.g. optimizer variables),
+    /// base and adapters alike.
+    fn rebuild(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let adapters = match &self.adapters {
+            Some(a) => Some(Adapters {
+                lora: a.lora.clone(),
+                tensors: a
+                    .tensors
+                    .iter()
+                    .map(|(n, t)| Ok((n.clone(), f(t)?)))
+                    .collect::<Result<_>>()?,
+            }),
+            None => None,
+        };
+        self.rebuild_with(f, adapters)
+    }
+
+    fn rebuild_with(
+        &self,
+        f: impl Fn(&Tensor) -> Result<Tensor>,
+        adapters: Option<Adapters>,
+    ) -> Result<Self> {
+        let map = self
+            .weights
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), f(t)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        let mut m = Self::assemble(
+            self.cfg.clone(),
+            map,
+            Some((self.cos.clone(), self.sin.clone())),
+            adapters,
+        )?;
+        m.dropout = self.dropout;
+        Ok(m)
     }
 
     /// A copy with its own storage: an optimizer updating this model leaves the copy alone
@@ -439,13 +686,40 @@ impl CausalLm {
         self.rebuild(|t| Ok(t.detach().copy()?))
     }
 
-    /// The same weights without gradient tracking, for evaluation and sampling.
+    /// The same weights without gradient tracking, for evaluation and sampling (no dropout).
     pub fn detached(&self) -> Result<Self> {
-        self.rebuild(|t| Ok(t.detach()))
+        let mut m = self.rebuild(|t| Ok(t.detach()))?;
+        m.dropout = None;
+        Ok(m)
     }
 
-    /// Turns the weights into trainable variables (named, in `param_specs` order).
+    /// Turns the weights into trainable variables (named, in `param_specs` order). A decoder
+    /// with adapters trains only them (named by their PEFT keys); its base stays frozen.
     pub fn into_trainable(self) -> Result<(Self, Vec<(String, Var)>)> {
+        let rope = Some((self.cos.clone(), self.sin.clone()));
+        if let Some(ad) = &self.adapters {
+            let vars: Vec<(String, Var)> = ad
+                .tensors
+                .iter()
+                .map(|(n, t)| Ok((n.clone(), Var::from_tensor(&t.detach().copy()?)?)))
+                .collect::<Result<_>>()?;
+            let adapters = Adapters {
+                lora: ad.lora.clone(),
+                tensors: vars
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                    .collect(),
+            };
+            let base = self
+                .weights
+                .iter()
+                .map(|(n, t)| (n.clone(), t.detach()))
+                .collect();
+            return Ok((
+                Self::assemble(self.cfg.clone(), base, rope, Some(adapters))?,
+                vars,
+            ));
+        }
         let vars: Vec<(String, Var)> = self
             .weights
             .iter()
@@ -455,17 +729,16 @@ impl CausalLm {
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
-        let rope = Some((self.cos.clone(), self.sin.clone()));
-        Ok((Self::assemble(self.cfg.clone(), map, rope)?, vars))
+        Ok((Self::assemble(self.cfg.clone(), map, rope, None)?, vars))
     }
 
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
-        let map = self
-            .weights
-            .iter()
-            .map(|(n, t)| Ok((n.clone(), t.to_dtype(dtype)?)))
-            .collect::<Result<HashMap<_, _>>>()?;
-        Self::from_tensors(self.cfg.clone(), map)
+        let mut m = self.rebuild(|t| Ok(t.to_dtype(dtype)?))?;
+        // Tables computed for the new dtype, as a freshly loaded model gets them.
+        let (cos, sin) = rope_tables(&self.cfg, self.device(), dtype)?;
+        m.cos = cos;
+        m.sin = sin;
+        Ok(m)
     }
 
     /// Final-normed hidden states of every position: ids [batch, seq] -> [batch * seq, hidden].
@@ -490,10 +763,85 @@ impl CausalLm {
     /// logits they come from ([tokens, vocab]). Only response positions reach the LM head.
     pub fn response_scores(&self, batch: &SeqBatch) -> Result<ResponseScores> {
         let h = self.hidden_states(&batch.ids)?;
+        self.head_scores(&h, batch)
+    }
+
+    fn head_scores(&self, h: &Tensor, batch: &SeqBatch) -> Result<ResponseScores> {
         let h = h.index_select(&batch.predict_pos, 0)?;
         let logits = self.project(&h)?;
         let logps = ops::target_logprob(&logits, &batch.targets)?;
         Ok(ResponseScores { logps, logits })
+    }
+
+    /// [`Self::response_scores`] with activation recomputation: the layers run without a
+    /// graph, keeping only each layer's input; only the head (final norm and LM head) records
+    /// one. After `loss.backward()`, [`Self::backward_layers`] completes the gradients.
+    pub fn response_scores_recomputed(
+        &self,
+        batch: &SeqBatch,
+    ) -> Result<(ResponseScores, Recompute)> {
+        let (b, t) = batch.ids.dims2()?;
+        self.check_len(t)?;
+        let frozen = self.detached_keeping_dropout()?;
+        let mut x = frozen.embed.index_select(&batch.ids.flatten_all()?, 0)?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        for layer in &frozen.layers {
+            inputs.push(x.clone());
+            x = frozen.layer_forward(layer, &x, b, t, &cos, &sin, None)?;
+        }
+        let top = Var::from_tensor(&x)?;
+        let h = ops::rms_norm(top.as_tensor(), &self.norm, self.cfg.rms_norm_eps)?;
+        let scores = self.head_scores(&h, batch)?;
+        let rc = Recompute {
+            ids: batch.ids.clone(),
+            inputs,
+            top,
+        };
+        Ok((scores, rc))
+    }
+
+    /// Completes `grads` (of a loss over [`Self::response_scores_recomputed`]'s scores) with
+    /// the gradients of every layer's variables and of the embedding: each layer is run again
+    /// with a graph, from its saved input, and back-propagated alone, last layer first. The
+    /// same operations in the same order as one backward pass, so results are identical.
+    pub fn backward_layers(&self, mut grads: GradStore, rc: Recompute) -> Result<GradStore> {
+        let (b, t) = rc.ids.dims2()?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let mut g = grads
+            .remove(rc.top.as_tensor())
+            .context("recomputation: the loss does not depend on the decoder's layers")?;
+        for (layer, input) in self.layers.iter().zip(&rc.inputs).rev() {
+            let x = Var::from_tensor(input)?;
+            let y = self.layer_forward(layer, x.as_tensor(), b, t, &cos, &sin, None)?;
+            let layer_grads = (y * &g)?.sum_all()?.backward()?;
+            g = layer_grads
+                .get(x.as_tensor())
+                .context("recomputation: no gradient reached a layer's input")?
+                .clone();
+            add_grads(&mut grads, layer_grads, &[x.as_tensor()])?;
+        }
+        if self.embed.is_variable() {
+            // The lookup's gradient added into the LM head's (tied weights) as one backward
+            // pass adds it: row by row, on top of what is there.
+            let ids = rc.ids.flatten_all()?.contiguous()?;
+            let head = match grads.remove(&self.embed) {
+                Some(h) => h,
+                None => self.embed.zeros_like()?,
+            };
+            grads.insert(&self.embed, head.index_add(&ids, &g, 0)?);
+        }
+        Ok(grads)
+    }
+
+    /// The same decoder without gradient tracking but with its dropout (the recomputed
+    /// forward draws the same masks).
+    fn detached_keeping_dropout(&self) -> Result<Self> {
+        let mut m = self.detached()?;
+        m.dropout = self.dropout;
+        Ok(m)
     }
 
     /// Logits of every position: ids [batch, seq] -> [batch, seq, vocab].
@@ -553,10 +901,11 @@ impl CausalLm {
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
+        let drop = self.dropout.as_ref();
         let h = ops::rms_norm(x, &layer.input_norm, cfg.rms_norm_eps)?;
-        let q = layer.q.forward(&h)?.reshape((b, t, nh, hd))?;
-        let k = layer.k.forward(&h)?.reshape((b, t, nkv, hd))?;
-        let v = layer.v.forward(&h)?.reshape((b, t, nkv, hd))?;
+        let q = layer.q.forward(&h, drop)?.reshape((b, t, nh, hd))?;
+        let k = layer.k.forward(&h, drop)?.reshape((b, t, nkv, hd))?;
+        let v = layer.v.forward(&h, drop)?.reshape((b, t, nkv, hd))?;
         let q = ops::rope(&q, cos, sin)?.transpose(1, 2)?.contiguous()?;
         let mut k = ops::rope(&k, cos, sin)?.transpose(1, 2)?.contiguous()?;
         let mut v = v.transpose(1, 2)?.contiguous()?;
@@ -585,11 +934,19 @@ impl CausalLm {
         };
         let o = o.reshape((b, nh, t, hd))?;
         let o = o.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
-        let x = (x + layer.o.forward(&o)?)?;
+        let x = (x + layer.o.forward(&o, drop)?)?;
         let h = ops::rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps)?;
-        let m = ops::silu_mul(&layer.gate.forward(&h)?, &layer.up.forward(&h)?)?;
-        Ok((x + layer.down.forward(&m)?)?)
+        let m = ops::silu_mul(&layer.gate.forward(&h, drop)?, &layer.up.forward(&h, drop)?)?;
+        Ok((x + layer.down.forward(&m, drop)?)?)
     }
+}
+
+/// Adds the gradients of `more` into `total`, tensor by tensor, leaving out `skip`.
+fn add_grads(total: &mut GradStore, mut more: GradStore, skip: &[&Tensor]) -> Result<()> {
+    for s in skip {
+        more.remove(s);
+    }
+    Ok(total.extend(more)?)
 }
 
 /// cos/sin tables [max_positions, head_dim / 2], computed in f64 like transformers' f32 path

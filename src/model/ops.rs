@@ -119,8 +119,9 @@ impl CustomOp2 for RmsNorm {
         let packed = x.apply_op3_no_bwd(w, &dy, &RmsNormBwd { eps: self.eps })?;
         let n = packed.dim(0)? - 1;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.get(n)?;
-        Ok((Some(dx), Some(dw)))
+        // A frozen norm weight (LoRA) gets no gradient.
+        let dw = w.track_op().then(|| packed.get(n)).transpose()?;
+        Ok((Some(dx), dw))
     }
 }
 
