@@ -203,3 +203,126 @@ fn rslora_scales_by_the_square_root_of_the_rank() {
     );
     assert_eq!(max_diff(&la, &lc), 0.0);
 }
+
+/// The committed PEFT fixtures (tests/fixtures/make_lora_fixtures.py).
+mod peft {
+    use super::*;
+    use gaplab::data::TokenizedPair;
+    use gaplab::model::io;
+
+    fn expected() -> serde_json::Value {
+        common::read_json(&common::fixture("lora/expected.json"))
+    }
+
+    fn pairs(base: &serde_json::Value) -> Vec<TokenizedPair> {
+        base["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| TokenizedPair {
+                prompt: common::u32s(&r["prompt_ids"]),
+                chosen: common::u32s(&r["chosen_ids"]),
+                rejected: common::u32s(&r["rejected_ids"]),
+            })
+            .collect()
+    }
+
+    /// (base, base + adapter) in `dtype`, as gaplab loads them.
+    fn models(base: &serde_json::Value, dtype: DType) -> (CausalLm, CausalLm) {
+        let dev = Device::Cpu;
+        let dir = common::fixture("").join("..").join("..");
+        let model = io::load_model(&dir.join(base["base"].as_str().unwrap()), &dev, dtype).unwrap();
+        let adapter_dir = dir.join(base["adapter"].as_str().unwrap());
+        let (lora, adapters) = lora::load_adapter(&adapter_dir, &model.cfg, &dev, dtype).unwrap();
+        (model.clone(), model.with_adapters(lora, adapters).unwrap())
+    }
+
+    fn assert_logps(model: &CausalLm, base: &serde_json::Value, which: &str) {
+        let pairs = pairs(base);
+        let pad = base["eos_token_id"].as_u64().unwrap() as u32;
+        let batch = SeqBatch::from_pairs(&pairs, pad, &Device::Cpu).unwrap();
+        let got: Vec<f32> = model
+            .response_scores(&batch)
+            .unwrap()
+            .logps
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let rows = batch.split(&got);
+        let n = pairs.len();
+        for (i, r) in base["rows"].as_array().unwrap().iter().enumerate() {
+            for (side, row) in [("chosen", rows[i]), ("rejected", rows[n + i])] {
+                let want = common::f64s(&r[format!("{which}_{side}_logps")]);
+                assert_eq!(want.len(), row.len());
+                for (t, (w, g)) in want.iter().zip(row.iter()).enumerate() {
+                    assert!(
+                        (w - *g as f64).abs() < 1e-4,
+                        "{} {which} pair {i} {side} token {t}: PEFT {w}, gaplab {g}",
+                        base["base"]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn log_probs_match_peft_with_adapters_on_off_and_merged() {
+        for base in expected()["bases"].as_array().unwrap() {
+            let (plain, adapted) = models(base, DType::F32);
+            assert_logps(&adapted, base, "adapter");
+            assert_logps(&adapted.without_adapters().unwrap(), base, "base");
+            assert_logps(&plain, base, "base");
+            assert_logps(&adapted.merged().unwrap(), base, "merged");
+        }
+    }
+
+    #[test]
+    fn lora_gradients_match_autograd_through_peft() {
+        for base in expected()["bases"].as_array().unwrap() {
+            let dpo = &base["dpo"];
+            let n = dpo["pairs"].as_u64().unwrap() as usize;
+            // f64, as the fixture's autograd ran.
+            let (_, adapted) = models(base, DType::F64);
+            let reference = adapted.without_adapters().unwrap();
+            let (policy, vars) = adapted.into_trainable().unwrap();
+            let pad = base["eos_token_id"].as_u64().unwrap() as u32;
+            let batch = SeqBatch::from_pairs(&pairs(base)[..n], pad, &Device::Cpu).unwrap();
+            let r = reference_logps(&reference, &batch).unwrap();
+            let obj = Objective::single(Loss::Sigmoid, dpo["beta"].as_f64().unwrap(), false);
+            let s = policy.response_scores(&batch).unwrap();
+            let loss = preference_loss(&obj, &batch, &s.logps, Some(&r))
+                .unwrap()
+                .loss;
+            let want_loss = dpo["loss"].as_f64().unwrap();
+            let got_loss = loss
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(
+                (got_loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0),
+                "{}: loss {got_loss} vs PEFT {want_loss}",
+                base["base"]
+            );
+            let grads = loss.backward().unwrap();
+            let file = common::fixture("")
+                .join("..")
+                .join("..")
+                .join(base["base"].as_str().unwrap());
+            let name = file.file_name().unwrap().to_string_lossy().to_string();
+            let want = candle_core::safetensors::load(
+                common::fixture(&format!("lora/{name}-grads.safetensors")),
+                &Device::Cpu,
+            )
+            .unwrap();
+            assert_eq!(want.len(), vars.len());
+            for (key, v) in &vars {
+                let w = want[key].to_dtype(DType::F64).unwrap();
+                let g = grads.get(v.as_tensor()).unwrap();
+                let rel = max_diff(&w, g) / max_diff(&w, &w.zeros_like().unwrap()).max(1e-12);
+                assert!(rel < 1e-4, "{name} {key}: relative difference {rel}");
+            }
+        }
+    }
+}
