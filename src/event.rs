@@ -112,6 +112,44 @@ pub struct Change {
     pub new: String,
 }
 
+/// What a LoRA run trains: adapters of rank `r`, `trainable` parameters in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoraInfo {
+    pub r: usize,
+    pub trainable: usize,
+}
+
+impl LoraInfo {
+    /// "LoRA r=16 · trainable 4.19M of 494M params", as the status bar shows it.
+    pub fn label(&self, params: usize) -> String {
+        format!(
+            "LoRA r={} · trainable {} of {} params",
+            self.r,
+            count(self.trainable),
+            count(params)
+        )
+    }
+}
+
+/// 4194304 -> "4.19M", 494032768 -> "494M", 7615616512 -> "7.62B".
+pub fn count(n: usize) -> String {
+    let x = n as f64;
+    let (v, unit) = match x {
+        x if x >= 1e9 => (x / 1e9, "B"),
+        x if x >= 1e6 => (x / 1e6, "M"),
+        x if x >= 1e3 => (x / 1e3, "k"),
+        _ => return n.to_string(),
+    };
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$}{unit}")
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
@@ -123,6 +161,9 @@ pub enum Event {
         total_steps: usize,
         device: String,
         params: usize,
+        /// The adapters of a LoRA run: rank and parameters trained (of `params`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lora: Option<LoraInfo>,
         /// The variant's resolved config (`config::RunConfig` as serde writes it).
         config: Box<serde_json::Value>,
     },
@@ -255,6 +296,7 @@ impl Event {
                 total_steps,
                 device,
                 params,
+                lora,
                 ..
             } => {
                 let mut text = if *start_step == 0 {
@@ -265,8 +307,12 @@ impl Event {
                 if !device.is_empty() {
                     text += &format!(" on {device}");
                 }
-                if *params > 0 {
-                    text += &format!(", {:.2}M parameters", *params as f64 / 1e6);
+                match lora {
+                    Some(l) => text += &format!(", {}", l.label(*params)),
+                    None if *params > 0 => {
+                        text += &format!(", {:.2}M parameters", *params as f64 / 1e6)
+                    }
+                    None => {}
                 }
                 text + &format!(" -> {}", run_dir.display())
             }

@@ -224,6 +224,7 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
                         &obj,
                         &mut opt,
                         Some(1.0),
+                        false,
                     )?;
                     Ok(())
                 },
@@ -251,7 +252,15 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
             pair_batch.num_tokens(),
             "simpo_step",
             || {
-                train::preference_step(&policy, None, &pair_batch, &obj, &mut opt, Some(1.0))?;
+                train::preference_step(
+                    &policy,
+                    None,
+                    &pair_batch,
+                    &obj,
+                    &mut opt,
+                    Some(1.0),
+                    false,
+                )?;
                 Ok(())
             },
         )?);
@@ -266,7 +275,7 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
             sft_batch.num_tokens(),
             "sft_step",
             || {
-                train::sft_step(&policy, &sft_batch, &counted, &mut opt, Some(1.0))?;
+                train::sft_step(&policy, &sft_batch, &counted, &mut opt, Some(1.0), false)?;
                 Ok(())
             },
         )?);

@@ -313,6 +313,10 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
         total_steps: t.total_steps,
         device: crate::model::device_label(&t.device, t.policy.dtype()),
         params: t.num_params(),
+        lora: t.lora.as_ref().map(|l| crate::event::LoraInfo {
+            r: l.r,
+            trainable: t.trainable_params(),
+        }),
         config: Box::new(t.cfg.record()),
     })?;
     em.emit(Event::State {
@@ -492,6 +496,13 @@ fn sft_key(cfg: &RunConfig, sft: &SftSection, base: &Path) -> Result<u64> {
     // nothing, so caches made before half precision existed stay valid.)
     if cfg.train.dtype != crate::model::Precision::F32 {
         h.bytes(cfg.train.dtype.name().as_bytes());
+    }
+    // A LoRA stage (and the adapter it starts from) makes another result than full training.
+    if let Some(l) = &cfg.lora {
+        h.bytes(toml::to_string(l)?.as_bytes());
+    }
+    if let Some(dir) = &cfg.model.adapter {
+        checkpoint_fingerprint(dir, &mut h)?;
     }
     Ok(h.0)
 }

@@ -585,6 +585,29 @@ impl CausalLm {
         self.rebuild_with(|t| Ok(t.clone()), Some(adapters))
     }
 
+    /// The same decoder with its adapter tensors replaced by `tensors` (by PEFT key, e.g. the
+    /// optimizer's f32 master copies), in the decoder's dtype.
+    pub fn with_adapter_tensors(&self, tensors: &[(String, Tensor)]) -> Result<Self> {
+        let Some(ad) = &self.adapters else {
+            bail!("the decoder carries no adapters");
+        };
+        let by_key: HashMap<&str, &Tensor> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        let dtype = self.dtype();
+        let replaced = ad
+            .tensors
+            .iter()
+            .map(|(k, t)| {
+                let new = by_key.get(k.as_str()).copied().unwrap_or(t);
+                Ok((k.clone(), new.detach().to_dtype(dtype)?))
+            })
+            .collect::<Result<_>>()?;
+        let adapters = Adapters {
+            lora: ad.lora.clone(),
+            tensors: replaced,
+        };
+        self.rebuild_with(|t| Ok(t.clone()), Some(adapters))
+    }
+
     /// The same base weights with the adapters switched off (shared storage, no copy): the
     /// reference of a LoRA run.
     pub fn without_adapters(&self) -> Result<Self> {

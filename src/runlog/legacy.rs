@@ -283,6 +283,7 @@ impl Legacy {
                 .unwrap_or(self.config.train.steps),
             device: line.map(|l| l.1.clone()).unwrap_or_default(),
             params: line.map_or(0, |l| l.2),
+            lora: None,
             config: Box::new(self.config.record()),
         }
     }

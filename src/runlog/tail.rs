@@ -43,6 +43,7 @@ pub(super) fn started_from_config(dir: &Path, config: &RunConfig) -> Event {
         total_steps: config.train.steps,
         device: String::new(),
         params: 0,
+        lora: None,
         config: Box::new(config.record()),
     }
 }

@@ -17,8 +17,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::data::TokenizedPair;
-use crate::model::CausalLm;
 use crate::model::SeqBatch;
+use crate::model::{CausalLm, Recompute, ResponseScores};
 use crate::objective::{self, LossKind, LossOutput, Objective, PairStats, TokenExtras};
 use optim::AdamW;
 
@@ -62,13 +62,17 @@ pub fn save_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Re
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))
 }
 
-/// The weights a checkpoint of `policy` stores: half-precision training saves the optimizer's
-/// f32 master copies (rounded once, to the checkpoint's own dtype, when written).
+/// The trained tensors a checkpoint of `policy` stores (its adapters in a LoRA run, else every
+/// weight): half-precision training saves the optimizer's f32 master copies (rounded once, to
+/// the checkpoint's own dtype, when written).
 pub fn checkpoint_weights(policy: &CausalLm, opt: &AdamW) -> Vec<(String, Tensor)> {
     let master: std::collections::HashMap<String, Tensor> =
         opt.master_weights().into_iter().collect();
-    policy
-        .weights()
+    let trained = match policy.adapters() {
+        Some(a) => a.tensors.as_slice(),
+        None => policy.weights(),
+    };
+    trained
         .iter()
         .map(|(n, t)| (n.clone(), master.get(n).unwrap_or(t).clone()))
         .collect()
@@ -112,7 +116,8 @@ pub fn batch_for(
 
 /// Loss, statistics and gradients of `policy` on one micro-batch laid out by [`batch_for`].
 /// The gradients are of `loss * scale` (1 / gradient-accumulation steps). `poison` replaces
-/// the loss by NaN (fault injection for robustness tests).
+/// the loss by NaN (fault injection for robustness tests). `recompute` keeps only each layer's
+/// input through the forward pass and recomputes the layers in backward (same gradients).
 pub fn grads(
     policy: &CausalLm,
     reference: Option<&[f32]>,
@@ -120,8 +125,9 @@ pub fn grads(
     obj: &Objective,
     scale: f64,
     poison: bool,
+    recompute: bool,
 ) -> Result<MicroOutput> {
-    let scores = policy.response_scores(batch)?;
+    let (scores, recomputed) = scores_for_backward(policy, batch, recompute)?;
     let log_sum_sq = match obj.use_weighting {
         true => Some(log_sum_sq_probs(&scores.logits)?),
         false => None,
@@ -137,7 +143,7 @@ pub fn grads(
     let loss_t = if poison { (loss_t * f64::NAN)? } else { loss_t };
     let loss = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let grads = if loss.is_finite() {
-        Some((loss_t * scale)?.backward()?)
+        Some(backward(policy, &(loss_t * scale)?, recomputed)?)
     } else {
         None
     };
@@ -149,6 +155,30 @@ pub fn grads(
         logits_chosen,
         logits_rejected,
     })
+}
+
+/// The policy's response scores, recording a graph through every layer or (recomputation)
+/// through the head alone.
+fn scores_for_backward(
+    policy: &CausalLm,
+    batch: &SeqBatch,
+    recompute: bool,
+) -> Result<(ResponseScores, Option<Recompute>)> {
+    if recompute {
+        let (s, rc) = policy.response_scores_recomputed(batch)?;
+        Ok((s, Some(rc)))
+    } else {
+        Ok((policy.response_scores(batch)?, None))
+    }
+}
+
+/// Gradients of `loss`, completed through the recomputed layers when there are some.
+fn backward(policy: &CausalLm, loss: &Tensor, recomputed: Option<Recompute>) -> Result<GradStore> {
+    let grads = loss.backward()?;
+    match recomputed {
+        Some(rc) => policy.backward_layers(grads, rc),
+        None => Ok(grads),
+    }
 }
 
 /// log Σ_v π(v)² at each position of `logits` [tokens, vocab], on the host (WPO's weights).
@@ -185,8 +215,9 @@ pub fn preference_step(
     obj: &Objective,
     opt: &mut AdamW,
     max_grad_norm: Option<f64>,
+    recompute: bool,
 ) -> Result<StepOutput> {
-    let m = grads(policy, reference, batch, obj, 1.0, false)?;
+    let m = grads(policy, reference, batch, obj, 1.0, false, recompute)?;
     let (grad_norm, applied) = match &m.grads {
         Some(g) => {
             let r = opt.step(g, max_grad_norm)?;
@@ -208,14 +239,18 @@ pub fn sft_grads(
     batch: &SeqBatch,
     counted: &[usize],
     scale: f64,
+    recompute: bool,
 ) -> Result<(f64, Option<GradStore>)> {
-    let scores = policy.response_scores(batch)?;
+    let (scores, recomputed) = scores_for_backward(policy, batch, recompute)?;
     let loss_t = objective::sft_loss(batch, &scores.logps, counted)?;
     let loss = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !loss.is_finite() {
         return Ok((loss, None));
     }
-    Ok((loss, Some((loss_t * scale)?.backward()?)))
+    Ok((
+        loss,
+        Some(backward(policy, &(loss_t * scale)?, recomputed)?),
+    ))
 }
 
 /// One optimizer update with the supervised objective.
@@ -225,8 +260,9 @@ pub fn sft_step(
     counted: &[usize],
     opt: &mut AdamW,
     max_grad_norm: Option<f64>,
+    recompute: bool,
 ) -> Result<StepOutput> {
-    let (loss, grads) = sft_grads(policy, batch, counted, 1.0)?;
+    let (loss, grads) = sft_grads(policy, batch, counted, 1.0, recompute)?;
     let (grad_norm, applied) = match &grads {
         Some(g) => {
             let r = opt.step(g, max_grad_norm)?;

@@ -62,9 +62,11 @@ pub fn checkpoint_fingerprint(dir: &Path, h: &mut Fnv) -> Result<()> {
     Ok(())
 }
 
-pub fn cache_key(reference_dir: &Path, pairs: &[TokenizedPair]) -> Result<u64> {
+pub fn cache_key(reference_dirs: &[&Path], pairs: &[TokenizedPair]) -> Result<u64> {
     let mut h = Fnv::default();
-    checkpoint_fingerprint(reference_dir, &mut h)?;
+    for dir in reference_dirs {
+        checkpoint_fingerprint(dir, &mut h)?;
+    }
     for p in pairs {
         h.u32s(&p.prompt).u32s(&p.chosen).u32s(&p.rejected);
     }
@@ -149,14 +151,14 @@ fn load(path: &Path) -> Result<RefLogps> {
 /// and whether the cache was hit.
 pub fn load_or_compute(
     cache_dir: &Path,
-    reference_dir: &Path,
+    reference_dirs: &[&Path],
     reference: impl FnOnce() -> Result<CausalLm>,
     pairs: &[TokenizedPair],
     batch_pairs: usize,
     pad: u32,
     device: &Device,
 ) -> Result<(RefLogps, bool)> {
-    let key = cache_key(reference_dir, pairs)?;
+    let key = cache_key(reference_dirs, pairs)?;
     let path = cache_dir.join(format!("ref-{key:016x}.safetensors"));
     if let Ok(r) = load(&path) {
         let fits = r.chosen.len() == pairs.len()

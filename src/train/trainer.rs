@@ -23,7 +23,7 @@ use crate::config::{
 };
 use crate::data::{self, Prompt, TokenizedPair};
 use crate::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
-use crate::model::{io, ops, sample, CausalLm, ModelConfig, SeqBatch, Tok};
+use crate::model::{io, lora, ops, sample, CausalLm, LoraConfig, ModelConfig, SeqBatch, Tok};
 use crate::objective::prefix::{self, PairTokenLogps};
 use crate::objective::{self, Loss, LossKind, Objective};
 use crate::rng::Rng;
@@ -138,6 +138,8 @@ pub struct Trainer {
     pub policy: CausalLm,
     /// The memory estimate checked before loading (a line for the log).
     pub memory: String,
+    /// The adapters' shape when the run trains LoRA adapters over a frozen base.
+    pub lora: Option<LoraConfig>,
     pub data: Dataset,
     pub step: usize,
     pub total_steps: usize,
@@ -206,8 +208,14 @@ impl Trainer {
         cache_dir: &Path,
     ) -> Result<Self> {
         let device = cfg.train.device.select()?;
-        let policy_dir = from.as_ref().map_or(initial, |f| f.0.as_path());
         let dtype = cfg.train.dtype.dtype();
+        let lora = lora_settings(&cfg)?;
+        // A full run resumes from its checkpoint's weights; a LoRA run from the base and its
+        // checkpoint's adapters.
+        let policy_dir = match (&from, &lora) {
+            (Some((ckpt, _)), None) => ckpt.as_path(),
+            _ => initial,
+        };
         // Config, tokenizer and data first: a run that cannot fit is refused before any
         // weight is read.
         let model_cfg = ModelConfig::load(&policy_dir.join("config.json"))?;
@@ -233,6 +241,27 @@ impl Trainer {
         let total_steps = total_steps.max(1);
         let memory = memory::plan_run(&cfg, sft, &model_cfg, &device, &data.train, &data.eval)?;
         let (policy, tok) = io::load_dir(policy_dir, &device, dtype)?;
+        // The reference of a LoRA run is where its policy starts: the base with the trained
+        // adapters off (the same weights, no copy), or the adapter it starts from, frozen.
+        let start = start_adapter(&cfg, &stage);
+        let (policy, lora_reference) = match &lora {
+            None => (policy, None),
+            Some(l) => {
+                let load = |dir: &Path| lora::load_adapter(dir, &policy.cfg, &device, dtype);
+                let reference = match start {
+                    Some(dir) => policy.clone().with_adapters(l.clone(), load(dir)?.1)?,
+                    None => policy.without_adapters()?,
+                };
+                let adapters = match (&from, start) {
+                    (Some((ckpt, _)), _) => load(ckpt)?.1,
+                    (None, Some(dir)) => load(dir)?.1,
+                    (None, None) => {
+                        lora::init_adapters(&policy.cfg, l, cfg.train.seed, &device, dtype)?
+                    }
+                };
+                (policy.with_adapters(l.clone(), adapters)?, Some(reference))
+            }
+        };
         let (policy, named) = policy.into_trainable()?;
         let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
         let settings = step_settings(&stage, &cfg.train, total_steps);
@@ -242,7 +271,14 @@ impl Trainer {
                 .with_context(|| format!("{}: cannot read {OPTIMIZER}", ckpt.display()))?;
             opt.load_state(|n| st.get(n).cloned(), state.optimizer_step)?;
         }
-        let load_ref = || io::load_model(initial, &device, dtype);
+        let load_ref = || match &lora_reference {
+            Some(m) => Ok(m.clone()),
+            None => io::load_model(initial, &device, dtype),
+        };
+        // The reference's identity for the log-prob cache: the base, and the adapter it
+        // carries when it starts from one.
+        let mut reference_dirs = vec![initial];
+        reference_dirs.extend(start.filter(|_| lora.is_some()));
         let pad = tok.pad_id();
         let mut reference_samples = Vec::new();
         let mut this_reference = None;
@@ -253,10 +289,11 @@ impl Trainer {
             let mut model = None;
             let (train_ref, _) = refcache::load_or_compute(
                 cache_dir,
-                initial,
+                &reference_dirs,
                 || {
                     let m = load_ref()?;
-                    model = Some(m.deep_copy()?);
+                    // Never updated: a shared-storage handle keeps it for sampling.
+                    model = Some(m.clone());
                     Ok(m)
                 },
                 &data.train,
@@ -265,7 +302,13 @@ impl Trainer {
                 &device,
             )?;
             let (eval_ref, _) = refcache::load_or_compute(
-                cache_dir, initial, load_ref, &data.eval, bs, pad, &device,
+                cache_dir,
+                &reference_dirs,
+                load_ref,
+                &data.eval,
+                bs,
+                pad,
+                &device,
             )?;
             this_reference = model;
             Reference::Cached {
@@ -287,6 +330,7 @@ impl Trainer {
             Stage::Variant => judge::for_task(cfg.judge.task),
         };
         let mut t = Self {
+            lora,
             memory,
             cfg,
             stage,
@@ -331,6 +375,13 @@ impl Trainer {
 
     pub fn num_params(&self) -> usize {
         self.policy.cfg.num_params()
+    }
+
+    /// Parameters the optimizer updates: the adapters of a LoRA run, else every weight.
+    pub fn trainable_params(&self) -> usize {
+        self.policy
+            .adapters()
+            .map_or_else(|| self.num_params(), |a| a.num_params())
     }
 
     /// This step's optimisation: `[train]`'s are read at every step, so that applied edits
@@ -381,7 +432,22 @@ impl Trainer {
                 Reference::None => None,
             };
             let scale = 1.0 / ts.grad_accum as f64;
-            let m = super::grads(&self.policy, refp.as_deref(), &batch, &obj, scale, poison)?;
+            // LoRA dropout masks are drawn per step and micro-batch: a resumed run draws the
+            // same ones.
+            let micro = losses.len() as u64;
+            let policy = self.policy.with_dropout(
+                self.cfg.train.seed ^ (step as u64).wrapping_mul(0x9e37_79b9) ^ (micro << 48),
+            );
+            let recompute = self.cfg.train.gradient_checkpointing;
+            let m = super::grads(
+                &policy,
+                refp.as_deref(),
+                &batch,
+                &obj,
+                scale,
+                poison,
+                recompute,
+            )?;
             losses.push(m.loss);
             tokens += m.tokens;
             lc = (lc.0 + m.logits_chosen.0, lc.1 + m.logits_chosen.1);
@@ -764,8 +830,7 @@ impl Trainer {
         };
         self.run
             .write_checkpoint(self.step, self.cfg.checkpoint.keep, |dir| {
-                let weights = super::checkpoint_weights(&self.policy, &self.opt);
-                io::save_weights(&self.policy.cfg, &weights, Some(&self.initial_dir), dir)?;
+                self.save_policy(dir)?;
                 let moments: HashMap<String, Tensor> =
                     self.opt.state_tensors()?.into_iter().collect();
                 candle_core::safetensors::save(&moments, dir.join(OPTIMIZER))?;
@@ -774,13 +839,34 @@ impl Trainer {
             })
     }
 
-    /// Saves the weights (HF layout) as [`sft_checkpoint`]: no optimizer or trainer state, as
-    /// the stage is never resumed.
+    /// Writes the policy into `dir`: a LoRA run's adapters as PEFT writes them
+    /// (adapter_config.json, adapter_model.safetensors), else the full weights (HF layout).
+    fn save_policy(&self, dir: &Path) -> Result<()> {
+        let weights = super::checkpoint_weights(&self.policy, &self.opt);
+        match &self.lora {
+            Some(l) => lora::save_adapter(dir, l, &self.base_model_name(), &weights),
+            None => io::save_weights(&self.policy.cfg, &weights, Some(&self.initial_dir), dir),
+        }
+    }
+
+    /// What a saved adapter names as its base (PEFT's `base_model_name_or_path`).
+    fn base_model_name(&self) -> String {
+        self.initial_dir.display().to_string()
+    }
+
+    /// Saves the result (HF layout) as [`sft_checkpoint`]: no optimizer or trainer state, as
+    /// the stage is never resumed. A LoRA stage saves the base with its adapters merged (the
+    /// variants' initial policy and reference) and the adapters themselves in `adapter/`.
     fn save_sft_result(&self) -> Result<PathBuf> {
         let dir = sft_checkpoint(&self.run.path);
         let weights = super::checkpoint_weights(&self.policy, &self.opt);
-        super::save_dir_atomic(&dir, |tmp| {
-            io::save_weights(&self.policy.cfg, &weights, Some(&self.initial_dir), tmp)
+        super::save_dir_atomic(&dir, |tmp| match &self.lora {
+            Some(l) => {
+                let merged = self.policy.with_adapter_tensors(&weights)?.merged()?;
+                io::save_weights(&merged.cfg, merged.weights(), Some(&self.initial_dir), tmp)?;
+                lora::save_adapter(&tmp.join("adapter"), l, &self.base_model_name(), &weights)
+            }
+            None => io::save_weights(&self.policy.cfg, &weights, Some(&self.initial_dir), tmp),
         })?;
         Ok(dir)
     }
@@ -802,6 +888,47 @@ impl Trainer {
                 .max(self.step);
         }
         Ok((changes, ignored))
+    }
+}
+
+/// The adapters' shape of a LoRA run: `[lora]`, else that of the adapter `[model] adapter`
+/// starts from; None for full fine-tuning. Both present must agree on the shape.
+fn lora_settings(cfg: &RunConfig) -> Result<Option<LoraConfig>> {
+    let section = cfg.lora.as_ref().map(|l| l.lora_config()).transpose()?;
+    let adapter = match &cfg.model.adapter {
+        Some(dir) => Some(LoraConfig::from_peft_json(&dir.join(lora::ADAPTER_CONFIG))?),
+        None => None,
+    };
+    match (section, adapter) {
+        (Some(s), Some(a)) => {
+            let shape = |l: &LoraConfig| (l.r, l.alpha, l.targets.clone(), l.use_rslora);
+            if shape(&s) != shape(&a) {
+                bail!(
+                    "[lora] (r = {}, alpha = {}, targets {:?}, use_rslora = {}) differs from the adapter it starts from, {} (r = {}, alpha = {}, targets {:?}, use_rslora = {}): remove [lora] or make them agree",
+                    s.r, s.alpha, names(&s), s.use_rslora,
+                    cfg.model.adapter.as_deref().unwrap_or(Path::new("")).display(),
+                    a.r, a.alpha, names(&a), a.use_rslora
+                );
+            }
+            Ok(Some(LoraConfig {
+                dropout: s.dropout,
+                ..a
+            }))
+        }
+        (s, a) => Ok(s.or(a)),
+    }
+}
+
+fn names(l: &LoraConfig) -> Vec<&'static str> {
+    l.targets.iter().map(|m| m.name()).collect()
+}
+
+/// The adapter `[model] adapter` gives, for the stage that trains from `[model] path`: the SFT
+/// stage when there is one (the variants then start from its merged result), else each variant.
+fn start_adapter<'a>(cfg: &'a RunConfig, stage: &Stage) -> Option<&'a Path> {
+    match stage {
+        Stage::Variant if cfg.sft.is_some() => None,
+        _ => cfg.model.adapter.as_deref(),
     }
 }
 

@@ -32,6 +32,8 @@ pub struct RunView {
     pub state: RunState,
     pub device: String,
     pub params: usize,
+    /// The adapters of a LoRA run.
+    pub lora: Option<crate::event::LoraInfo>,
     pub train: BTreeMap<String, Series>,
     pub eval: BTreeMap<String, Series>,
     pub diagnostics: BTreeMap<usize, EvalReport>,
@@ -58,6 +60,7 @@ impl RunView {
             state: RunState::Starting,
             device: String::new(),
             params: 0,
+            lora: None,
             train: BTreeMap::new(),
             eval: BTreeMap::new(),
             diagnostics: BTreeMap::new(),
@@ -291,6 +294,7 @@ impl Observer for App {
             total_steps,
             device,
             params,
+            lora,
             ..
         } = ev
         {
@@ -309,6 +313,7 @@ impl Observer for App {
             if *params > 0 {
                 r.params = *params;
             }
+            r.lora = *lora;
             // A live source moving on to its next variant: follow it.
             if self
                 .sources

@@ -179,6 +179,10 @@ fn status_bar(f: &mut Frame, app: &App, area: Rect) {
             let dev = if r.device.is_empty() { "-" } else { &r.device };
             spans.push(Span::styled(dev.to_string(), th.status));
             spans.push(sep.clone());
+            if let Some(l) = &r.lora {
+                spans.push(Span::styled(l.label(r.params), th.status));
+                spans.push(sep.clone());
+            }
             let mem = app.status.memory.map_or("mem -".to_string(), human_bytes);
             spans.push(Span::styled(mem, th.status));
             spans.push(sep.clone());
