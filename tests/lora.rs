@@ -277,6 +277,16 @@ mod peft {
         }
     }
 
+    /// An adapter gaplab trained and saved (tests/fixtures/make_trained_adapter.sh), loaded by
+    /// PEFT's `PeftModel.from_pretrained`: PEFT scores it as gaplab does.
+    #[test]
+    fn an_adapter_gaplab_trained_scores_in_peft_as_in_gaplab() {
+        let base = common::read_json(&common::fixture("lora/gaplab-trained-expected.json"));
+        let (_, adapted) = models(&base, DType::F32);
+        assert_logps(&adapted, &base, "adapter");
+        assert_logps(&adapted.merged().unwrap(), &base, "merged");
+    }
+
     #[test]
     fn lora_gradients_match_autograd_through_peft() {
         for base in expected()["bases"].as_array().unwrap() {
