@@ -250,3 +250,38 @@ fn bad_lora_settings_are_config_errors_at_their_place() {
         assert!(err.contains(want), "{section}: {err}");
     }
 }
+
+#[test]
+fn check_describes_the_adapters_and_refuses_foreign_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tiny_workspace(tmp.path(), |t| format!("{t}{LORA}"));
+    let out = gaplab(&["check", ws.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = common::stdout(&out);
+    assert!(
+        text.contains("lora: r 4 alpha 8 (scale 2.000) dropout 0.1 on q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj · trainable"),
+        "{text}"
+    );
+    // An adapter made for another base, and a full checkpoint given as an adapter.
+    for (dir, want) in [
+        (
+            fixture("lora/tiny-qwen2-adapter"),
+            "has shape [128, 2] but the base model with r = 2 implies [176, 2]",
+        ),
+        (
+            fixture("tiny-qwen2"),
+            "a full checkpoint, not a LoRA adapter",
+        ),
+    ] {
+        let ws = tiny_workspace(&tmp.path().join(dir.file_name().unwrap()), |t| {
+            t.replace(
+                "[data]",
+                &format!("adapter = {:?}\n\n[data]", dir.to_str().unwrap()),
+            )
+        });
+        let out = gaplab(&["check", ws.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains(want), "{err}");
+    }
+}

@@ -9,10 +9,13 @@ use anyhow::{bail, Context, Result};
 use crate::config::Workspace;
 use crate::data::stats::{self, DataStats, Spread};
 use crate::data::FileKind;
-use crate::model::DeviceSpec;
+use crate::event::count;
+use crate::model::{lora, DeviceSpec, ModelConfig};
 use crate::train::dataset::load_dataset;
 use crate::train::initial::ModelSource;
 use crate::train::memory;
+use crate::train::trainer::lora_settings;
+use candle_core::DType;
 
 fn spread_row(out: &mut String, name: &str, s: &Spread) {
     let _ = writeln!(
@@ -75,6 +78,34 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     Ok(())
 }
 
+/// The adapters a LoRA workspace trains, and the adapter it starts from checked against the
+/// base (every tensor present with the shape the base implies).
+fn lora_line(cfg: &crate::config::RunConfig, model_cfg: &ModelConfig) -> Result<Option<String>> {
+    let Some(l) = lora_settings(cfg)? else {
+        return Ok(None);
+    };
+    if let Some(dir) = &cfg.model.adapter {
+        lora::load_adapter(dir, model_cfg, &candle_core::Device::Cpu, DType::F32)?;
+    }
+    let targets: Vec<&str> = l.targets.iter().map(|m| m.name()).collect();
+    let trainable = l.num_params(model_cfg);
+    let start = match &cfg.model.adapter {
+        Some(dir) => format!(", starting from {}", dir.display()),
+        None => String::new(),
+    };
+    Ok(Some(format!(
+        "lora: r {} alpha {} (scale {:.3}{}) dropout {} on {}{start} · trainable {} of {} params",
+        l.r,
+        l.alpha,
+        l.scale(),
+        if l.use_rslora { ", rsLoRA" } else { "" },
+        l.dropout,
+        targets.join(", "),
+        count(trainable),
+        count(model_cfg.num_params())
+    )))
+}
+
 /// What `check` prints: "config ok", the model, data statistics and each variant's plan.
 pub fn report(path: &Path) -> Result<String> {
     let ws = Workspace::load(path)?;
@@ -114,6 +145,9 @@ pub fn report(path: &Path) -> Result<String> {
         );
     }
     let _ = writeln!(out, "model: {what}");
+    if let Some(line) = lora_line(cfg, &model_cfg)? {
+        let _ = writeln!(out, "{line}");
+    }
     let data = load_dataset(cfg, &tok, vocab)?;
     if data.train.is_empty() {
         bail!("{}: no training pairs", cfg.data.train.display());

@@ -366,14 +366,9 @@ pub fn init_adapters(
     Ok(out)
 }
 
-/// Reads a PEFT adapter folder for a decoder of `cfg`: its config and every pair, checked
-/// against the shapes the base implies.
-pub fn load_adapter(
-    dir: &Path,
-    cfg: &ModelConfig,
-    device: &Device,
-    dtype: DType,
-) -> Result<(LoraConfig, BTreeMap<String, LoraPair>)> {
+/// The config of the PEFT adapter folder `dir`; a folder that is not one is named, with what
+/// it looks like instead.
+pub fn adapter_config(dir: &Path) -> Result<LoraConfig> {
     if !dir.is_dir() {
         bail!("{}: not an adapter folder", dir.display());
     }
@@ -389,7 +384,18 @@ pub fn load_adapter(
             dir.display()
         );
     }
-    let lora = LoraConfig::from_peft_json(&config_path)?;
+    LoraConfig::from_peft_json(&config_path)
+}
+
+/// Reads a PEFT adapter folder for a decoder of `cfg`: its config and every pair, checked
+/// against the shapes the base implies.
+pub fn load_adapter(
+    dir: &Path,
+    cfg: &ModelConfig,
+    device: &Device,
+    dtype: DType,
+) -> Result<(LoraConfig, BTreeMap<String, LoraPair>)> {
+    let lora = adapter_config(dir)?;
     let weights = dir.join(ADAPTER_WEIGHTS);
     let mut map: HashMap<String, Tensor> = candle_core::safetensors::load(&weights, device)
         .with_context(|| format!("{}: cannot read safetensors", weights.display()))?;

@@ -893,10 +893,10 @@ impl Trainer {
 
 /// The adapters' shape of a LoRA run: `[lora]`, else that of the adapter `[model] adapter`
 /// starts from; None for full fine-tuning. Both present must agree on the shape.
-fn lora_settings(cfg: &RunConfig) -> Result<Option<LoraConfig>> {
+pub fn lora_settings(cfg: &RunConfig) -> Result<Option<LoraConfig>> {
     let section = cfg.lora.as_ref().map(|l| l.lora_config()).transpose()?;
     let adapter = match &cfg.model.adapter {
-        Some(dir) => Some(LoraConfig::from_peft_json(&dir.join(lora::ADAPTER_CONFIG))?),
+        Some(dir) => Some(lora::adapter_config(dir)?),
         None => None,
     };
     match (section, adapter) {
