@@ -25,6 +25,7 @@ path = "{MODEL}"
 # max_position_embeddings = 512
 # tie_word_embeddings = true
 # seed = 0
+# adapter = "path/to/peft-adapter"  # start from a PEFT LoRA adapter (e.g. an SFT LoRA)
 
 [data]
 # JSONL, one object a line with string fields "prompt", "chosen", "rejected" (standard), or
@@ -43,6 +44,15 @@ max_len = {MAX_LEN}               # prompt + longer response (see overlong)
 # chosen_field = "chosen"
 # rejected_field = "rejected"
 # chat_template = ""         # conversational data: "" = the checkpoint's, a .jinja file, or inline
+
+# Train LoRA adapters (PEFT's layout) over the frozen base instead of every weight: how a
+# 7-8B model fits one GPU. The reference is then the base with the adapters off.
+# [lora]
+# r = 16
+# alpha = 32
+# dropout = 0.05
+# target_modules = "all-linear"   # or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# use_rslora = false
 
 # Optional supervised stage on the chosen responses; its result is the initial policy and the
 # reference of every variant.
@@ -70,6 +80,7 @@ dtype = "f32"               # f32 | bf16 | f16 (f32 optimizer state and loss mat
 memory_check = true         # refuse to start when the memory estimate exceeds the device's
 max_memory_gb = 0.0         # cap for the estimate in GiB (0: the device's free memory)
 precompute_ref = false      # score the data with the reference once, cache it on disk
+gradient_checkpointing = false  # recompute each layer in backward: far less activation memory
 max_bad_steps = 3           # consecutive non-finite steps before the run stops
 
 [eval]
