@@ -505,6 +505,7 @@ mod tests {
             total_steps: 6,
             device: "cpu bf16".into(),
             params: 133_440,
+            lora: None,
             config: Box::new(serde_json::json!({})),
         };
         assert_eq!(

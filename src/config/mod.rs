@@ -1658,6 +1658,7 @@ mod tests {
                 scratch: Some(ScratchSpec::default()),
                 path: Some("p".into()),
                 tokenizer: Some("t".into()),
+                adapter: Some("a".into()),
             },
             data: DataSection {
                 eval: Some("e".into()),

@@ -504,6 +504,7 @@ mod tests {
             total_steps: 9,
             device: "cpu".into(),
             params: 1,
+            lora: None,
             config: Box::new(serde_json::json!({})),
         };
         let mut w = Writer::new(&run, "v", 9).unwrap();

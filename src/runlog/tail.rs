@@ -339,6 +339,7 @@ mod tests {
                 total_steps: 3,
                 device: "cuda:0 bf16".into(),
                 params: 1234,
+                lora: None,
                 config: Box::new(cfg.record()),
             },
             Event::State {

@@ -612,6 +612,7 @@ mod tests {
             total_steps: 10,
             device: "Cpu".into(),
             params: 100,
+            lora: None,
             config: Box::new(serde_json::json!({"variant": variant})),
         }
     }
