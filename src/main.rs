@@ -36,6 +36,7 @@ enum Command {
     // Boxed: the objective's flags make it the largest by far.
     Eval(Box<cmd::eval::EvalArgs>),
     Sample(cmd::sample::SampleArgs),
+    Merge(cmd::merge::MergeArgs),
     Bench(cmd::bench::BenchArgs),
 }
 
@@ -54,6 +55,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(args) => cmd::init::run(&args)?,
         Command::Eval(args) => cmd::eval::run(&args)?,
         Command::Sample(args) => cmd::sample::run(&args)?,
+        Command::Merge(args) => cmd::merge::run(&args)?,
         Command::Bench(args) => cmd::bench::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)

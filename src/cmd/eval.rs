@@ -26,7 +26,11 @@ pub struct EvalArgs {
     /// Hugging Face checkpoint folder of the policy.
     #[arg(long)]
     pub model: PathBuf,
-    /// Checkpoint folder of the reference model (DPO/IPO); default: the policy itself.
+    /// PEFT LoRA adapter folder applied to --model: the policy is base + adapter.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Checkpoint folder of the reference model (DPO/IPO); default: the policy itself, or with
+    /// --adapter the base with the adapter off.
     #[arg(long = "ref")]
     pub reference: Option<PathBuf>,
     /// JSONL or Parquet file of pairs (or a quoted glob over shards): string fields
@@ -255,21 +259,10 @@ pub fn evaluate(
     device: &Device,
     dtype: DType,
 ) -> Result<EvalReport> {
-    let (policy, tok) = io::load_dir(&args.model, device, dtype)?;
-    let reference: Option<CausalLm> = match &args.reference {
-        Some(dir) if !obj.primary().is_reference_free() => {
-            let r = io::load_model(dir, device, dtype)?;
-            if r.cfg.vocab_size != policy.cfg.vocab_size {
-                bail!(
-                    "{}: vocab_size {} differs from the policy's {}",
-                    dir.display(),
-                    r.cfg.vocab_size,
-                    policy.cfg.vocab_size
-                );
-            }
-            Some(r)
-        }
-        _ => None,
+    let (policy, tok) = io::load_with_adapter(&args.model, args.adapter.as_deref(), device, dtype)?;
+    let reference = match obj.primary().is_reference_free() {
+        true => None,
+        false => load_reference(args, &policy, device, dtype)?,
     };
     // Standard or conversational (the format detected from the first row, default field
     // names); conversations are rendered with the model's chat template.
@@ -305,6 +298,32 @@ pub fn evaluate(
         device,
     )?;
     Ok(report(obj, scored))
+}
+
+/// The reference: `--ref`, else the base with the adapter off when the policy has one (the
+/// same weights, not a second copy), else none (the policy is its own reference).
+fn load_reference(
+    args: &EvalArgs,
+    policy: &CausalLm,
+    device: &Device,
+    dtype: DType,
+) -> Result<Option<CausalLm>> {
+    let Some(dir) = &args.reference else {
+        return match policy.adapters() {
+            Some(_) => Ok(Some(policy.without_adapters()?)),
+            None => Ok(None),
+        };
+    };
+    let r = io::load_model(dir, device, dtype)?;
+    if r.cfg.vocab_size != policy.cfg.vocab_size {
+        bail!(
+            "{}: vocab_size {} differs from the policy's {}",
+            dir.display(),
+            r.cfg.vocab_size,
+            policy.cfg.vocab_size
+        );
+    }
+    Ok(Some(r))
 }
 
 /// What scoring the pairs gave.

@@ -1,4 +1,4 @@
-//! `gaplab sample`: KV-cached generation from a checkpoint folder.
+//! `gaplab sample`: KV-cached generation from a checkpoint folder (with a LoRA adapter applied).
 
 use std::path::PathBuf;
 
@@ -18,6 +18,9 @@ use super::{check_flag, print, DeviceArgs};
 pub struct SampleArgs {
     #[arg(long)]
     pub model: PathBuf,
+    /// PEFT LoRA adapter folder applied to --model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[arg(long)]
     pub prompt: String,
     /// Render the prompt as a user message with the model's chat template.
@@ -83,7 +86,7 @@ pub fn generate(
     device: &Device,
     dtype: DType,
 ) -> Result<SampleOutput> {
-    let (model, tok) = io::load_dir(&args.model, device, dtype)?;
+    let (model, tok) = io::load_with_adapter(&args.model, args.adapter.as_deref(), device, dtype)?;
     let prompt = if args.chat {
         let src = tok.chat_template.as_ref().with_context(|| {
             format!(

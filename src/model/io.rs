@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
+use super::lora::{self, ADAPTER_CONFIG};
 use super::{param_specs, CausalLm, ModelConfig, Tok};
 
 /// Files copied along with the weights so a saved folder is a complete checkpoint.
@@ -77,6 +78,7 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<CausalLm>
     if !dir.is_dir() {
         bail!("{}: not a checkpoint folder", dir.display());
     }
+    refuse_adapter_folder(dir)?;
     let cfg = ModelConfig::load(&dir.join("config.json"))?;
     let files = weight_files(dir)?;
     // SAFETY: the files are memory-mapped read-only; gaplab never writes a checkpoint in place
@@ -113,6 +115,41 @@ pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(CausalLm, 
         );
     }
     Ok((model, tok))
+}
+
+/// Loads model and tokenizer of a checkpoint folder, with the PEFT adapter folder `adapter`
+/// (when given) applied to the model.
+pub fn load_with_adapter(
+    dir: &Path,
+    adapter: Option<&Path>,
+    device: &Device,
+    dtype: DType,
+) -> Result<(CausalLm, Tok)> {
+    let (model, tok) = load_dir(dir, device, dtype)?;
+    let Some(adapter) = adapter else {
+        return Ok((model, tok));
+    };
+    let (lora, pairs) = lora::load_adapter(adapter, &model.cfg, device, dtype)?;
+    Ok((model.with_adapters(lora, pairs)?, tok))
+}
+
+/// A PEFT adapter folder given where a full checkpoint belongs is named as such (rather than
+/// as a folder without config.json), with its base model when adapter_config.json names one.
+pub fn refuse_adapter_folder(dir: &Path) -> Result<()> {
+    let config = dir.join(ADAPTER_CONFIG);
+    if dir.join("config.json").exists() || !config.exists() {
+        return Ok(());
+    }
+    let base = std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["base_model_name_or_path"].as_str().map(str::to_string))
+        .map(|b| format!(" (\"{b}\")"))
+        .unwrap_or_default();
+    bail!(
+        "{}: a LoRA adapter folder ({ADAPTER_CONFIG}), not a full checkpoint: give its base model{base} as the model (--model) and this folder as the adapter (--adapter)",
+        dir.display()
+    )
 }
 
 pub fn hf_dtype(name: &str) -> Option<DType> {
