@@ -395,12 +395,13 @@ pub fn render_estimate(r: &EstimateReport) -> String {
     };
     let mut s = format!(
         "{} ({} parameters) · {training}{recompute} · {} · {}\n\
-         DPO step on {} pairs ({} rows of {} tokens: {} prompt + {} response), reference: {}\n",
+         DPO step on {} pair{} ({} rows of {} tokens: {} prompt + {} response), reference: {}\n",
         r.shape,
         r.params,
         r.dtype,
         r.device,
         r.pairs,
+        if r.pairs == 1 { "" } else { "s" },
         r.rows,
         r.prompt_len + r.response_len,
         r.prompt_len,
