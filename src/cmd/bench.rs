@@ -12,11 +12,11 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Var};
 use serde::Serialize;
 
 use crate::data::TokenizedPair;
-use crate::model::lora::{LoraConfig, Module};
+use crate::model::lora::{self, LoraConfig, Module};
 use crate::model::SeqBatch;
 use crate::model::{sample, CausalLm, DeviceSpec, ModelConfig, ScratchSpec};
 use crate::objective::{Loss, Objective};
@@ -59,11 +59,13 @@ pub struct BenchArgs {
     /// without allocating anything (`--device cuda:N` estimates for a GPU without opening it).
     #[arg(long)]
     pub estimate_only: bool,
-    /// Train LoRA adapters of rank R on every linear layer (alpha 2R, no dropout) on a frozen
-    /// base instead of every weight; the reference is the base with the adapters off.
+    /// Train LoRA adapters of rank R on every linear layer (alpha 2R, no dropout, PEFT's
+    /// initialisation) on a frozen base instead of every weight; the reference is the base
+    /// with the adapters off.
     #[arg(long, value_name = "R")]
     pub lora: Option<usize>,
-    /// Recompute each layer's activations in backward instead of keeping them.
+    /// Recompute each layer's activations in backward instead of keeping them (the timed
+    /// steps and the estimate).
     #[arg(long)]
     pub gradient_checkpointing: bool,
     /// Reference log-probs computed once before the timed DPO steps, as `train.precompute_ref`
@@ -420,6 +422,9 @@ pub fn render_estimate(r: &EstimateReport) -> String {
     s
 }
 
+/// A policy, its optimizer's variables and its reference.
+type Trainable = (CausalLm, Vec<(String, Var)>, CausalLm);
+
 /// Peak resident set size of this process (VmHWM), where /proc has it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -471,9 +476,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if args.lora.is_some() || args.gradient_checkpointing {
-        bail!("--lora and --gradient-checkpointing: timed LoRA and recomputed steps are not available yet; add --estimate-only for their memory estimate");
-    }
     let (device, dtype) = args.device.resolve()?;
     let report = measure(args, &device, dtype)?;
     if args.json {
@@ -495,6 +497,26 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
         } else {
             m.to_dtype(dtype)
         }
+    };
+    let lora = args.lora.map(lora_config);
+    let recompute = args.gradient_checkpointing;
+    // The trained policy, its optimizer's variables and its reference: a deep copy of the
+    // weights, or with `--lora` the same base with the adapters off (no copy).
+    let trainable = || -> Result<Trainable> {
+        let base = random(0)?;
+        let model = match &lora {
+            Some(l) => {
+                let adapters = lora::init_adapters(&cfg, l, 0, dev, dtype)?;
+                base.with_adapters(l.clone(), adapters)?
+            }
+            None => base,
+        };
+        let reference = match &lora {
+            Some(_) => model.without_adapters()?,
+            None => model.deep_copy()?,
+        };
+        let (policy, vars) = model.into_trainable()?;
+        Ok((policy, vars, reference))
     };
     let vocab = cfg.vocab_size;
     let mut rng = Rng::new(0);
@@ -518,8 +540,8 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
 
     // DPO and DPO+POET share one policy, reference and optimizer (the shapes are the same).
     if want("dpo") || want("dpo_poet") {
-        let base = random(0)?;
-        let mut reference = Some(base.deep_copy()?);
+        let (policy, vars, reference) = trainable()?;
+        let mut reference = Some(reference);
         // Cached log-probs: scored once by the reference, which is then dropped.
         let cached = match (&reference, args.precompute_ref) {
             (Some(r), true) => Some(reference_logps(r, &pair_batch)?),
@@ -528,7 +550,6 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
         if cached.is_some() {
             reference = None;
         }
-        let (policy, vars) = base.into_trainable()?;
         let mut opt = AdamW::new(vars, opt_cfg)?;
         for poet in [false, true] {
             let name = if poet { "dpo_poet" } else { "dpo" };
@@ -558,7 +579,7 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
                         &obj,
                         &mut opt,
                         Some(1.0),
-                        false,
+                        recompute,
                     )?;
                     Ok(())
                 },
@@ -579,7 +600,7 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
     }
     if want("simpo") {
         // No reference forward: also the cost of a DPO step with `precompute_ref = true`.
-        let (policy, vars) = random(0)?.into_trainable()?;
+        let (policy, vars, _) = trainable()?;
         let mut opt = AdamW::new(vars, opt_cfg)?;
         let obj = Objective::single(Loss::Simpo, 2.0, false);
         results.push(time(
@@ -595,14 +616,14 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
                     &obj,
                     &mut opt,
                     Some(1.0),
-                    false,
+                    recompute,
                 )?;
                 Ok(())
             },
         )?);
     }
     if want("sft") {
-        let (policy, vars) = random(0)?.into_trainable()?;
+        let (policy, vars, _) = trainable()?;
         let mut opt = AdamW::new(vars, opt_cfg)?;
         let counted = sft_batch.response_lens.clone();
         results.push(time(
@@ -611,7 +632,14 @@ pub fn measure(args: &BenchArgs, dev: &Device, dtype: DType) -> Result<BenchRepo
             sft_batch.num_tokens(),
             "sft_step",
             || {
-                train::sft_step(&policy, &sft_batch, &counted, &mut opt, Some(1.0), false)?;
+                train::sft_step(
+                    &policy,
+                    &sft_batch,
+                    &counted,
+                    &mut opt,
+                    Some(1.0),
+                    recompute,
+                )?;
                 Ok(())
             },
         )?);
@@ -764,10 +792,31 @@ mod tests {
     }
 
     #[test]
-    fn timed_lora_steps_are_refused_for_now() {
-        let mut a = args("small", &["--lora", "4"]);
+    fn timed_lora_steps_run_with_recomputation() {
+        let mut a = args(
+            "small",
+            &[
+                "--lora",
+                "4",
+                "--gradient-checkpointing",
+                "--only",
+                "dpo,sft",
+                "--pairs",
+                "1",
+                "--prompt-len",
+                "4",
+                "--response-len",
+                "4",
+            ],
+        );
         a.estimate_only = false;
-        let err = run(&a).unwrap_err().to_string();
-        assert!(err.contains("--estimate-only"), "{err}");
+        (a.iters, a.warmup) = (1, 0);
+        let r = measure(&a, &Device::Cpu, DType::F32).unwrap();
+        let names: Vec<&str> = r.results.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["dpo_step", "reference_forward", "sft_step"]);
+        a.precompute_ref = true;
+        a.only = vec!["dpo".into()];
+        let r = measure(&a, &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(r.results.len(), 1);
     }
 }

@@ -466,9 +466,8 @@ fn plan(
     eval: &[TokenizedPair],
 ) -> Result<String> {
     let dtype = cfg.train.dtype.dtype();
-    // Full fine-tuning without recomputation until the config carries `[lora]` and
-    // `train.gradient_checkpointing`: they plug in here.
-    let (lora, recompute): (Option<&LoraConfig>, bool) = (None, false);
+    let lora = super::trainer::lora_settings(cfg)?;
+    let (lora, recompute) = (lora.as_ref(), cfg.train.gradient_checkpointing);
     let (reference, preference, batch, accum) = match sft {
         Some(s) => (Reference::None, false, s.batch_size, 1),
         None => (
