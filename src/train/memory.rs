@@ -3,16 +3,23 @@
 //! first step (or, on a shared GPU box, taking the machine down with it).
 //!
 //! The estimate follows what gaplab keeps alive: weights, gradients, AdamW moments (and f32
-//! master weights in half precision), the reference (a second model, or cached log-probs), and
-//! the largest of three transient peaks: a training micro-batch (the activations backward
-//! needs, and logits at response positions with their gradients), an eval batch (logits and
-//! the full log-softmax the entropy diagnostics read), and scoring the data with the reference
-//! when its log-probs are cached (a second model alive for a while).
+//! master weights in half precision), the reference (a second model, the base with the
+//! adapters off, or cached log-probs), and the largest of four transient peaks: a training
+//! micro-batch (the activations backward needs, and logits at response positions with their
+//! gradients), an eval batch (logits and the full log-softmax the entropy diagnostics read),
+//! the reference's forward pass, and scoring the data with the reference when its log-probs are
+//! cached.
+//!
+//! A LoRA run keeps the base frozen in the training dtype: gradients and AdamW state exist for
+//! the adapters only, which is what lets a 7-8B model train on one GPU. With activation
+//! recomputation (gradient checkpointing) backward keeps each layer's input instead of all of
+//! its activations, and recomputes one layer at a time.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 
 use crate::data::TokenizedPair;
+use crate::model::lora::{LoraConfig, Module};
 use crate::model::ModelConfig;
 
 /// Where the reference log-probs come from.
@@ -22,12 +29,48 @@ pub enum Reference {
     None,
     /// A second model, run every step.
     Model,
-    /// Computed once by a temporary second model, then read from disk.
+    /// Computed once by a temporary second model (a LoRA run: the base with its adapters
+    /// off), then read from disk.
     Cached,
+    /// A LoRA run's base with the adapters off: the policy's own frozen weights, run without a
+    /// graph every step (one more forward, no weights of its own).
+    AdaptersOff,
+}
+
+/// The adapters of a LoRA run, as far as memory goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraShape {
+    pub r: usize,
+    pub targets: Vec<Module>,
+    /// LoRA dropout's probability: above 0 every targeted module keeps a dropped copy of its
+    /// input (and the mask) for backward.
+    pub dropout: f64,
+}
+
+impl LoraShape {
+    pub fn new(cfg: &LoraConfig) -> Self {
+        Self {
+            r: cfg.r,
+            targets: cfg.targets.clone(),
+            dropout: cfg.dropout,
+        }
+    }
+
+    /// Trainable parameters: what PEFT counts for the same adapters.
+    pub fn params(&self, m: &ModelConfig) -> usize {
+        LoraConfig {
+            r: self.r,
+            alpha: 2.0 * self.r as f64,
+            dropout: self.dropout,
+            targets: self.targets.clone(),
+            use_rslora: false,
+        }
+        .num_params(m)
+    }
 }
 
 /// The shape of a run, as far as memory goes.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RunShape {
     /// Bytes per weight and activation element (4 for f32, 2 for bf16 / f16).
     pub dtype_bytes: usize,
@@ -47,6 +90,10 @@ pub struct RunShape {
     /// The CPU's fused kernels (norm, rope, softmax, SwiGLU with their own backward) keep
     /// fewer intermediates than the composite candle ops other devices use.
     pub fused_kernels: bool,
+    /// LoRA adapters on a frozen base (None: full fine-tuning).
+    pub lora: Option<LoraShape>,
+    /// Activation recomputation (`train.gradient_checkpointing`).
+    pub recompute: bool,
 }
 
 /// [`RunShape::runtime_bytes`] on the CPU and on a GPU (the CUDA context and cuBLAS workspace).
@@ -61,6 +108,10 @@ pub struct Estimate {
     pub total: u64,
     /// Weights, gradients and optimizer state: what no batch setting can shrink.
     pub model_state: u64,
+    /// Whether the run trains LoRA adapters and recomputes activations (the advice of a
+    /// refusal depends on them).
+    pub lora: bool,
+    pub recompute: bool,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -84,36 +135,82 @@ fn layer_elems_per_token(m: &ModelConfig) -> usize {
     11 * h + 5 * kv + 4 * m.intermediate_size
 }
 
+/// Elements a LoRA layer keeps per token for backward beyond what full fine-tuning keeps. Per
+/// targeted module y = x Wᵀ + s · (drop(x) Aᵀ) Bᵀ: candle's graph holds every operand of
+/// every op until backward ends, so besides the [tokens, r] product it keeps the base product,
+/// B's product and its scaled copy ([tokens, out] each; the module's output, their sum, stands
+/// where full fine-tuning's output stood), and with dropout the mask and the dropped input.
+fn lora_elems_per_token(m: &ModelConfig, l: &LoraShape) -> usize {
+    l.targets
+        .iter()
+        .map(|t| {
+            let (input, out) = t.features(m);
+            let dropped = if l.dropout > 0.0 { 2 * input } else { 0 };
+            l.r + 3 * out + dropped
+        })
+        .sum()
+}
+
+/// Bytes recomputation keeps for `tokens` tokens through `layers` layers whose input takes
+/// `input` bytes a token: every layer's input, and the head's (the last layer's output and
+/// its norm).
+fn layer_inputs(tokens: u64, layers: u64, input: u64) -> u64 {
+    tokens * (layers + 2) * input
+}
+
 pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
     let p = m.num_params() as u64;
     let d = s.dtype_bytes as u64;
     let half = s.dtype_bytes < 4;
     let v = m.vocab_size as u64;
     let mut parts: Vec<(String, u64)> = Vec::new();
-    parts.push(("weights".into(), p * d));
-    // Accumulating over micro-batches keeps a second set of gradients. Tied embeddings get
-    // two gradients (the lookup and the LM head) that backward sums into a third: at a 150k
-    // vocabulary that is a gigabyte, measured on Qwen2.5-0.5B's shape.
-    let tied = if m.tie_word_embeddings {
-        2 * v * m.hidden_size as u64 * d
+    // Accumulating over micro-batches keeps a second set of gradients.
+    let grad_sets = if s.grad_accum > 1 { 2 } else { 1 };
+    // AdamW's two f32 moments, and in half precision the f32 master copy the update applies to.
+    let (optimizer_label, optimizer_bytes) = if half {
+        ("AdamW moments and f32 master weights", 12)
     } else {
-        0
+        ("AdamW moments", 8)
     };
-    let grads = p * d * if s.grad_accum > 1 { 2 } else { 1 } + tied;
-    parts.push(("gradients".into(), grads));
-    if half {
-        parts.push(("AdamW moments and f32 master weights".into(), p * 12));
-    } else {
-        parts.push(("AdamW moments".into(), p * 8));
+    match &s.lora {
+        None => {
+            parts.push(("weights".into(), p * d));
+            // Tied embeddings get two gradients (the lookup and the LM head) that backward sums
+            // into a third: at a 150k vocabulary that is a gigabyte, measured on Qwen2.5-0.5B's
+            // shape.
+            let tied = if m.tie_word_embeddings {
+                2 * v * m.hidden_size as u64 * d
+            } else {
+                0
+            };
+            parts.push(("gradients".into(), p * d * grad_sets + tied));
+            parts.push((optimizer_label.into(), p * optimizer_bytes));
+        }
+        Some(l) => {
+            // The base is frozen in the training dtype: no gradients, moments or master copy
+            // (and so no tied-embedding gradients either).
+            let n = l.params(m) as u64;
+            parts.push(("base weights (frozen)".into(), p * d));
+            parts.push((
+                format!(
+                    "adapter weights (r = {}, {} modules a layer)",
+                    l.r,
+                    l.targets.len()
+                ),
+                n * d,
+            ));
+            parts.push(("adapter gradients".into(), n * d * grad_sets));
+            parts.push((format!("adapter {optimizer_label}"), n * optimizer_bytes));
+        }
     }
+    let model_state = parts.iter().map(|(_, b)| b).sum();
     match s.reference {
-        Reference::None => {}
         Reference::Model => parts.push(("reference model".into(), p * d)),
-        Reference::Cached => {}
+        Reference::None | Reference::Cached | Reference::AdaptersOff => {}
     }
-    let model_state = parts.iter().take(3).map(|(_, b)| b).sum();
 
-    // Transient peaks: the largest of training, eval and reference caching.
+    // Transient peaks: the largest of training, eval, the reference's forward and reference
+    // caching.
     let (rows, t) = (s.rows as u64, s.seq_len as u64);
     let tokens = rows * t;
     let layers = m.num_hidden_layers as u64;
@@ -138,46 +235,94 @@ pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
         // The composite norms, rope and SwiGLU keep their intermediates.
         (false, _) => 8 * h * 4 + 4 * h * d + 2 * m.intermediate_size as u64 * d,
     };
-    let per_layer = layer_elems_per_token(m) as u64 * d + attn_bytes + extra_bytes;
-    // Backward holds one more layer's worth of gradients of activations at a time; the chunked
-    // attention works on a few score blocks at once.
+    // A layer without a graph (eval, the reference): the base layer's activations.
+    let base_layer = layer_elems_per_token(m) as u64 * d + attn_bytes + extra_bytes;
+    let per_layer = base_layer
+        + s.lora
+            .as_ref()
+            .map_or(0, |l| lora_elems_per_token(m, l) as u64 * d);
+    // The chunked attention works on a few score blocks at once.
     let chunks = if fused_attention {
         0
     } else {
         4 * (tokens * heads * t * 4).min(crate::model::attention::CHUNK_BYTES as u64)
     };
-    let mut activations = tokens * per_layer * (layers + 1) + chunks;
-    if s.fused_kernels && half {
-        // The CPU has no bf16/f16 matmul: candle widens both operands and the product of every
-        // one to f32. Measured: peaks 1.65-1.7x the count above (bench shapes, 2026-11-27).
-        activations = activations * 17 / 10;
-    }
-    // Logits at response positions, their f32 copy in half precision, and the gradient of
-    // both.
-    let logit_bytes = if half { 2 * d + 8 } else { 8 };
-    let logits = s.response_tokens as u64 * v * logit_bytes;
-    let train_peak = activations + logits;
+    let widen = |bytes: u64| {
+        if s.fused_kernels && half {
+            // The CPU has no bf16/f16 matmul: candle widens both operands and the product of
+            // every one to f32. Measured: peaks 1.65-1.7x the count above (bench shapes,
+            // 2026-11-27).
+            bytes * 17 / 10
+        } else {
+            bytes
+        }
+    };
+    // Logits at response positions and, in half precision, their f32 copy; backward adds the
+    // gradient of both.
+    let response = s.response_tokens as u64;
+    let logits_forward = response * v * if half { d + 4 } else { 4 };
+    let logits = response * v * if half { 2 * d + 8 } else { 8 };
+    let rows_label = format!("{} rows of {} tokens", s.rows, s.seq_len);
+    let logits_label = format!("logits ({} response positions)", s.response_tokens);
+    let train: Vec<(String, u64)> = if s.recompute {
+        // Backward of the head first (logits and their gradients), then of one layer at a
+        // time: its recomputed activations and their gradients, while the logits themselves
+        // may still be held by the loss.
+        let inputs = widen(layer_inputs(tokens, layers, h * d));
+        let one_layer = widen(2 * tokens * per_layer + chunks);
+        let stack = (
+            format!("layer inputs ({rows_label}, kept for recomputation)"),
+            inputs,
+        );
+        if one_layer + logits_forward > logits {
+            vec![
+                stack,
+                ("one layer recomputed in backward".into(), one_layer),
+                (logits_label, logits_forward),
+            ]
+        } else {
+            vec![
+                stack,
+                (format!("{logits_label} and their gradients"), logits),
+            ]
+        }
+    } else {
+        // Backward holds one more layer's worth of gradients of activations at a time.
+        let activations = widen(tokens * per_layer * (layers + 1) + chunks);
+        vec![
+            (format!("activations ({rows_label})"), activations),
+            (logits_label, logits),
+        ]
+    };
+    let train_peak: u64 = train.iter().map(|(_, b)| b).sum();
 
     // Eval: no graph (one layer's activations), logits plus log-softmax, its exp and their
     // product for the entropy diagnostics.
     let eval_tokens = s.eval_rows as u64 * t;
     let eval_peak = eval_tokens * per_layer + s.eval_response_tokens as u64 * v * (d + 12);
+    // The reference scores the training batch without a graph before the policy's forward.
+    let reference_peak = match s.reference {
+        Reference::Model | Reference::AdaptersOff => tokens * base_layer + logits_forward,
+        Reference::None | Reference::Cached => 0,
+    };
     let caching_peak = if s.reference == Reference::Cached {
-        p * d + eval_tokens * per_layer + s.eval_response_tokens as u64 * v * (d + 4)
+        // Full fine-tuning scores with a temporary second model; a LoRA run with its own base.
+        let second_model = if s.lora.is_some() { 0 } else { p * d };
+        second_model + eval_tokens * base_layer + s.eval_response_tokens as u64 * v * (d + 4)
     } else {
         0
     };
-    if train_peak >= eval_peak && train_peak >= caching_peak {
-        parts.push((
-            format!("activations ({} rows of {} tokens)", s.rows, s.seq_len),
-            activations,
-        ));
-        parts.push((
-            format!("logits ({} response positions)", s.response_tokens),
-            logits,
-        ));
-    } else if eval_peak >= caching_peak {
+    if train_peak >= eval_peak.max(reference_peak).max(caching_peak) {
+        parts.extend(train);
+    } else if eval_peak >= reference_peak.max(caching_peak) {
         parts.push(("eval batch (logits and log-softmax)".into(), eval_peak));
+    } else if reference_peak >= caching_peak {
+        parts.push((format!("reference forward ({rows_label})"), reference_peak));
+    } else if s.lora.is_some() {
+        parts.push((
+            "caching reference log-probs (adapters off)".into(),
+            caching_peak,
+        ));
     } else {
         parts.push((
             "caching reference log-probs (a second model)".into(),
@@ -190,10 +335,13 @@ pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
         parts,
         total,
         model_state,
+        lora: s.lora.is_some(),
+        recompute: s.recompute,
     }
 }
 
-/// The shape of a run on `data` (the longest rows decide the padding).
+/// The shape of a run on `data` (the longest rows decide the padding), with `lora` adapters on
+/// a frozen base (None: full fine-tuning) and activation recomputation when `recompute`.
 #[allow(clippy::too_many_arguments)]
 pub fn run_shape(
     dtype: DType,
@@ -204,6 +352,8 @@ pub fn run_shape(
     eval_batch_size: usize,
     train: &[TokenizedPair],
     eval: &[TokenizedPair],
+    lora: Option<&LoraConfig>,
+    recompute: bool,
 ) -> RunShape {
     let rows_per_pair = if preference { 2 } else { 1 };
     let seq_len = train
@@ -240,6 +390,8 @@ pub fn run_shape(
         eval_response_tokens: top(&all, eval_batch_size),
         runtime_bytes: CPU_RUNTIME_BYTES,
         fused_kernels: true,
+        lora: lora.map(LoraShape::new),
+        recompute,
     }
 }
 
@@ -314,6 +466,8 @@ fn plan(
     eval: &[TokenizedPair],
 ) -> Result<String> {
     let dtype = cfg.train.dtype.dtype();
+    let lora = super::trainer::lora_settings(cfg)?;
+    let (lora, recompute) = (lora.as_ref(), cfg.train.gradient_checkpointing);
     let (reference, preference, batch, accum) = match sft {
         Some(s) => (Reference::None, false, s.batch_size, 1),
         None => (
@@ -321,6 +475,8 @@ fn plan(
                 Reference::None
             } else if cfg.train.precompute_ref {
                 Reference::Cached
+            } else if lora.is_some() {
+                Reference::AdaptersOff
             } else {
                 Reference::Model
             },
@@ -339,6 +495,8 @@ fn plan(
         cfg.eval.batch_size,
         train,
         eval,
+        lora,
+        recompute,
     );
     if !device.is_some_and(Device::is_cpu) {
         shape.runtime_bytes = CUDA_RUNTIME_BYTES;
@@ -391,14 +549,7 @@ pub fn check(e: &Estimate, device: &str, available: Option<u64>, limit_gb: f64) 
             } else {
                 format!("{} available on {device}", gib(room))
             };
-            let advice = if e.model_state > room {
-                format!(
-                    "The weights, gradients and AdamW state alone need {}: full fine-tuning of this model does not fit here whatever the batch; use a smaller model or a device with more memory.",
-                    gib(e.model_state)
-                )
-            } else {
-                "To fit: lower train.batch_size (raise train.grad_accum to keep the batch), lower data.max_len, set train.precompute_ref = true (no reference model while training), or train.dtype = \"bf16\".".to_string()
-            };
+            let advice = advice(e, room);
             bail!(
                 "this run needs about {} but has {why}: {}. {advice} train.memory_check = false skips this check.",
                 gib(e.total),
@@ -407,6 +558,35 @@ pub fn check(e: &Estimate, device: &str, available: Option<u64>, limit_gb: f64) 
         }
     }
     Ok(())
+}
+
+/// What to change when `e` does not fit in `room` bytes.
+fn advice(e: &Estimate, room: u64) -> String {
+    if e.model_state > room {
+        return if e.lora {
+            format!(
+                "The frozen base, the adapters and their AdamW state alone need {}: this model does not fit here whatever the batch; use a smaller model, train.dtype = \"bf16\" (the base in half precision), or a device with more memory.",
+                gib(e.model_state)
+            )
+        } else {
+            format!(
+                "The weights, gradients and AdamW state alone need {}: full fine-tuning of this model does not fit here whatever the batch; train LoRA adapters instead (a [lora] section: the base stays frozen, without gradients or AdamW state), use a smaller model or a device with more memory.",
+                gib(e.model_state)
+            )
+        };
+    }
+    let mut ways = vec![
+        "lower train.batch_size (raise train.grad_accum to keep the batch)",
+        "lower data.max_len",
+    ];
+    if !e.recompute {
+        ways.push("set train.gradient_checkpointing = true (each layer's activations recomputed in backward)");
+    }
+    if !e.lora {
+        ways.push("set train.precompute_ref = true (no reference model while training)");
+    }
+    ways.push("or train.dtype = \"bf16\"");
+    format!("To fit: {}.", ways.join(", "))
 }
 
 #[cfg(test)]
@@ -442,6 +622,8 @@ mod tests {
             eval_response_tokens: 6,
             runtime_bytes: 1 << 20,
             fused_kernels: true,
+            lora: None,
+            recompute: false,
         }
     }
 
@@ -546,12 +728,25 @@ mod tests {
             4,
             &train,
             &[pair(1, 2, 20)],
+            None,
+            false,
         );
         assert_eq!(s.dtype_bytes, 2);
         assert_eq!((s.rows, s.seq_len), (4, 21));
         assert_eq!(s.response_tokens, 13 + 7);
         assert_eq!(s.eval_response_tokens, 22 + 13 + 7 + 2);
-        let sft = run_shape(DType::F32, Reference::None, false, 8, 1, 4, &train, &[]);
+        let sft = run_shape(
+            DType::F32,
+            Reference::None,
+            false,
+            8,
+            1,
+            4,
+            &train,
+            &[],
+            None,
+            false,
+        );
         assert_eq!((sft.rows, sft.seq_len, sft.response_tokens), (3, 11, 15));
     }
 
@@ -561,6 +756,8 @@ mod tests {
             parts: vec![("weights".into(), 1 << 30), ("activations".into(), 2 << 30)],
             total: 3 << 30,
             model_state: 1 << 30,
+            lora: false,
+            recompute: false,
         };
         assert!(check(&e, "cpu", Some(4 << 30), 0.0).is_ok());
         assert!(check(&e, "cpu", None, 0.0).is_ok());
@@ -579,5 +776,283 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("train.max_memory_gb = 1"), "{err}");
+    }
+
+    /// Meta-Llama-3-8B's shape (8,030,261,248 parameters).
+    fn llama3_8b() -> ModelConfig {
+        let spec = ScratchSpec {
+            arch: crate::model::Arch::Llama,
+            hidden_size: 4096,
+            intermediate_size: 14336,
+            num_hidden_layers: 32,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            max_position_embeddings: 8192,
+            rope_theta: 500000.0,
+            tie_word_embeddings: false,
+            seed: 0,
+        };
+        ModelConfig::from_scratch(&spec, 128256).unwrap()
+    }
+
+    fn all_linear(r: usize) -> LoraShape {
+        LoraShape {
+            r,
+            targets: Module::ALL.to_vec(),
+            dropout: 0.0,
+        }
+    }
+
+    /// 8 pairs of 256 prompt + 768 response tokens in bf16 on a GPU.
+    fn gpu_dpo(lora: Option<LoraShape>, recompute: bool) -> RunShape {
+        let reference = if lora.is_some() {
+            Reference::AdaptersOff
+        } else {
+            Reference::Model
+        };
+        RunShape {
+            dtype_bytes: 2,
+            reference,
+            grad_accum: 1,
+            rows: 16,
+            seq_len: 1024,
+            response_tokens: 16 * 768,
+            eval_rows: 0,
+            eval_response_tokens: 0,
+            runtime_bytes: CUDA_RUNTIME_BYTES,
+            fused_kernels: false,
+            lora,
+            recompute,
+        }
+    }
+
+    fn has_no(e: &Estimate, what: &str) -> bool {
+        e.parts.iter().all(|(w, _)| w != what)
+    }
+
+    #[test]
+    fn trainable_parameters_are_pefts() {
+        // PEFT 0.21's count for Llama-3-8B, r = 16, target_modules = "all-linear".
+        assert_eq!(all_linear(16).params(&llama3_8b()), 41_943_040);
+        let lora = LoraConfig {
+            r: 8,
+            alpha: 8.0,
+            dropout: 0.1,
+            targets: vec![Module::QProj, Module::VProj],
+            use_rslora: true,
+        };
+        assert_eq!(
+            LoraShape::new(&lora).params(&model()),
+            lora.num_params(&model())
+        );
+    }
+
+    #[test]
+    fn lora_on_8b_is_dominated_by_the_frozen_bf16_base() {
+        let m = llama3_8b();
+        let p = m.num_params() as u64;
+        let n = 41_943_040u64;
+        let full = estimate(&m, &gpu_dpo(None, false));
+        let lora = estimate(&m, &gpu_dpo(Some(all_linear(16)), false));
+        assert!(lora.model_state < full.model_state / 7, "{lora:?}");
+        assert_eq!(part(&lora, "base weights (frozen)"), 2 * p);
+        assert_eq!(part(&lora, "adapter weights"), 2 * n);
+        assert_eq!(part(&lora, "adapter gradients"), 2 * n);
+        assert_eq!(part(&lora, "adapter AdamW moments and f32 master"), 12 * n);
+        // About 16 GB of bf16 base, under 1 GB for everything the adapters add.
+        assert!((16_000_000_000..16_800_000_000).contains(&lora.model_state));
+        assert!(part(&lora, "base weights") as f64 / lora.model_state as f64 > 0.95);
+        assert!(has_no(&lora, "gradients") && has_no(&lora, "reference model"));
+        // Without recomputation LoRA keeps more activations than full fine-tuning (the
+        // adapters' products), so the whole saving is in the model state.
+        assert!(part(&lora, "activations") > part(&full, "activations"));
+        let recomputed = estimate(&m, &gpu_dpo(Some(all_linear(16)), true));
+        assert!(recomputed.total < full.total / 2, "{recomputed:?}");
+        assert!(recomputed.total < 64 << 30, "{recomputed:?}");
+    }
+
+    #[test]
+    fn tied_embeddings_get_no_gradient_under_lora() {
+        let spec = ScratchSpec {
+            tie_word_embeddings: true,
+            num_key_value_heads: 2,
+            ..Default::default()
+        };
+        let m = ModelConfig::from_scratch(&spec, 1000).unwrap();
+        let l = all_linear(4);
+        let n = l.params(&m) as u64;
+        let s = RunShape {
+            lora: Some(l),
+            ..shape()
+        };
+        let e = estimate(&m, &s);
+        assert_eq!(part(&e, "adapter gradients"), 4 * n);
+        assert_eq!(part(&e, "adapter AdamW moments"), 8 * n);
+        let accum = estimate(&m, &RunShape { grad_accum: 2, ..s });
+        assert_eq!(part(&accum, "adapter gradients"), 8 * n);
+    }
+
+    #[test]
+    fn lora_layers_keep_the_adapters_products() {
+        let m = model();
+        let full = estimate(&m, &shape());
+        let one = |dropout: f64| {
+            let l = LoraShape {
+                r: 4,
+                targets: vec![Module::QProj, Module::DownProj],
+                dropout,
+            };
+            estimate(
+                &m,
+                &RunShape {
+                    lora: Some(l),
+                    ..shape()
+                },
+            )
+        };
+        // q_proj 64 -> 64, down_proj 128 -> 64: r + 3 out each, and 2 in with dropout; f32,
+        // 40 tokens, 2 layers + 1.
+        let extra = (4 + 3 * 64) + (4 + 3 * 64);
+        let tokens_layers = 40 * 3 * 4;
+        assert_eq!(
+            part(&one(0.0), "activations") - part(&full, "activations"),
+            tokens_layers * extra
+        );
+        assert_eq!(
+            part(&one(0.1), "activations") - part(&one(0.0), "activations"),
+            tokens_layers * 2 * (64 + 128)
+        );
+    }
+
+    #[test]
+    fn recomputation_keeps_layer_inputs_and_one_layer() {
+        let m = model();
+        let s = RunShape {
+            recompute: true,
+            ..shape()
+        };
+        let e = estimate(&m, &s);
+        let per_layer = 1376 * 4 + 3 * 4 * 10 * 4;
+        // 2 layers + the head's two hidden states, 40 tokens of 64 f32 elements.
+        assert_eq!(part(&e, "layer inputs"), 40 * 4 * 64 * 4);
+        assert_eq!(part(&e, "one layer recomputed"), 2 * 40 * per_layer);
+        assert_eq!(part(&e, "logits"), 12 * 1000 * 4);
+
+        // On 8B the kept activations shrink from 33 layers' worth to the 34 layer inputs plus
+        // one layer and its gradients: about (layers + 1) / 2 for the stored layers.
+        let m = llama3_8b();
+        let full = estimate(&m, &gpu_dpo(None, false));
+        let rec = estimate(&m, &gpu_dpo(None, true));
+        let kept = part(&rec, "layer inputs") + part(&rec, "one layer recomputed");
+        let ratio = part(&full, "activations") as f64 / kept as f64;
+        assert!((10.0..17.0).contains(&ratio), "{ratio}");
+        assert_eq!(rec.model_state, full.model_state);
+    }
+
+    #[test]
+    fn adapters_off_reference_adds_no_weights() {
+        let m = llama3_8b();
+        let off = estimate(&m, &gpu_dpo(Some(all_linear(16)), true));
+        let none = estimate(
+            &m,
+            &RunShape {
+                reference: Reference::None,
+                ..gpu_dpo(Some(all_linear(16)), true)
+            },
+        );
+        assert!(has_no(&off, "reference model"));
+        assert_eq!(off.model_state, none.model_state);
+        // Its forward is a transient smaller than a training step's.
+        assert_eq!(off.total, none.total);
+        // A second copy of the base is what a reference model would cost.
+        let second = estimate(
+            &m,
+            &RunShape {
+                reference: Reference::Model,
+                ..gpu_dpo(Some(all_linear(16)), true)
+            },
+        );
+        assert_eq!(second.total - off.total, 2 * m.num_params() as u64);
+        // Caching reference log-probs needs no second model either.
+        let tiny = |reference| RunShape {
+            reference,
+            rows: 1,
+            seq_len: 2,
+            response_tokens: 1,
+            eval_rows: 8,
+            eval_response_tokens: 16,
+            ..gpu_dpo(Some(all_linear(16)), true)
+        };
+        let cached = estimate(&m, &tiny(Reference::Cached));
+        let transient = cached.total - cached.model_state - CUDA_RUNTIME_BYTES;
+        assert!(transient < 1 << 30, "{cached:?}");
+    }
+
+    #[test]
+    fn run_shape_carries_lora_and_recomputation() {
+        let pair = TokenizedPair {
+            prompt: vec![0; 4],
+            chosen: vec![1; 4],
+            rejected: vec![2; 4],
+        };
+        let lora = LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            targets: vec![Module::QProj],
+            use_rslora: false,
+        };
+        let s = run_shape(
+            DType::BF16,
+            Reference::AdaptersOff,
+            true,
+            1,
+            1,
+            1,
+            &[pair],
+            &[],
+            Some(&lora),
+            true,
+        );
+        assert_eq!(s.lora, Some(LoraShape::new(&lora)));
+        assert!(s.recompute);
+    }
+
+    #[test]
+    fn refusal_advice_follows_the_run() {
+        let e = |lora, recompute, model_state| Estimate {
+            parts: vec![("weights".into(), model_state)],
+            total: 3 << 30,
+            model_state,
+            lora,
+            recompute,
+        };
+        let err = |e: &Estimate| {
+            check(e, "cuda:0", Some(2 << 30), 0.0)
+                .unwrap_err()
+                .to_string()
+        };
+        let full = err(&e(false, false, 3 << 30));
+        assert!(
+            full.contains("[lora]") && full.contains("does not fit"),
+            "{full}"
+        );
+        let lora = err(&e(true, false, 3 << 30));
+        assert!(
+            lora.contains("frozen base") && !lora.contains("[lora]"),
+            "{lora}"
+        );
+        let batch = err(&e(true, false, 1 << 30));
+        assert!(
+            batch.contains("train.gradient_checkpointing = true"),
+            "{batch}"
+        );
+        assert!(!batch.contains("precompute_ref"), "{batch}");
+        let recomputed = err(&e(false, true, 1 << 30));
+        assert!(
+            !recomputed.contains("gradient_checkpointing"),
+            "{recomputed}"
+        );
+        assert!(recomputed.contains("precompute_ref"), "{recomputed}");
     }
 }
