@@ -326,6 +326,23 @@ struct Layer {
     down: Linear,
 }
 
+impl Layer {
+    /// Every tensor of the block that can be trained: weights, biases, norms and adapters.
+    fn tensors(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.input_norm, &self.post_norm];
+        for lin in [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ] {
+            v.push(&lin.w);
+            v.extend(&lin.b);
+            if let Some(ad) = &lin.lora {
+                v.extend([&ad.a, &ad.b]);
+            }
+        }
+        v
+    }
+}
+
 /// Keys and values of earlier positions, one entry per layer, for incremental decoding.
 #[derive(Default)]
 pub struct KvCache {
@@ -829,27 +846,41 @@ impl CausalLm {
     /// the gradients of every layer's variables and of the embedding: each layer is run again
     /// with a graph, from its saved input, and back-propagated alone, last layer first. The
     /// same operations in the same order as one backward pass, so results are identical.
-    pub fn backward_layers(&self, mut grads: GradStore, rc: Recompute) -> Result<GradStore> {
+    pub fn backward_layers(&self, grads: GradStore, rc: Recompute) -> Result<GradStore> {
         let (b, t) = rc.ids.dims2()?;
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
-        let mut g = grads
+        let mut head = grads;
+        let mut g = head
             .remove(rc.top.as_tensor())
-            .context("recomputation: the loss does not depend on the decoder's layers")?;
-        for (layer, input) in self.layers.iter().zip(&rc.inputs).rev() {
-            let x = Var::from_tensor(input)?;
+            .context("recomputation: the loss does not depend on the decoder's layers")?
+            .detach();
+        let mut grads = self.detach_grads(head);
+        let Recompute {
+            ids, mut inputs, ..
+        } = rc;
+        for layer in self.layers.iter().rev() {
+            // Each input is dropped once its layer is done.
+            let input = inputs
+                .pop()
+                .context("recomputation: fewer saved inputs than layers")?;
+            let x = Var::from_tensor(&input)?;
             let y = self.layer_forward(layer, x.as_tensor(), b, t, &cos, &sin, None)?;
-            let layer_grads = (y * &g)?.sum_all()?.backward()?;
+            let mut layer_grads = (y * &g)?.sum_all()?.backward()?;
             g = layer_grads
-                .get(x.as_tensor())
+                .remove(x.as_tensor())
                 .context("recomputation: no gradient reached a layer's input")?
-                .clone();
-            add_grads(&mut grads, layer_grads, &[x.as_tensor()])?;
+                .detach();
+            for w in layer.tensors() {
+                if let Some(gw) = layer_grads.remove(w) {
+                    add_grad(&mut grads, w, gw.detach())?;
+                }
+            }
         }
         if self.embed.is_variable() {
             // The lookup's gradient added into the LM head's (tied weights) as one backward
             // pass adds it: row by row, on top of what is there.
-            let ids = rc.ids.flatten_all()?.contiguous()?;
+            let ids = ids.flatten_all()?.contiguous()?;
             let head = match grads.remove(&self.embed) {
                 Some(h) => h,
                 None => self.embed.zeros_like()?,
@@ -857,6 +888,24 @@ impl CausalLm {
             grads.insert(&self.embed, head.index_add(&ids, &g, 0)?);
         }
         Ok(grads)
+    }
+
+    /// The gradients of this decoder's trainable tensors in `grads`, detached: candle's
+    /// gradients keep the backward pass's graph (and with it every activation) alive, which
+    /// would hold a whole step's activations through gradient accumulation and undo
+    /// recomputation's savings.
+    pub fn detach_grads(&self, mut grads: GradStore) -> GradStore {
+        let mut out = GradStore::default();
+        let trainable = match &self.adapters {
+            Some(a) => a.tensors.as_slice(),
+            None => self.weights.as_slice(),
+        };
+        for (_, t) in trainable {
+            if let Some(g) = grads.remove(t) {
+                out.insert(t, g.detach());
+            }
+        }
+        out
     }
 
     /// The same decoder without gradient tracking but with its dropout (the recomputed
@@ -964,12 +1013,14 @@ impl CausalLm {
     }
 }
 
-/// Adds the gradients of `more` into `total`, tensor by tensor, leaving out `skip`.
-fn add_grads(total: &mut GradStore, mut more: GradStore, skip: &[&Tensor]) -> Result<()> {
-    for s in skip {
-        more.remove(s);
-    }
-    Ok(total.extend(more)?)
+/// Adds `grad` into `total`'s gradient of `t`.
+fn add_grad(total: &mut GradStore, t: &Tensor, grad: Tensor) -> Result<()> {
+    let sum = match total.remove(t) {
+        Some(old) => (old + grad)?,
+        None => grad,
+    };
+    total.insert(t, sum);
+    Ok(())
 }
 
 /// cos/sin tables [max_positions, head_dim / 2], computed in f64 like transformers' f32 path

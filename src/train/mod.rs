@@ -177,7 +177,7 @@ fn backward(policy: &CausalLm, loss: &Tensor, recomputed: Option<Recompute>) -> 
     let grads = loss.backward()?;
     match recomputed {
         Some(rc) => policy.backward_layers(grads, rc),
-        None => Ok(grads),
+        None => Ok(policy.detach_grads(grads)),
     }
 }
 
