@@ -10,6 +10,7 @@ pub mod batch;
 pub mod config;
 pub mod io;
 pub mod lora;
+mod lora_op;
 pub mod matmul;
 pub mod ops;
 pub mod sample;
@@ -273,43 +274,50 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// `x` with entries zeroed at probability p and the rest scaled by 1 / (1 − p).
-    fn apply(&self, x: &Tensor, stream: u64) -> Result<Tensor> {
+    /// A mask the shape of `x`: 0 at probability p, 1 / (1 − p) elsewhere, drawn from the
+    /// pass's seed and the module's stream (the same mask when a layer is recomputed).
+    fn mask(&self, x: &Tensor, stream: u64) -> Result<Tensor> {
         let keep = 1.0 - self.p;
-        let mask = if x.device().is_cpu() {
+        let seed = self.seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        if x.device().is_cpu() {
             // Host draws keep CPU runs exactly reproducible (and resumable).
-            let mut rng = Rng::new(self.seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng = Rng::new(seed);
             let scale = (1.0 / keep) as f32;
             let m: Vec<f32> = (0..x.elem_count())
                 .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
                 .collect();
-            Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())?
-        } else {
-            let u = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
-            (u.lt(keep)?.to_dtype(DType::F32)? * (1.0 / keep))?.to_dtype(x.dtype())?
-        };
-        Ok((x * mask)?)
+            return Ok(Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())?);
+        }
+        // The device's generator, reseeded for this mask so that recomputation redraws it.
+        x.device().set_seed(seed)?;
+        let u = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
+        Ok((u.lt(keep)?.to_dtype(DType::F32)? * (1.0 / keep))?.to_dtype(x.dtype())?)
     }
 }
 
 impl Linear {
     /// x [n, in] -> [n, out]
     fn forward(&self, x: &Tensor, dropout: Option<&Dropout>) -> Result<Tensor> {
-        let y = matmul::matmul(x, &self.w.t()?)?;
-        let y = match &self.b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
         let Some(ad) = &self.lora else {
-            return Ok(y);
+            let y = matmul::matmul(x, &self.w.t()?)?;
+            return Ok(match &self.b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            });
         };
-        let x = match dropout {
-            Some(d) if d.p > 0.0 => d.apply(x, ad.stream)?,
-            _ => x.clone(),
+        let mask = match dropout {
+            Some(d) if d.p > 0.0 => Some(d.mask(x, ad.stream)?),
+            _ => None,
         };
-        let low = matmul::matmul(&x, &ad.a.t()?)?;
-        let up = matmul::matmul(&low, &ad.b.t()?)?;
-        Ok((y + (up * ad.scale)?)?)
+        Ok(lora_op::lora_linear(
+            x,
+            &self.w,
+            self.b.as_ref(),
+            &ad.a,
+            &ad.b,
+            ad.scale,
+            mask.as_ref(),
+        )?)
     }
 }
 
