@@ -135,18 +135,20 @@ fn layer_elems_per_token(m: &ModelConfig) -> usize {
     11 * h + 5 * kv + 4 * m.intermediate_size
 }
 
-/// Elements a LoRA layer keeps per token for backward beyond what full fine-tuning keeps. Per
-/// targeted module y = x Wᵀ + s · (drop(x) Aᵀ) Bᵀ: candle's graph holds every operand of
-/// every op until backward ends, so besides the [tokens, r] product it keeps the base product,
-/// B's product and its scaled copy ([tokens, out] each; the module's output, their sum, stands
-/// where full fine-tuning's output stood), and with dropout the mask and the dropped input.
+/// Elements a LoRA layer keeps per token for backward beyond what full fine-tuning keeps. A
+/// targeted module y = x Wᵀ + s · (drop(x) Aᵀ) Bᵀ is one graph node (`model/lora_op.rs`)
+/// holding its input and output, as a plain linear layer does; backward recomputes the
+/// [tokens, r] product. With dropout it also holds the mask, the size of its input.
 fn lora_elems_per_token(m: &ModelConfig, l: &LoraShape) -> usize {
     l.targets
         .iter()
         .map(|t| {
-            let (input, out) = t.features(m);
-            let dropped = if l.dropout > 0.0 { 2 * input } else { 0 };
-            l.r + 3 * out + dropped
+            let (input, _) = t.features(m);
+            if l.dropout > 0.0 {
+                input
+            } else {
+                0
+            }
         })
         .sum()
 }
@@ -274,18 +276,14 @@ pub fn estimate(m: &ModelConfig, s: &RunShape) -> Estimate {
             format!("layer inputs ({rows_label}, kept for recomputation)"),
             inputs,
         );
-        if one_layer + logits_forward > logits {
-            vec![
-                stack,
-                ("one layer recomputed in backward".into(), one_layer),
-                (logits_label, logits_forward),
-            ]
-        } else {
-            vec![
-                stack,
-                (format!("{logits_label} and their gradients"), logits),
-            ]
-        }
+        // The head's backward buffers (the logits' gradient) are not handed back before the
+        // layers' backward runs: measured on the CPU (SmolLM2-135M shape, 4 x 512 tokens,
+        // full and LoRA), the peak is the sum of both, not the larger one.
+        vec![
+            stack,
+            ("one layer recomputed in backward".into(), one_layer),
+            (format!("{logits_label} and their gradients"), logits),
+        ]
     } else {
         // Backward holds one more layer's worth of gradients of activations at a time.
         let activations = widen(tokens * per_layer * (layers + 1) + chunks);
@@ -863,9 +861,9 @@ mod tests {
         assert!((16_000_000_000..16_800_000_000).contains(&lora.model_state));
         assert!(part(&lora, "base weights") as f64 / lora.model_state as f64 > 0.95);
         assert!(has_no(&lora, "gradients") && has_no(&lora, "reference model"));
-        // Without recomputation LoRA keeps more activations than full fine-tuning (the
-        // adapters' products), so the whole saving is in the model state.
-        assert!(part(&lora, "activations") > part(&full, "activations"));
+        // Without recomputation LoRA keeps the activations full fine-tuning keeps (each
+        // adapted layer is one node), so the whole saving is in the model state.
+        assert_eq!(part(&lora, "activations"), part(&full, "activations"));
         let recomputed = estimate(&m, &gpu_dpo(Some(all_linear(16)), true));
         assert!(recomputed.total < full.total / 2, "{recomputed:?}");
         assert!(recomputed.total < 64 << 30, "{recomputed:?}");
@@ -893,7 +891,7 @@ mod tests {
     }
 
     #[test]
-    fn lora_layers_keep_the_adapters_products() {
+    fn lora_layers_keep_only_their_dropout_masks() {
         let m = model();
         let full = estimate(&m, &shape());
         let one = |dropout: f64| {
@@ -910,17 +908,13 @@ mod tests {
                 },
             )
         };
-        // q_proj 64 -> 64, down_proj 128 -> 64: r + 3 out each, and 2 in with dropout; f32,
-        // 40 tokens, 2 layers + 1.
-        let extra = (4 + 3 * 64) + (4 + 3 * 64);
+        // q_proj 64 -> 64, down_proj 128 -> 64: nothing more than a plain linear layer keeps,
+        // and the dropout mask (its input's size) with dropout; f32, 40 tokens, 2 layers + 1.
         let tokens_layers = 40 * 3 * 4;
-        assert_eq!(
-            part(&one(0.0), "activations") - part(&full, "activations"),
-            tokens_layers * extra
-        );
+        assert_eq!(part(&one(0.0), "activations"), part(&full, "activations"));
         assert_eq!(
             part(&one(0.1), "activations") - part(&one(0.0), "activations"),
-            tokens_layers * 2 * (64 + 128)
+            tokens_layers * (64 + 128)
         );
     }
 
@@ -936,7 +930,8 @@ mod tests {
         // 2 layers + the head's two hidden states, 40 tokens of 64 f32 elements.
         assert_eq!(part(&e, "layer inputs"), 40 * 4 * 64 * 4);
         assert_eq!(part(&e, "one layer recomputed"), 2 * 40 * per_layer);
-        assert_eq!(part(&e, "logits"), 12 * 1000 * 4);
+        // The logits and their gradient (f32, 12 response positions, vocab 1000).
+        assert_eq!(part(&e, "logits"), 12 * 1000 * 8);
 
         // On 8B the kept activations shrink from 33 layers' worth to the 34 layer inputs plus
         // one layer and its gradients: about (layers + 1) / 2 for the stored layers.
