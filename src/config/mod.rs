@@ -1654,6 +1654,7 @@ mod tests {
         // The serialized defaults hold exactly the classified fields, no more, no fewer.
         let value = toml::Value::try_from(WorkspaceConfig {
             sft: Some(SftSection::default()),
+            lora: Some(LoraSection::default()),
             model: ModelSection {
                 scratch: Some(ScratchSpec::default()),
                 path: Some("p".into()),
