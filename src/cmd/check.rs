@@ -14,7 +14,6 @@ use crate::model::{lora, DeviceSpec, ModelConfig};
 use crate::train::dataset::load_dataset;
 use crate::train::initial::ModelSource;
 use crate::train::memory;
-use crate::train::trainer::lora_settings;
 use candle_core::DType;
 
 fn spread_row(out: &mut String, name: &str, s: &Spread) {
@@ -81,7 +80,7 @@ pub fn run(args: &CheckArgs) -> Result<()> {
 /// The adapters a LoRA workspace trains, and the adapter it starts from checked against the
 /// base (every tensor present with the shape the base implies).
 fn lora_line(cfg: &crate::config::RunConfig, model_cfg: &ModelConfig) -> Result<Option<String>> {
-    let Some(l) = lora_settings(cfg)? else {
+    let Some(l) = cfg.lora_settings()? else {
         return Ok(None);
     };
     if let Some(dir) = &cfg.model.adapter {

@@ -743,6 +743,35 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The adapters' shape of a LoRA run: `[lora]`, else that of the adapter `[model] adapter`
+    /// starts from; None for full fine-tuning. Both present must agree on the shape.
+    pub fn lora_settings(&self) -> Result<Option<LoraConfig>> {
+        let cfg = self;
+        let section = cfg.lora.as_ref().map(|l| l.lora_config()).transpose()?;
+        let adapter = match &cfg.model.adapter {
+            Some(dir) => Some(crate::model::lora::adapter_config(dir)?),
+            None => None,
+        };
+        match (section, adapter) {
+            (Some(s), Some(a)) => {
+                let shape = |l: &LoraConfig| (l.r, l.alpha, l.targets.clone(), l.use_rslora);
+                if shape(&s) != shape(&a) {
+                    bail!(
+                    "[lora] (r = {}, alpha = {}, targets {:?}, use_rslora = {}) differs from the adapter it starts from, {} (r = {}, alpha = {}, targets {:?}, use_rslora = {}): remove [lora] or make them agree",
+                    s.r, s.alpha, names(&s), s.use_rslora,
+                    cfg.model.adapter.as_deref().unwrap_or(Path::new("")).display(),
+                    a.r, a.alpha, names(&a), a.use_rslora
+                );
+                }
+                Ok(Some(LoraConfig {
+                    dropout: s.dropout,
+                    ..a
+                }))
+            }
+            (s, a) => Ok(s.or(a)),
+        }
+    }
+
     /// This config as the `Started` event records it.
     pub fn record(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
@@ -1708,4 +1737,8 @@ mod tests {
         let back: RunConfig = toml::from_str(&text).unwrap();
         assert_eq!(rc, back);
     }
+}
+
+fn names(l: &LoraConfig) -> Vec<&'static str> {
+    l.targets.iter().map(|m| m.name()).collect()
 }

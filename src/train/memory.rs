@@ -464,7 +464,7 @@ fn plan(
     eval: &[TokenizedPair],
 ) -> Result<String> {
     let dtype = cfg.train.dtype.dtype();
-    let lora = super::trainer::lora_settings(cfg)?;
+    let lora = cfg.lora_settings()?;
     let (lora, recompute) = (lora.as_ref(), cfg.train.gradient_checkpointing);
     let (reference, preference, batch, accum) = match sft {
         Some(s) => (Reference::None, false, s.batch_size, 1),

@@ -209,7 +209,7 @@ impl Trainer {
     ) -> Result<Self> {
         let device = cfg.train.device.select()?;
         let dtype = cfg.train.dtype.dtype();
-        let lora = lora_settings(&cfg)?;
+        let lora = cfg.lora_settings()?;
         // A full run resumes from its checkpoint's weights; a LoRA run from the base and its
         // checkpoint's adapters.
         let policy_dir = match (&from, &lora) {
@@ -889,38 +889,6 @@ impl Trainer {
         }
         Ok((changes, ignored))
     }
-}
-
-/// The adapters' shape of a LoRA run: `[lora]`, else that of the adapter `[model] adapter`
-/// starts from; None for full fine-tuning. Both present must agree on the shape.
-pub fn lora_settings(cfg: &RunConfig) -> Result<Option<LoraConfig>> {
-    let section = cfg.lora.as_ref().map(|l| l.lora_config()).transpose()?;
-    let adapter = match &cfg.model.adapter {
-        Some(dir) => Some(lora::adapter_config(dir)?),
-        None => None,
-    };
-    match (section, adapter) {
-        (Some(s), Some(a)) => {
-            let shape = |l: &LoraConfig| (l.r, l.alpha, l.targets.clone(), l.use_rslora);
-            if shape(&s) != shape(&a) {
-                bail!(
-                    "[lora] (r = {}, alpha = {}, targets {:?}, use_rslora = {}) differs from the adapter it starts from, {} (r = {}, alpha = {}, targets {:?}, use_rslora = {}): remove [lora] or make them agree",
-                    s.r, s.alpha, names(&s), s.use_rslora,
-                    cfg.model.adapter.as_deref().unwrap_or(Path::new("")).display(),
-                    a.r, a.alpha, names(&a), a.use_rslora
-                );
-            }
-            Ok(Some(LoraConfig {
-                dropout: s.dropout,
-                ..a
-            }))
-        }
-        (s, a) => Ok(s.or(a)),
-    }
-}
-
-fn names(l: &LoraConfig) -> Vec<&'static str> {
-    l.targets.iter().map(|m| m.name()).collect()
 }
 
 /// The adapter `[model] adapter` gives, for the stage that trains from `[model] path`: the SFT
