@@ -1012,6 +1012,11 @@ impl Workspace {
     }
 }
 
+/// Module names of an adapter's targets, for messages.
+fn names(l: &LoraConfig) -> Vec<&'static str> {
+    l.targets.iter().map(|m| m.name()).collect()
+}
+
 /// `a/b/../c` -> `a/c`, without touching the file system.
 pub fn normalize(p: &Path) -> PathBuf {
     use std::path::Component;
@@ -1737,8 +1742,4 @@ mod tests {
         let back: RunConfig = toml::from_str(&text).unwrap();
         assert_eq!(rc, back);
     }
-}
-
-fn names(l: &LoraConfig) -> Vec<&'static str> {
-    l.targets.iter().map(|m| m.name()).collect()
 }
