@@ -1,13 +1,12 @@
 //! `gaplab merge`: fold a LoRA adapter into its base model and write a full checkpoint folder.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use serde::Serialize;
 
-use crate::model::lora::{self, LoraConfig, LoraPair};
+use crate::model::lora;
 use crate::model::{io, ModelConfig};
 
 use super::print;
@@ -77,7 +76,7 @@ pub fn merge(args: &MergeArgs) -> Result<MergeReport> {
     // The adapter stays in f32 whatever the base's dtype, as PEFT keeps it on a half-precision
     // base, so the merged weight is rounded once.
     let (lora, pairs) = lora::load_adapter(&args.adapter, &base.cfg, &device, DType::F32)?;
-    let weights = fold(base.weights(), &lora, &pairs)?;
+    let weights = lora::fold(base.weights(), lora.scale(), &lora::flatten(&pairs))?;
     drop(base);
     crate::train::save_dir_atomic(&args.out, |tmp| {
         let written = io::save_weights(&cfg, &weights, Some(&args.model), tmp);
@@ -134,46 +133,6 @@ fn check_out(out: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// The base's weights with every adapter folded in: W + scale·B·A, computed in f32 and rounded
-/// once to W's dtype (what PEFT's merge_and_unload stores). Every adapter must find its weight.
-fn fold(
-    weights: &[(String, Tensor)],
-    lora: &LoraConfig,
-    pairs: &BTreeMap<String, LoraPair>,
-) -> Result<Vec<(String, Tensor)>> {
-    let scale = lora.scale();
-    let mut used = 0;
-    let out = weights
-        .iter()
-        .map(|(name, w)| {
-            let module = name.strip_suffix(".weight").unwrap_or(name);
-            let t = match pairs.get(module) {
-                Some(p) => {
-                    used += 1;
-                    fold_one(w, p, scale)?
-                }
-                None => w.clone(),
-            };
-            Ok((name.clone(), t))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if used != pairs.len() {
-        bail!(
-            "{} of {} adapters found no weight of the base to merge into",
-            pairs.len() - used,
-            pairs.len()
-        );
-    }
-    Ok(out)
-}
-
-/// W + scale·B·A for one weight W [out, in], A [r, in], B [out, r].
-fn fold_one(w: &Tensor, p: &LoraPair, scale: f64) -> Result<Tensor> {
-    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-    let delta = (f32(&p.b)?.matmul(&f32(&p.a)?)? * scale)?;
-    Ok((f32(w)? + delta)?.to_dtype(w.dtype())?)
-}
-
 /// The summary printed without `--json`.
 pub fn render(r: &MergeReport) -> String {
     format!(
@@ -195,71 +154,6 @@ pub fn render(r: &MergeReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
-
-    fn t(v: &[f32], shape: (usize, usize), dtype: DType) -> Tensor {
-        Tensor::from_slice(v, shape, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
-    }
-
-    fn pair() -> LoraPair {
-        LoraPair {
-            a: t(&[1.0, 2.0], (1, 2), DType::F32),
-            b: t(&[0.5, -1.0], (2, 1), DType::F32),
-        }
-    }
-
-    #[test]
-    fn fold_adds_the_scaled_product() {
-        let w = t(&[1.0, 0.0, 0.0, 1.0], (2, 2), DType::F32);
-        let got: Vec<Vec<f32>> = fold_one(&w, &pair(), 2.0).unwrap().to_vec2().unwrap();
-        // B·A = [[0.5, 1], [-1, -2]], times 2, plus the identity.
-        assert_eq!(got, vec![vec![2.0, 2.0], vec![-2.0, -3.0]]);
-    }
-
-    #[test]
-    fn fold_rounds_once_to_the_base_dtype() {
-        // W = 1 in bf16 (spacing 2^-7 there), B·A = 2^-8 + 2^-20: just over half a step, so
-        // the sum rounds up. Rounding A to bf16 first would give 2^-8, exactly half a step,
-        // which ties to even: 1.
-        let w = t(&[1.0], (1, 1), DType::BF16);
-        let p = LoraPair {
-            a: t(&[2f32.powi(-8) + 2f32.powi(-20)], (1, 1), DType::F32),
-            b: t(&[1.0], (1, 1), DType::F32),
-        };
-        let got = fold_one(&w, &p, 1.0).unwrap();
-        assert_eq!(got.dtype(), DType::BF16);
-        let v: Vec<Vec<f32>> = got.to_dtype(DType::F32).unwrap().to_vec2().unwrap();
-        assert_eq!(v[0][0], 1.0 + 2f32.powi(-7));
-    }
-
-    #[test]
-    fn every_adapter_needs_its_weight() {
-        let lora = LoraConfig {
-            r: 1,
-            alpha: 1.0,
-            dropout: 0.0,
-            targets: vec![lora::Module::QProj],
-            use_rslora: false,
-        };
-        let w = t(&[0.0; 4], (2, 2), DType::F32);
-        let weights = vec![
-            (
-                "model.layers.0.self_attn.q_proj.weight".to_string(),
-                w.clone(),
-            ),
-            ("model.norm.weight".to_string(), w),
-        ];
-        let mut pairs = BTreeMap::new();
-        pairs.insert("model.layers.0.self_attn.q_proj".to_string(), pair());
-        let out = fold(&weights, &lora, &pairs).unwrap();
-        assert_eq!(out.len(), 2);
-        pairs.insert("model.layers.9.self_attn.q_proj".to_string(), pair());
-        let e = fold(&weights, &lora, &pairs).unwrap_err().to_string();
-        assert!(e.contains("1 of 2 adapters"), "{e}");
-    }
 
     #[test]
     fn out_must_be_new_empty_or_forced_and_never_an_input() {

@@ -343,6 +343,64 @@ pub fn peft_key(module: &str, which: char) -> String {
     format!("{KEY_PREFIX}{module}.lora_{which}.weight")
 }
 
+/// PEFT's flat, keyed form of `pairs` (module path -> pair): A then B of each module.
+pub fn flatten(pairs: &BTreeMap<String, LoraPair>) -> Vec<(String, Tensor)> {
+    pairs
+        .iter()
+        .flat_map(|(path, p)| {
+            [
+                (peft_key(path, 'A'), p.a.clone()),
+                (peft_key(path, 'B'), p.b.clone()),
+            ]
+        })
+        .collect()
+}
+
+/// `weights` with every adapter of `adapters` (PEFT-keyed, [`flatten`]'s form) folded in:
+/// W + scale·B·A computed in f32 and rounded once to W's dtype, as PEFT's merge_and_unload
+/// stores it. Every adapter must find its weight.
+pub fn fold(
+    weights: &[(String, Tensor)],
+    scale: f64,
+    adapters: &[(String, Tensor)],
+) -> Result<Vec<(String, Tensor)>> {
+    let by_key: HashMap<&str, &Tensor> = adapters.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let mut used = 0;
+    let out = weights
+        .iter()
+        .map(|(name, w)| {
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            let pair = (
+                by_key.get(peft_key(module, 'A').as_str()),
+                by_key.get(peft_key(module, 'B').as_str()),
+            );
+            let t = match pair {
+                (Some(a), Some(b)) => {
+                    used += 1;
+                    fold_one(w, a, b, scale)?
+                }
+                _ => w.detach(),
+            };
+            Ok((name.clone(), t))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pairs = adapters.len() / 2;
+    if used != pairs {
+        bail!(
+            "{} of {pairs} adapters found no weight of the base to merge into",
+            pairs - used
+        );
+    }
+    Ok(out)
+}
+
+/// W + scale·B·A for one weight W [out, in], A [r, in], B [out, r].
+fn fold_one(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    let f32 = |t: &Tensor| t.detach().to_dtype(DType::F32);
+    let delta = (f32(b)?.matmul(&f32(a)?)? * scale)?;
+    Ok((f32(w)? + delta)?.to_dtype(w.dtype())?)
+}
+
 /// Fresh adapters as PEFT initialises them (A ~ U(±1/√in), B = 0), deterministic for a seed.
 pub fn init_adapters(
     cfg: &ModelConfig,
@@ -533,15 +591,7 @@ mod tests {
             use_rslora: true,
         };
         let pairs = init_adapters(&c, &lora, 7, &Device::Cpu, DType::F32).unwrap();
-        let flat: Vec<(String, Tensor)> = pairs
-            .iter()
-            .flat_map(|(p, ab)| {
-                [
-                    (peft_key(p, 'A'), ab.a.clone()),
-                    (peft_key(p, 'B'), ab.b.clone()),
-                ]
-            })
-            .collect();
+        let flat = flatten(&pairs);
         let dir = tempfile::tempdir().unwrap();
         save_adapter(dir.path(), &lora, "base", &flat).unwrap();
         let (back, loaded) = load_adapter(dir.path(), &c, &Device::Cpu, DType::F32).unwrap();
@@ -551,6 +601,64 @@ mod tests {
         let bound = 1.0 / (c.hidden_size as f32).sqrt();
         let v: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
         assert!(v.iter().all(|x| x.abs() <= bound) && v.iter().any(|x| *x != 0.0));
+    }
+
+    fn t(v: &[f32], shape: (usize, usize), dtype: DType) -> Tensor {
+        Tensor::from_slice(v, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    #[test]
+    fn fold_adds_the_scaled_product() {
+        let w = t(&[1.0, 0.0, 0.0, 1.0], (2, 2), DType::F32);
+        let (a, b) = (
+            t(&[1.0, 2.0], (1, 2), DType::F32),
+            t(&[0.5, -1.0], (2, 1), DType::F32),
+        );
+        let got: Vec<Vec<f32>> = fold_one(&w, &a, &b, 2.0).unwrap().to_vec2().unwrap();
+        // B·A = [[0.5, 1], [-1, -2]], times 2, plus the identity.
+        assert_eq!(got, vec![vec![2.0, 2.0], vec![-2.0, -3.0]]);
+    }
+
+    #[test]
+    fn fold_rounds_once_to_the_base_dtype() {
+        // W = 1 in bf16 (spacing 2^-7 there), B·A = 2^-8 + 2^-20: just over half a step, so
+        // the sum rounds up. Rounding A to bf16 first would give 2^-8, exactly half a step,
+        // which ties to even: 1.
+        let w = t(&[1.0], (1, 1), DType::BF16);
+        let a = t(&[2f32.powi(-8) + 2f32.powi(-20)], (1, 1), DType::F32);
+        let b = t(&[1.0], (1, 1), DType::F32);
+        let got = fold_one(&w, &a, &b, 1.0).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let v: Vec<Vec<f32>> = got.to_dtype(DType::F32).unwrap().to_vec2().unwrap();
+        assert_eq!(v[0][0], 1.0 + 2f32.powi(-7));
+    }
+
+    #[test]
+    fn every_adapter_needs_its_weight() {
+        let w = t(&[0.0; 4], (2, 2), DType::F32);
+        let weights = vec![
+            (
+                "model.layers.0.self_attn.q_proj.weight".to_string(),
+                w.clone(),
+            ),
+            ("model.norm.weight".to_string(), w),
+        ];
+        let pair = || LoraPair {
+            a: t(&[1.0, 2.0], (1, 2), DType::F32),
+            b: t(&[0.5, -1.0], (2, 1), DType::F32),
+        };
+        let mut pairs = BTreeMap::new();
+        pairs.insert("model.layers.0.self_attn.q_proj".to_string(), pair());
+        let out = fold(&weights, 1.0, &flatten(&pairs)).unwrap();
+        assert_eq!(out.len(), 2);
+        pairs.insert("model.layers.9.self_attn.q_proj".to_string(), pair());
+        let e = fold(&weights, 1.0, &flatten(&pairs))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 of 2 adapters"), "{e}");
     }
 
     #[test]
@@ -571,15 +679,7 @@ mod tests {
             use_rslora: false,
         };
         let pairs = init_adapters(&wide, &lora, 1, &Device::Cpu, DType::F32).unwrap();
-        let flat: Vec<(String, Tensor)> = pairs
-            .iter()
-            .flat_map(|(p, ab)| {
-                [
-                    (peft_key(p, 'A'), ab.a.clone()),
-                    (peft_key(p, 'B'), ab.b.clone()),
-                ]
-            })
-            .collect();
+        let flat = flatten(&pairs);
         save_adapter(dir.path(), &lora, "base", &flat).unwrap();
         let e = format!(
             "{:#}",

@@ -610,29 +610,6 @@ impl CausalLm {
         self.rebuild_with(|t| Ok(t.clone()), Some(adapters))
     }
 
-    /// The same decoder with its adapter tensors replaced by `tensors` (by PEFT key, e.g. the
-    /// optimizer's f32 master copies), in the decoder's dtype.
-    pub fn with_adapter_tensors(&self, tensors: &[(String, Tensor)]) -> Result<Self> {
-        let Some(ad) = &self.adapters else {
-            bail!("the decoder carries no adapters");
-        };
-        let by_key: HashMap<&str, &Tensor> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
-        let dtype = self.dtype();
-        let replaced = ad
-            .tensors
-            .iter()
-            .map(|(k, t)| {
-                let new = by_key.get(k.as_str()).copied().unwrap_or(t);
-                Ok((k.clone(), new.detach().to_dtype(dtype)?))
-            })
-            .collect::<Result<_>>()?;
-        let adapters = Adapters {
-            lora: ad.lora.clone(),
-            tensors: replaced,
-        };
-        self.rebuild_with(|t| Ok(t.clone()), Some(adapters))
-    }
-
     /// The same base weights with the adapters switched off (shared storage, no copy): the
     /// reference of a LoRA run.
     pub fn without_adapters(&self) -> Result<Self> {
@@ -645,29 +622,9 @@ impl CausalLm {
         let Some(ad) = &self.adapters else {
             return self.without_adapters();
         };
-        let by_key: HashMap<&str, &Tensor> =
-            ad.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
-        let scale = ad.lora.scale();
-        let map = self
-            .weights
-            .iter()
-            .map(|(n, w)| {
-                let module = n.strip_suffix(".weight").unwrap_or(n);
-                let pair = (
-                    by_key.get(lora::peft_key(module, 'A').as_str()),
-                    by_key.get(lora::peft_key(module, 'B').as_str()),
-                );
-                let t = match pair {
-                    (Some(a), Some(b)) => {
-                        let f = |t: &Tensor| t.detach().to_dtype(DType::F32);
-                        let delta = (f(b)?.matmul(&f(a)?)? * scale)?;
-                        (f(w)? + delta)?.to_dtype(w.dtype())?
-                    }
-                    _ => w.detach(),
-                };
-                Ok((n.clone(), t))
-            })
-            .collect::<Result<HashMap<_, _>>>()?;
+        let map = lora::fold(&self.weights, ad.lora.scale(), &ad.tensors)?
+            .into_iter()
+            .collect();
         Self::assemble(
             self.cfg.clone(),
             map,

@@ -862,8 +862,8 @@ impl Trainer {
         let weights = super::checkpoint_weights(&self.policy, &self.opt);
         super::save_dir_atomic(&dir, |tmp| match &self.lora {
             Some(l) => {
-                let merged = self.policy.with_adapter_tensors(&weights)?.merged()?;
-                io::save_weights(&merged.cfg, merged.weights(), Some(&self.initial_dir), tmp)?;
+                let merged = lora::fold(self.policy.weights(), l.scale(), &weights)?;
+                io::save_weights(&self.policy.cfg, &merged, Some(&self.initial_dir), tmp)?;
                 lora::save_adapter(&tmp.join("adapter"), l, &self.base_model_name(), &weights)
             }
             None => io::save_weights(&self.policy.cfg, &weights, Some(&self.initial_dir), tmp),
