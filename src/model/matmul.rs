@@ -15,6 +15,26 @@ use super::ops::Real;
 
 struct MatMul;
 
+/// (batch, m, k, n) of a [..., m, k] x [..., k, n] product (same batch dimensions, no
+/// broadcasting), or why the shapes don't multiply.
+fn product_dims(l1: &Layout, l2: &Layout) -> Result<(usize, usize, usize, usize)> {
+    let (da, db) = (l1.dims(), l2.dims());
+    let r = da.len();
+    if r < 2 || db.len() != r || da[..r - 2] != db[..r - 2] || da[r - 1] != db[r - 2] {
+        candle_core::bail!("matmul: incompatible shapes {da:?} x {db:?}");
+    }
+    let batch = da[..r - 2].iter().product();
+    Ok((batch, da[r - 2], da[r - 1], db[r - 1]))
+}
+
+/// The product's shape: the batch dimensions of the left operand, then [m, n].
+fn out_shape(l1: &Layout, m: usize, n: usize) -> Shape {
+    let da = l1.dims();
+    let mut dims = da[..da.len() - 2].to_vec();
+    dims.extend([m, n]);
+    Shape::from(dims)
+}
+
 /// A raw pointer that may cross threads: every task writes a disjoint block of the output.
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
@@ -83,20 +103,13 @@ impl CustomOp2 for MatMul {
             s2: &CpuStorage,
             l2: &Layout,
         ) -> Result<(CpuStorage, Shape)> {
-            let (da, db) = (l1.dims(), l2.dims());
-            let r = da.len();
-            if r < 2 || db.len() != r || da[..r - 2] != db[..r - 2] || da[r - 1] != db[r - 2] {
-                candle_core::bail!("matmul: incompatible shapes {da:?} x {db:?}");
-            }
-            let (m, k, n) = (da[r - 2], da[r - 1], db[r - 1]);
-            let batch: usize = da[..r - 2].iter().product();
+            let (batch, m, k, n) = product_dims(l1, l2)?;
             let a = operand::<T>(s1, l1)?;
             let b = operand::<T>(s2, l2)?;
             let mut out = vec![T::zero(); batch * m * n];
-            let mut dims = da[..r - 2].to_vec();
-            dims.extend([m, n]);
+            let shape = out_shape(l1, m, n);
             if k == 0 || out.is_empty() {
-                return Ok((T::to_cpu_storage_owned(out), Shape::from(dims)));
+                return Ok((T::to_cpu_storage_owned(out), shape));
             }
             // Blocks: whole matrices when the batch keeps every core busy, else slices of rows
             // (or columns, whichever side is longer) of each matrix.
@@ -158,7 +171,7 @@ impl CustomOp2 for MatMul {
                     );
                 }
             });
-            Ok((T::to_cpu_storage_owned(out), Shape::from(dims)))
+            Ok((T::to_cpu_storage_owned(out), shape))
         }
         match s1 {
             CpuStorage::F32(_) => run::<f32>(s1, l1, s2, l2),
@@ -204,16 +217,11 @@ fn backend_matmul<S: BackendStorage>(
     s2: &S,
     l2: &Layout,
 ) -> Result<(S, Shape)> {
-    let (da, db) = (l1.dims(), l2.dims());
-    let r = da.len();
-    if r < 2 || db.len() != r || da[..r - 2] != db[..r - 2] || da[r - 1] != db[r - 2] {
-        candle_core::bail!("matmul: incompatible shapes {da:?} x {db:?}");
-    }
-    let (m, k, n) = (da[r - 2], da[r - 1], db[r - 1]);
-    let batch: usize = da[..r - 2].iter().product();
-    let mut dims = da[..r - 2].to_vec();
-    dims.extend([m, n]);
-    Ok((s1.matmul(s2, (batch, m, n, k), l1, l2)?, Shape::from(dims)))
+    let (batch, m, k, n) = product_dims(l1, l2)?;
+    Ok((
+        s1.matmul(s2, (batch, m, n, k), l1, l2)?,
+        out_shape(l1, m, n),
+    ))
 }
 
 impl CustomOp2 for BackendMatMul {
