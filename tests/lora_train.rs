@@ -9,33 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{fixture, gaplab, stderr, tiny_workspace};
-use serde_json::Value;
+use common::{copy_dir, fixture, gaplab, jsonl, runs, stderr, tiny_workspace};
 
 const LORA: &str = "\n[lora]\nr = 4\nalpha = 8\ndropout = 0.1\ntarget_modules = \"all-linear\"\n";
-
-fn jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// The run directories under `root` (stage results and dot folders aside).
-fn runs(root: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy().into_owned();
-            p.is_dir() && !n.starts_with('.') && !n.starts_with("sft-")
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 /// Train (or eval) metrics by step, wall-clock ones left out.
 fn metrics(run: &Path, split: &str) -> BTreeMap<u64, BTreeMap<String, f64>> {
@@ -128,18 +104,6 @@ fn a_lora_run_saves_peft_adapters_and_resumes_exactly() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(metrics(&run, "train"), metrics(&copy, "train"));
     assert_eq!(metrics(&run, "eval"), metrics(&copy, "eval"));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

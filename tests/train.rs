@@ -10,35 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use common::{fixture, gaplab, stderr, stdout, tiny_workspace};
+use common::{copy_dir, fixture, gaplab, jsonl, runs, stderr, stdout, tiny_workspace};
 use serde_json::Value;
 
 fn train(args: &[&str]) -> std::process::Output {
     let mut all = vec!["train"];
     all.extend_from_slice(args);
     gaplab(&all)
-}
-
-fn runs(root: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy().into_owned();
-            p.is_dir() && !n.starts_with('.') && !n.starts_with("init-") && !n.starts_with("sft-")
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// Train-split metric records by step.
@@ -182,18 +160,6 @@ fn cut_back(run: &Path, step: usize) {
     {
         if e.file_name().to_string_lossy() != format!("step-{step}") {
             std::fs::remove_dir_all(e.path()).unwrap();
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
         }
     }
 }
