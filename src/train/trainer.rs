@@ -248,13 +248,16 @@ impl Trainer {
             None => (policy, None),
             Some(l) => {
                 let load = |dir: &Path| lora::load_adapter(dir, &policy.cfg, &device, dtype);
-                let reference = match start {
-                    Some(dir) => policy.clone().with_adapters(l.clone(), load(dir)?.1)?,
+                // Read once: the reference keeps these tensors, the policy trains copies of
+                // them (its variables get their own storage).
+                let start_pairs = start.map(|dir| load(dir).map(|(_, p)| p)).transpose()?;
+                let reference = match &start_pairs {
+                    Some(p) => policy.clone().with_adapters(l.clone(), p.clone())?,
                     None => policy.without_adapters()?,
                 };
-                let adapters = match (&from, start) {
+                let adapters = match (&from, start_pairs) {
                     (Some((ckpt, _)), _) => load(ckpt)?.1,
-                    (None, Some(dir)) => load(dir)?.1,
+                    (None, Some(p)) => p,
                     (None, None) => {
                         lora::init_adapters(&policy.cfg, l, cfg.train.seed, &device, dtype)?
                     }
