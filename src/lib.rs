@@ -6,6 +6,8 @@
 // Shared vocabulary, importing nothing of gaplab.
 /// The one event type (and the records it carries) that flows from a run to whoever watches.
 pub mod event;
+/// Fault injection for tests (`GAPLAB_FAULT`): a full disk, an out-of-memory step.
+pub mod fault;
 /// FNV-1a, the stable hash behind cache keys and socket names.
 pub mod hash;
 /// A small deterministic random number generator (data order, initialisation, sampling).
