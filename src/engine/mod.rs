@@ -19,6 +19,7 @@ use crate::event::{Event, Level, RunState};
 use crate::hash::Fnv;
 use crate::runlog::{self, RunDir, Writer};
 use crate::train::initial::ModelSource;
+use crate::train::{memory, oom};
 use crate::train::refcache::checkpoint_fingerprint;
 use crate::train::trainer::{sft_checkpoint, Stage, StepResult, Trainer};
 
@@ -301,7 +302,60 @@ fn drive(mut t: Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<Outcome>
         },
     };
     let r = drive_inner(&mut t, em, ctl);
-    r.map_err(|e| em.fail(t.step, e))
+    r.map_err(|e| {
+        let e = if oom::is_out_of_memory(&e) {
+            out_of_memory(&t, em, e)
+        } else {
+            e
+        };
+        em.fail(t.step, e)
+    })
+}
+
+/// A step, an evaluation or sampling ran out of device memory: the step is reported skipped
+/// with the memory estimate and what is free now, the weights as they were before it are
+/// checkpointed (unless the update was half done), and the run stops with advice. What failed
+/// held its tensors on the stack, so they are freed by now and the checkpoint has room.
+fn out_of_memory(t: &Trainer, em: &mut Emitter, e: anyhow::Error) -> anyhow::Error {
+    let failed_step = e.downcast_ref::<oom::OutOfMemory>().map(|o| o.step);
+    if let Some(step) = failed_step {
+        let _ = em.emit(Event::Skipped {
+            step,
+            reason: "out of device memory".into(),
+        });
+    }
+    let free = memory::available(&t.device).map_or_else(|| "unknown".into(), memory::gib);
+    let _ = em.log(
+        t.step,
+        Level::Error,
+        format!("{e:#}; free device memory now: {free}"),
+    );
+    let saved = if !t.consistent() {
+        "the weights in memory were half-updated and were not saved; the last checkpoint is intact"
+            .to_string()
+    } else if t.stage != Stage::Variant {
+        "the SFT stage keeps no checkpoints and starts again when the run is resumed".to_string()
+    } else {
+        match t.checkpoint() {
+            Ok(path) => {
+                let _ = em.emit(Event::Checkpoint {
+                    step: t.step,
+                    path: path.clone(),
+                });
+                format!("step {} was checkpointed in {}", t.step, path.display())
+            }
+            Err(ce) => format!("writing a checkpoint failed too ({ce:#}); the last checkpoint is intact"),
+        }
+    };
+    let during = match failed_step {
+        Some(s) => format!("step {s}"),
+        None => format!("evaluating or sampling after step {}", t.step),
+    };
+    anyhow::anyhow!(
+        "out of device memory in {during} ({}); {saved}. To fit: lower train.batch_size (raise train.grad_accum to keep the effective batch), set train.gradient_checkpointing = true, or train LoRA adapters ([lora]); then continue with `gaplab train WORKSPACE --resume {}`",
+        t.memory,
+        t.run.path.display()
+    )
 }
 
 fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<Outcome> {

@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod initial;
 pub mod judge;
 pub mod memory;
+pub mod oom;
 pub mod optim;
 pub mod refcache;
 pub mod schedule;

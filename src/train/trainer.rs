@@ -16,7 +16,7 @@ use super::dataset::{load_dataset, stream_indices, Dataset};
 use super::judge::{self, Judge, Verdict};
 use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
-use super::{accumulate, logit_sums, memory, reference_logps, schedule};
+use super::{accumulate, logit_sums, memory, oom, reference_logps, schedule};
 use crate::config::{
     CheckpointSection, EvalSection, JudgeSection, RunConfig, SampleSection, Schedule, SftSection,
     TrainSettings,
@@ -150,6 +150,8 @@ pub struct Trainer {
     vars: Vec<Var>,
     reference: Reference,
     bad_steps: usize,
+    /// Inside an optimizer update (see [`Trainer::consistent`]).
+    updating: bool,
     fault_nan: Vec<usize>,
     /// The judge of `judge.task` (variants only).
     judge: Option<Box<dyn Judge>>,
@@ -351,6 +353,7 @@ impl Trainer {
             vars,
             reference,
             bad_steps,
+            updating: false,
             fault_nan,
             judge,
         };
@@ -409,8 +412,33 @@ impl Trainer {
     }
 
     /// One optimizer step (with gradient accumulation). A non-finite loss or gradient skips the
-    /// update; too many in a row is an error (the last checkpoint stays as it was).
+    /// update; too many in a row is an error (the last checkpoint stays as it was). Running out
+    /// of device memory is an [`oom::OutOfMemory`] error: before the update the trainer is as
+    /// it was before the step, and can be checkpointed.
     pub fn train_step(&mut self) -> Result<StepResult> {
+        let step = self.step + 1;
+        self.updating = false;
+        self.train_step_inner().map_err(|e| {
+            if oom::is_out_of_memory(&e) && e.downcast_ref::<oom::OutOfMemory>().is_none() {
+                anyhow::Error::new(oom::OutOfMemory {
+                    step,
+                    consistent: !self.updating,
+                    detail: format!("{e:#}"),
+                })
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Whether the weights and optimizer state in memory are whole: false after a step failed
+    /// inside its update.
+    pub fn consistent(&self) -> bool {
+        !self.updating
+    }
+
+    fn train_step_inner(&mut self) -> Result<StepResult> {
+        oom::injected(oom::FAULT_STEP)?;
         let started = Instant::now();
         let step = self.step;
         let ts = self.step_settings();
@@ -472,7 +500,10 @@ impl Trainer {
         let clip = (ts.max_grad_norm > 0.0).then_some(ts.max_grad_norm);
         let mut grad_norm = f64::NAN;
         if let (None, Some(g)) = (&bad, &grads) {
+            self.updating = true;
+            oom::injected(oom::FAULT_UPDATE)?;
             let r = self.opt.step(g, clip)?;
+            self.updating = false;
             grad_norm = r.grad_norm;
             if !r.applied {
                 bad = Some(format!("gradient norm is {}", r.grad_norm));
