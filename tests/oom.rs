@@ -68,7 +68,10 @@ fn a_step_out_of_memory_is_skipped_checkpointed_and_resumable() {
     assert!(
         events.iter().any(|e| e["event"] == "log"
             && e["level"] == "error"
-            && e["message"].as_str().unwrap().contains("free device memory now")),
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("free device memory now")),
         "the device's error and free memory are logged"
     );
     assert!(!train_losses(&run).contains_key(&5));
@@ -82,16 +85,29 @@ fn a_step_out_of_memory_is_skipped_checkpointed_and_resumable() {
     assert!(out.status.success(), "{}", stderr(&out));
     let whole = tmp.path().join("whole");
     let out = Command::new(env!("CARGO_BIN_EXE_gaplab"))
-        .args(["train", ws.to_str().unwrap(), "--headless", "--variant", "dpo"])
+        .args([
+            "train",
+            ws.to_str().unwrap(),
+            "--headless",
+            "--variant",
+            "dpo",
+        ])
         .arg("--out")
         .arg(&whole)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let (a, b) = (train_losses(&run), train_losses(&runs(&whole).pop().unwrap()));
+    let (a, b) = (
+        train_losses(&run),
+        train_losses(&runs(&whole).pop().unwrap()),
+    );
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (step, x) in &a {
-        assert!((x - b[step]).abs() < 1e-6, "step {step}: {x} vs {}", b[step]);
+        assert!(
+            (x - b[step]).abs() < 1e-6,
+            "step {step}: {x} vs {}",
+            b[step]
+        );
     }
 }
 

@@ -19,9 +19,9 @@ use crate::event::{Event, Level, RunState};
 use crate::hash::Fnv;
 use crate::runlog::{self, RunDir, Writer};
 use crate::train::initial::ModelSource;
-use crate::train::{memory, oom};
 use crate::train::refcache::checkpoint_fingerprint;
 use crate::train::trainer::{sft_checkpoint, Stage, StepResult, Trainer};
+use crate::train::{memory, oom};
 
 /// What the engine is asked to do.
 pub enum Work {
@@ -344,7 +344,9 @@ fn out_of_memory(t: &Trainer, em: &mut Emitter, e: anyhow::Error) -> anyhow::Err
                 });
                 format!("step {} was checkpointed in {}", t.step, path.display())
             }
-            Err(ce) => format!("writing a checkpoint failed too ({ce:#}); the last checkpoint is intact"),
+            Err(ce) => {
+                format!("writing a checkpoint failed too ({ce:#}); the last checkpoint is intact")
+            }
         }
     };
     let during = match failed_step {

@@ -165,6 +165,14 @@ impl Tail {
     /// `Started` first. From events.jsonl they come in the order they were sent; for the order
     /// of an earlier version's run directory see the `legacy` module.
     pub fn poll(&mut self) -> Result<Vec<Event>> {
+        // Without this a vanished events.jsonl reads as a run started over, and a viewer would
+        // drop what it has.
+        if !self.dir.join(CONFIG).is_file() {
+            anyhow::bail!(
+                "{}: the run directory was removed or moved; showing what was read before",
+                self.dir.display()
+            );
+        }
         let records = self.dir.join(EVENTS).exists();
         match self.reader {
             Reader::Records(_) => {}
@@ -621,5 +629,29 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].0, 2);
         assert!(errors[0].1.contains("not a run directory"));
+    }
+
+    #[test]
+    fn a_removed_run_directory_is_said_and_what_was_read_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        let run = new_run(tmp.path(), "a");
+        let mut w = Writer::new(&run, "a", 4).unwrap();
+        for ev in &a_run(&run, &cfg)[..3] {
+            w.write(ev).unwrap();
+        }
+        let mut tail = Tail::open(&run.path).unwrap();
+        let before = tail.poll().unwrap();
+        assert!(!before.is_empty());
+        let moved = tmp.path().join("elsewhere");
+        std::fs::rename(&run.path, &moved).unwrap();
+        let err = tail.poll().unwrap_err().to_string();
+        assert!(
+            err.contains("the run directory was removed or moved"),
+            "{err}"
+        );
+        // Back where it was: reading goes on from where it stopped, nothing twice.
+        std::fs::rename(&moved, &run.path).unwrap();
+        assert!(tail.poll().unwrap().is_empty());
     }
 }

@@ -38,7 +38,8 @@ impl std::error::Error for OutOfMemory {}
 /// (`CUDA_ERROR_OUT_OF_MEMORY`, "out of memory") and cuBLAS's allocation failure, wherever in
 /// the chain of contexts they are.
 pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<OutOfMemory>().is_some() || e.chain().any(|c| says_out_of_memory(&c.to_string()))
+    e.downcast_ref::<OutOfMemory>().is_some()
+        || e.chain().any(|c| says_out_of_memory(&c.to_string()))
 }
 
 fn says_out_of_memory(message: &str) -> bool {
@@ -71,8 +72,9 @@ mod tests {
 
     #[test]
     fn device_messages_are_recognised_through_contexts() {
-        let cuda: anyhow::Result<()> =
-            Err(anyhow::anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"));
+        let cuda: anyhow::Result<()> = Err(anyhow::anyhow!(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"
+        ));
         let e = cuda.context("step 3").unwrap_err();
         assert!(is_out_of_memory(&e));
         assert!(is_out_of_memory(&anyhow::anyhow!(
