@@ -24,6 +24,7 @@
 
 mod legacy;
 mod lines;
+pub mod lock;
 pub mod tail;
 #[cfg(test)]
 mod testutil;
