@@ -32,6 +32,10 @@ pub struct TrainArgs {
     /// Continue a run directory from its latest checkpoint.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// With --resume: continue even though restart-only settings of the workspace changed
+    /// since the run started, keeping the run's own.
+    #[arg(long, requires = "resume")]
+    pub force: bool,
     /// Where run directories go (default: WORKSPACE/runs).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -52,10 +56,11 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
             .parent()
             .context("--resume: expected a run directory")?
             .to_path_buf();
-        crate::runlog::RunDir::open(&dir)?;
+        let run = crate::runlog::RunDir::open(&dir)?;
+        let latest = resume_workspace(args, &run)?;
         return Ok(Plan {
             runs_root: args.out.clone().unwrap_or(root),
-            work: Work::Resume(dir),
+            work: Work::Resume { dir, latest },
         });
     }
     let ws = Workspace::load(&args.workspace)?;
@@ -71,6 +76,55 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
         runs_root: args.out.clone().unwrap_or_else(|| ws.dir.join("runs")),
         work: Work::Variants(cfgs),
     })
+}
+
+/// The workspace a resumed run takes its live settings from, checked against the settings the
+/// run started with: restart-only ones that changed (a longer `max_len`, another LoRA rank)
+/// cannot apply to a run halfway through, so the resume is refused, naming each, unless
+/// `--force` keeps the run's own. A workspace that cannot be read or no longer has the run's
+/// variant is refused the same way.
+fn resume_workspace(
+    args: &TrainArgs,
+    run: &crate::runlog::RunDir,
+) -> Result<Option<Box<Workspace>>> {
+    let own = run.read_config()?;
+    let current = Workspace::load(&args.workspace).and_then(|ws| {
+        let cfg = ws.run_config(&own.variant)?;
+        Ok((ws, cfg))
+    });
+    let keep_own = "pass --force to resume with the run's own settings";
+    let (ws, cfg) = match current {
+        Ok(x) => x,
+        Err(e) if args.force => {
+            say!(
+                "gaplab: --force: resuming {} with its own settings ({e:#})",
+                run.path.display()
+            );
+            return Ok(None);
+        }
+        Err(e) => anyhow::bail!(
+            "--resume: cannot compare {} with the workspace: {e:#}; fix the workspace or {keep_own}",
+            run.path.display()
+        ),
+    };
+    let changed = own.restart_changes(&cfg)?;
+    if !changed.is_empty() {
+        let list = changed
+            .iter()
+            .map(|c| format!("{} ({} -> {})", c.field, c.old, c.new))
+            .collect::<Vec<_>>()
+            .join(", ");
+        anyhow::ensure!(
+            args.force,
+            "--resume: restart-only settings changed since {} started: {list}; put them back, start a new run, or {keep_own}",
+            run.path.display()
+        );
+        say!(
+            "gaplab: --force: resuming {} with its own restart-only settings, not the workspace's: {list}",
+            run.path.display()
+        );
+    }
+    Ok(Some(Box::new(ws)))
 }
 
 /// Watches the workspace's `gaplab.toml` (unless `mode` is None: `--no-watch`): each edit is
@@ -129,6 +183,8 @@ fn on_signals(
                     let _ = commands.send(Command::Stop);
                 } else {
                     crate::ui::terminal::restore();
+                    // Exiting skips destructors: the locks would outlive the process.
+                    crate::runlog::lock::release_all();
                     std::process::exit(130);
                 }
             }

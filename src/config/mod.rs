@@ -777,6 +777,27 @@ impl RunConfig {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The restart-only settings that differ between this config and `new` (an edited config
+    /// of the same variant), with both values: what a running or resumed run cannot take.
+    pub fn restart_changes(&self, new: &RunConfig) -> Result<Vec<Change>> {
+        let (_, _, ignored) = self.with_live_changes(new)?;
+        let (a, b) = (toml::Value::try_from(self)?, toml::Value::try_from(new)?);
+        let show = |v: &toml::Value, path: &str| match path.split('.').try_fold(v, |v, k| v.get(k))
+        {
+            None => "(unset)".to_string(),
+            Some(toml::Value::Table(_)) => "(set)".to_string(),
+            Some(x) => x.to_string(),
+        };
+        Ok(ignored
+            .into_iter()
+            .map(|field| Change {
+                old: show(&a, &field),
+                new: show(&b, &field),
+                field,
+            })
+            .collect())
+    }
+
     /// This config with the live fields of `new` (an edited config of the same variant)
     /// applied: the merged config, the changes made, and the restart-only fields that differ
     /// (ignored). The one place that knows which sections a running variant takes edits from.
@@ -1464,6 +1485,30 @@ mod tests {
         assert_eq!(b.train.beta, 0.2, "variants inherit [train]");
         assert_eq!(a.model.path.unwrap(), Path::new("ws").join("m"));
         assert!(ws.run_config("nope").is_err());
+    }
+
+    #[test]
+    fn restart_changes_name_each_field_with_both_values() {
+        let cfg = |extra: &str| {
+            parse(&format!("{OK}{extra}"))
+                .unwrap()
+                .run_config("dpo")
+                .unwrap()
+        };
+        let old = cfg("max_len = 512\n[train]\nlr = 1e-3\n");
+        let new = cfg("max_len = 1024\n[train]\nlr = 2e-3\n[lora]\nr = 16\n");
+        let shown: Vec<String> = old
+            .restart_changes(&new)
+            .unwrap()
+            .iter()
+            .map(|c| format!("{} ({} -> {})", c.field, c.old, c.new))
+            .collect();
+        // The learning rate is live: not named.
+        assert_eq!(
+            shown,
+            ["data.max_len (512 -> 1024)", "lora ((unset) -> (set))"]
+        );
+        assert!(old.restart_changes(&old).unwrap().is_empty());
     }
 
     #[test]

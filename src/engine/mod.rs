@@ -17,6 +17,7 @@ pub use command::Command;
 use crate::config::{RunConfig, SftSection, Workspace};
 use crate::event::{Event, Level, RunState};
 use crate::hash::Fnv;
+use crate::runlog::lock::{self, Lock, Refused};
 use crate::runlog::{self, RunDir, Writer};
 use crate::train::initial::ModelSource;
 use crate::train::refcache::checkpoint_fingerprint;
@@ -27,8 +28,13 @@ use crate::train::{memory, oom};
 pub enum Work {
     /// Train these variants of one workspace in order, from one shared initial policy.
     Variants(Vec<RunConfig>),
-    /// Continue the run in this directory from its latest checkpoint.
-    Resume(PathBuf),
+    /// Continue the run in `dir` from its latest checkpoint. `latest` is the workspace as it is
+    /// now: its live settings that differ from the run's are applied as a hot reload would
+    /// apply them (and recorded); None resumes with the run's own settings.
+    Resume {
+        dir: PathBuf,
+        latest: Option<Box<Workspace>>,
+    },
 }
 
 pub struct Plan {
@@ -63,14 +69,18 @@ impl Engine {
     }
 }
 
+/// Starts the engine thread once this process holds the locks of what `plan` trains (refused,
+/// naming the other process, when another gaplab trains it); they are released when the thread
+/// ends.
 pub fn spawn(plan: Plan) -> Result<Engine> {
+    let locks = lock_outputs(&plan)?;
     let (etx, erx) = mpsc::channel();
     let (ctx, crx) = mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("gaplab-engine".into())
         .spawn({
             let ctx = ctx.clone();
-            move || run(plan, etx, crx, ctx)
+            move || run(plan, locks, etx, crx, ctx)
         })
         .context("cannot start the training thread")?;
     Ok(Engine {
@@ -78,6 +88,33 @@ pub fn spawn(plan: Plan) -> Result<Engine> {
         commands: ctx,
         handle,
     })
+}
+
+/// The locks of what `plan` trains: the run directory it resumes, or the output of each of its
+/// variants under the runs root. All are taken before training starts, so that a second process
+/// on the same variant refuses at once rather than when it reaches that variant; other
+/// variants of the workspace stay free for another process (another GPU).
+fn lock_outputs(plan: &Plan) -> Result<Vec<Lock>> {
+    match &plan.work {
+        Work::Resume { dir, .. } => Ok(vec![Lock::acquire(
+            &dir.join(lock::RUN_LOCK),
+            &dir.display().to_string(),
+        )?]),
+        Work::Variants(cfgs) => {
+            if cfgs.is_empty() {
+                return Ok(Vec::new());
+            }
+            let root = &plan.runs_root;
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("cannot create {}", root.display()))?;
+            cfgs.iter()
+                .map(|c| {
+                    let what = format!("variant {} in {}", c.variant, root.display());
+                    Lock::acquire(&lock::variant_lock(root, &c.variant), &what)
+                })
+                .collect()
+        }
+    }
 }
 
 /// Writes each event to the run directory, then sends it to the watcher (if any is left).
@@ -101,12 +138,15 @@ impl Emitter {
         })
     }
 
-    /// Records a failure (status.json, log) and passes the error on.
+    /// Records a failure (status.json, log) where it still can, shows it either way (the disk
+    /// that made the run fail may refuse the record too), and passes the error on.
     fn fail(&mut self, step: usize, e: anyhow::Error) -> anyhow::Error {
-        let _ = self.emit(Event::State {
+        let ev = Event::State {
             step,
             state: RunState::Failed(format!("{e:#}")),
-        });
+        };
+        let _ = self.writer.write(&ev);
+        let _ = self.tx.send(ev);
         e
     }
 }
@@ -125,6 +165,8 @@ struct Control {
     remote: Sender<Command>,
     /// The latest valid edit of the workspace config, applied to each variant as it starts.
     latest: Option<Box<Workspace>>,
+    /// Whether waiting for another process's SFT stage has been said.
+    waiting: bool,
 }
 
 /// Applies an edited workspace config to the running variant at a step boundary.
@@ -221,20 +263,24 @@ impl Control {
 
 fn run(
     plan: Plan,
+    locks: Vec<Lock>,
     tx: Sender<Event>,
     rx: Receiver<Command>,
     remote: Sender<Command>,
 ) -> Result<Outcome> {
+    // Said in the first run's log: whose stale lock this process took over.
+    let mut notes: Vec<String> = locks.iter().filter_map(|l| l.note.clone()).collect();
     let mut ctl = Control {
         rx,
         paused: false,
         steps_allowed: 0,
         remote,
         latest: None,
+        waiting: false,
     };
     let cache = plan.runs_root.join(".cache");
     match plan.work {
-        Work::Resume(dir) => {
+        Work::Resume { dir, latest } => {
             let run = RunDir::open(&dir)?;
             let cfg = run.read_config()?;
             let step = run.latest_checkpoint().map_or(0, |c| c.0);
@@ -245,7 +291,14 @@ fn run(
                 tx,
                 writer: Writer::new(&run, &cfg.variant, 0)?,
             };
+            for note in notes.drain(..) {
+                em.log(step, Level::Warn, note)?;
+            }
             let t = resumed.map_err(|e| em.fail(step, e))?;
+            // The workspace's edits since the run's last checkpoint are applied as the run
+            // starts (and recorded), as if made while it trained; nothing is recorded when
+            // nothing changed.
+            ctl.latest = latest.filter(|ws| differs(&t.cfg, ws));
             drive(t, &mut em, &mut ctl)
         }
         Work::Variants(cfgs) => {
@@ -264,11 +317,17 @@ fn run(
             };
             for cfg in cfgs {
                 let run = RunDir::create(&plan.runs_root, &cfg.variant)?;
+                // New, so free; held so that a `--resume` of it meanwhile is refused.
+                let _run_lock =
+                    Lock::acquire(&run.file(lock::RUN_LOCK), &run.path.display().to_string())?;
                 run.write_config(&cfg)?;
                 let mut em = Emitter {
                     tx: tx.clone(),
                     writer: Writer::new(&run, &cfg.variant, 0)?,
                 };
+                for note in notes.drain(..) {
+                    em.log(0, Level::Warn, note)?;
+                }
                 let variant = cfg.variant.clone();
                 let t = Trainer::start(cfg, Stage::Variant, run, &initial, &cache)
                     .map_err(|e| em.fail(0, e.context(format!("variant {variant}"))))?;
@@ -279,6 +338,53 @@ fn run(
             Ok(Outcome::Finished)
         }
     }
+}
+
+/// Whether the workspace's config of `cfg`'s variant differs from it in any setting (an
+/// unreadable one counts as different: the engine reports it as a rejected edit).
+fn differs(cfg: &RunConfig, ws: &Workspace) -> bool {
+    ws.run_config(&cfg.variant)
+        .and_then(|new| cfg.with_live_changes(&new))
+        .map_or(true, |(_, changes, ignored)| {
+            !changes.is_empty() || !ignored.is_empty()
+        })
+}
+
+/// `e` with how to continue the run, when it is a variant's and a checkpoint is left to
+/// continue from.
+fn with_resume_hint(e: anyhow::Error, t: &Trainer) -> anyhow::Error {
+    if t.stage != Stage::Variant {
+        return e;
+    }
+    let Some((step, _)) = t.run.latest_checkpoint() else {
+        return e;
+    };
+    let fix = match io_kind(&e) {
+        Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) => {
+            "once space is freed"
+        }
+        Some(std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied) => {
+            "once the run directory is writable again"
+        }
+        _ => "once the cause is fixed",
+    };
+    anyhow::anyhow!(
+        "{e:#}; the run keeps its checkpoint at step {step}: {fix}, continue with: gaplab train {} --resume {}",
+        t.cfg.workspace.display(),
+        t.run.path.display()
+    )
+}
+
+/// The kind of the first OS error in `e`'s chain.
+fn io_kind(e: &anyhow::Error) -> Option<std::io::ErrorKind> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| match c.downcast_ref::<candle_core::Error>() {
+                Some(candle_core::Error::Io(io)) => Some(io.kind()),
+                _ => None,
+            })
+    })
 }
 
 fn every(interval: usize, step: usize) -> bool {
@@ -306,7 +412,7 @@ fn drive(mut t: Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<Outcome>
         let e = if oom::is_out_of_memory(&e) {
             out_of_memory(&t, em, e)
         } else {
-            e
+            with_resume_hint(e, &t)
         };
         em.fail(t.step, e)
     })
@@ -354,8 +460,9 @@ fn out_of_memory(t: &Trainer, em: &mut Emitter, e: anyhow::Error) -> anyhow::Err
         None => format!("evaluating or sampling after step {}", t.step),
     };
     anyhow::anyhow!(
-        "out of device memory in {during} ({}); {saved}. To fit: lower train.batch_size (raise train.grad_accum to keep the effective batch), set train.gradient_checkpointing = true, or train LoRA adapters ([lora]); then continue with `gaplab train WORKSPACE --resume {}`",
+        "out of device memory in {during} ({}); {saved}. To fit: lower train.batch_size (raise train.grad_accum to keep the effective batch), set train.gradient_checkpointing = true, or train LoRA adapters ([lora]); then continue with: gaplab train {} --resume {}",
         t.memory,
+        t.cfg.workspace.display(),
         t.run.path.display()
     )
 }
@@ -505,6 +612,34 @@ fn sft_stage(
         return Ok(Some(ckpt));
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Another process training another variant of the workspace may be running this same
+    // stage: wait for its result instead of training it twice into one folder.
+    let _lock = loop {
+        let owner = match Lock::try_acquire(&dir.join(lock::RUN_LOCK)) {
+            Ok(l) => break l,
+            Err(Refused::Io(e)) => return Err(e),
+            Err(Refused::Held(o)) => o,
+        };
+        if !std::mem::replace(&mut ctl.waiting, true) {
+            let _ = tx.send(Event::Log {
+                step: 0,
+                level: Level::Info,
+                message: format!(
+                    "waiting for the shared SFT stage {}, trained by another gaplab process ({})",
+                    dir.display(),
+                    owner.describe()
+                ),
+            });
+        }
+        match ctl.rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            Ok(Command::Stop) => return Ok(None),
+            Ok(Command::Reload(ws)) => ctl.latest = Some(ws),
+            _ => {}
+        }
+    };
+    if ckpt.join("config.json").exists() {
+        return Ok(Some(ckpt));
+    }
     let run = RunDir::open(&dir)?;
     // A restarted stage starts over: its records would otherwise repeat.
     for f in [

@@ -24,6 +24,7 @@
 
 mod legacy;
 mod lines;
+pub mod lock;
 pub mod tail;
 #[cfg(test)]
 mod testutil;
@@ -149,7 +150,10 @@ impl RunDir {
     }
 
     pub fn write_status(&self, status: &Status) -> Result<()> {
-        write_atomic(&self.file(STATUS), &serde_json::to_vec_pretty(status)?)
+        let path = self.file(STATUS);
+        crate::fault::disk("status-write")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        write_atomic(&path, &serde_json::to_vec_pretty(status)?)
     }
 
     pub fn read_status(&self) -> Option<Status> {
@@ -179,9 +183,15 @@ impl RunDir {
         self.list_checkpoints().pop()
     }
 
-    /// Writes a checkpoint with `fill` into a temporary folder, renames it to `step-N` when
-    /// complete (a crash at any moment leaves earlier checkpoints intact), then keeps only the
-    /// newest `keep`.
+    /// Writes a checkpoint with `fill` into the temporary folder `.tmp-step-N`, makes every
+    /// file in it durable (fsync), and only then renames it to `step-N`, the only name
+    /// [`list_checkpoints`](Self::list_checkpoints) and a resume take: a crash, a full disk or a
+    /// read-only file system at any moment leaves earlier checkpoints intact and is never taken
+    /// for a complete checkpoint. When any of it fails (`fill`, the fsync or the rename), the
+    /// temporary folder is removed (freeing the space it took) and the error, which names the
+    /// file and the OS error, is returned: the caller stops the run, which can then continue
+    /// from the previous checkpoint with `--resume`. Keeps only the newest `keep` checkpoints,
+    /// removing older ones after the new one is complete.
     pub fn write_checkpoint(
         &self,
         step: usize,
@@ -197,15 +207,27 @@ impl RunDir {
         }
         let tmp = dir.join(format!(".tmp-step-{step}"));
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
+            std::fs::remove_dir_all(&tmp)
+                .with_context(|| format!("cannot remove {}", tmp.display()))?;
         }
-        std::fs::create_dir_all(&tmp)?;
-        fill(&tmp).with_context(|| format!("cannot write checkpoint {}", tmp.display()))?;
-        if done.exists() {
-            std::fs::remove_dir_all(&done)?;
+        let written = (|| -> Result<()> {
+            crate::fault::disk("checkpoint-write")
+                .and_then(|()| std::fs::create_dir_all(&tmp))
+                .with_context(|| format!("cannot create {}", tmp.display()))?;
+            fill(&tmp)?;
+            sync_tree(&tmp)?;
+            if done.exists() {
+                std::fs::remove_dir_all(&done)
+                    .with_context(|| format!("cannot remove {}", done.display()))?;
+            }
+            crate::fault::disk("checkpoint-rename")
+                .and_then(|()| std::fs::rename(&tmp, &done))
+                .with_context(|| format!("cannot rename {} to {}", tmp.display(), done.display()))
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e.context(format!("checkpoint at step {step} not written")));
         }
-        std::fs::rename(&tmp, &done)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), done.display()))?;
         sync_dir(&dir);
         let all = self.list_checkpoints();
         if all.len() > keep.max(1) {
@@ -276,19 +298,54 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Writes a file through a temporary sibling and a rename.
+/// Flushes every file under `dir` to disk, then the folders themselves (their entries), so
+/// that a rename that publishes `dir` never publishes files still in the page cache only.
+fn sync_tree(dir: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for e in entries {
+        let p = e
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .path();
+        if p.is_dir() {
+            sync_tree(&p)?;
+        } else {
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot write {}", p.display()))?;
+        }
+    }
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot write {}", dir.display()))
+}
+
+/// Writes a file through a temporary sibling and a rename: readers see the old content or the
+/// new, never a part. On failure the temporary file is removed and the old content stays.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp~");
-    {
-        let mut f =
-            File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let written = (|| -> std::io::Result<()> {
+        crate::fault::disk("atomic-write")?;
+        let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
     }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Appends events to the run directory's files, flushing each record.
+///
+/// A failed write (a full disk, a read-only file system, or an injected fault: fault points
+/// `events-write`, `metrics-write`, `samples-write`, `prefix-write`, `log-write`,
+/// `status-write`) returns an error naming the file and the OS error; the engine then stops
+/// the run as failed (status.json says so when it can still be written) and the run continues
+/// from its last checkpoint with `--resume`, which drops any record after that checkpoint,
+/// torn last lines included. A state change is written to status.json even when appending its
+/// record to events.jsonl failed, so that a failure is seen there whenever possible.
 pub struct Writer {
     run: RunDir,
     events: File,
@@ -308,11 +365,17 @@ fn append(path: &Path) -> Result<File> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
-fn line(f: &mut File, v: &Value) -> Result<()> {
+/// Appends one record to `f` (the file `path`), through fault point `fault`.
+fn append_line(f: &mut File, path: &Path, fault: &str, text: &str) -> Result<()> {
+    crate::fault::disk(fault)
+        .and_then(|()| f.write_all(text.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn line(f: &mut File, path: &Path, fault: &str, v: &Value) -> Result<()> {
     let mut s = serde_json::to_string(v)?;
     s.push('\n');
-    f.write_all(s.as_bytes())?;
-    Ok(())
+    append_line(f, path, fault, &s)
 }
 
 /// Ends a torn last line (a process killed mid-write) so that the next record starts on a line
@@ -358,79 +421,98 @@ impl Writer {
             Level::Warn => "warn",
             Level::Error => "error",
         };
-        writeln!(self.log, "{} step {step} {level}: {sentence}", timestamp(t))?;
-        Ok(())
+        let text = format!("{} step {step} {level}: {sentence}\n", timestamp(t));
+        append_line(&mut self.log, &self.run.file(LOG), "log-write", &text)
+    }
+
+    /// Rewrites status.json with the run's state at `step`.
+    pub fn write_status(&self, step: usize, state: &RunState) -> Result<()> {
+        self.run.write_status(&Status {
+            variant: self.variant.clone(),
+            step,
+            total_steps: self.total_steps,
+            state: state.clone(),
+            pid: std::process::id(),
+            time: crate::event::now(),
+        })
     }
 
     pub fn write(&mut self, ev: &Event) -> Result<()> {
         let mut record = ev.to_record()?;
         record.push('\n');
-        self.events.write_all(record.as_bytes())?;
+        let recorded = append_line(
+            &mut self.events,
+            &self.run.file(EVENTS),
+            "events-write",
+            &record,
+        );
+        if let Event::State { step, state } = ev {
+            let status = self.write_status(*step, state);
+            recorded?;
+            status?;
+        } else {
+            recorded?;
+        }
+        self.write_files(ev)?;
+        if let Some(sentence) = ev.describe() {
+            self.log(ev.step(), ev.level(), &sentence)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the TRL-shaped records of `ev` (metrics, samples, prefix).
+    fn write_files(&mut self, ev: &Event) -> Result<()> {
         let time = crate::event::now();
+        let metrics = self.run.file(METRICS);
+        let mut metric = |v: Value| line(&mut self.metrics, &metrics, "metrics-write", &v);
         match ev {
             Event::Started { total_steps, .. } => self.total_steps = *total_steps,
-            Event::State { step, state } => {
-                self.run.write_status(&Status {
-                    variant: self.variant.clone(),
-                    step: *step,
-                    total_steps: self.total_steps,
-                    state: state.clone(),
-                    pid: std::process::id(),
-                    time,
-                })?;
-            }
             Event::Step(m) => {
                 let mut v = json!({"step": m.step, "time": m.time, "split": "train"});
                 for (k, x) in &m.metrics {
                     v[k] = json!(x);
                 }
-                line(&mut self.metrics, &v)?;
+                metric(v)?;
             }
             Event::Skipped { step, reason } => {
-                line(
-                    &mut self.metrics,
-                    &json!({"step": step, "time": time, "event": "skipped", "reason": reason}),
-                )?;
+                metric(json!({"step": step, "time": time, "event": "skipped", "reason": reason}))?
             }
             Event::Eval(r) => {
                 let mut v = json!({"step": r.step, "time": r.time, "split": "eval"});
                 for (k, x) in &r.metrics {
                     v[k] = json!(x);
                 }
-                line(&mut self.metrics, &v)?;
+                metric(v)?;
                 line(
                     &mut self.prefix,
+                    &self.run.file(PREFIX),
+                    "prefix-write",
                     &json!({"step": r.step, "time": r.time, "prefix": r.prefix,
                         "token_diffs": r.token_diffs, "entropy": r.entropy,
                         "cross_entropy": r.cross_entropy}),
                 )?;
             }
             Event::Samples { samples, .. } => {
+                let path = self.run.file(SAMPLES);
                 for s in samples {
-                    line(&mut self.samples, &serde_json::to_value(s)?)?;
+                    line(
+                        &mut self.samples,
+                        &path,
+                        "samples-write",
+                        &serde_json::to_value(s)?,
+                    )?;
                 }
             }
             Event::Applied {
                 step,
                 changes,
                 ignored,
-            } => {
-                line(
-                    &mut self.metrics,
-                    &json!({"step": step, "time": time, "event": "applied",
-                        "changes": changes, "ignored": ignored}),
-                )?;
-            }
-            Event::ConfigRejected { step, error } => {
-                line(
-                    &mut self.metrics,
-                    &json!({"step": step, "time": time, "event": "config_rejected", "error": error}),
-                )?;
-            }
-            Event::Checkpoint { .. } | Event::Log { .. } => {}
-        }
-        if let Some(sentence) = ev.describe() {
-            self.log(ev.step(), ev.level(), &sentence)?;
+            } => metric(json!({"step": step, "time": time, "event": "applied",
+                        "changes": changes, "ignored": ignored}))?,
+            Event::ConfigRejected { step, error } => metric(
+                json!({"step": step, "time": time, "event": "config_rejected", "error": error}),
+            )?,
+            Event::State { .. } | Event::Checkpoint { .. } | Event::Log { .. } => {}
         }
         Ok(())
     }
@@ -465,11 +547,63 @@ mod tests {
             std::fs::write(p.join("model.safetensors"), "partial")?;
             anyhow::bail!("disk full")
         });
-        assert!(err.is_err());
+        let err = format!("{:#}", err.unwrap_err());
+        assert!(err.starts_with("checkpoint at step 4 not written"), "{err}");
         assert_eq!(run.latest_checkpoint().unwrap().0, 3);
-        assert!(run.checkpoints().join(".tmp-step-4").exists());
-        run.truncate_after(3).unwrap();
+        // ... and is removed at once, freeing its space.
         assert!(!run.checkpoints().join(".tmp-step-4").exists());
+        // A leftover of a killed process goes when the run resumes.
+        std::fs::create_dir_all(run.checkpoints().join(".tmp-step-5")).unwrap();
+        assert_eq!(run.latest_checkpoint().unwrap().0, 3);
+        run.truncate_after(3).unwrap();
+        assert!(!run.checkpoints().join(".tmp-step-5").exists());
+    }
+
+    #[test]
+    fn a_failed_append_names_the_file_and_status_still_says_failed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path(), "v").unwrap();
+        let mut w = Writer::new(&run, "v", 9).unwrap();
+        // A handle that cannot write stands for a full or read-only disk.
+        w.events = File::open(run.file(EVENTS)).unwrap();
+        let failed = Event::State {
+            step: 3,
+            state: RunState::Failed("disk full".into()),
+        };
+        let err = format!("{:#}", w.write(&failed).unwrap_err());
+        assert!(
+            err.starts_with(&format!("cannot write {}: ", run.file(EVENTS).display())),
+            "{err}"
+        );
+        let status = run.read_status().unwrap();
+        assert_eq!((status.step, status.state), (3, failed_state()));
+        w.metrics = File::open(run.file(METRICS)).unwrap();
+        w.events = append(&run.file(EVENTS)).unwrap();
+        let step = Event::Skipped {
+            step: 4,
+            reason: "x".into(),
+        };
+        let err = format!("{:#}", w.write(&step).unwrap_err());
+        assert!(
+            err.contains(&run.file(METRICS).display().to_string()),
+            "{err}"
+        );
+    }
+
+    fn failed_state() -> RunState {
+        RunState::Failed("disk full".into())
+    }
+
+    #[test]
+    fn a_failed_atomic_write_keeps_the_old_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("status.json");
+        write_atomic(&path, b"old").unwrap();
+        // A folder where the temporary file goes makes its creation fail.
+        std::fs::create_dir(path.with_extension("tmp~")).unwrap();
+        let err = format!("{:#}", write_atomic(&path, b"new").unwrap_err());
+        assert!(err.starts_with("cannot write "), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
     }
 
     #[test]

@@ -864,11 +864,28 @@ impl Trainer {
         };
         self.run
             .write_checkpoint(self.step, self.cfg.checkpoint.keep, |dir| {
+                // Fault points before each file: a disk that fills up before the checkpoint,
+                // after its weights, and before its last file.
+                let fault = |name: &str, file: &str| {
+                    crate::fault::disk(name)
+                        .with_context(|| format!("cannot write {}", dir.join(file).display()))
+                };
+                let weights = match self.lora {
+                    Some(_) => "adapter_model.safetensors",
+                    None => "model.safetensors",
+                };
+                fault("checkpoint-model", weights)?;
                 self.save_policy(dir)?;
+                let path = dir.join(OPTIMIZER);
+                fault("checkpoint-optimizer", OPTIMIZER)?;
                 let moments: HashMap<String, Tensor> =
                     self.opt.state_tensors()?.into_iter().collect();
-                candle_core::safetensors::save(&moments, dir.join(OPTIMIZER))?;
-                std::fs::write(dir.join(TRAINER_STATE), serde_json::to_vec_pretty(&state)?)?;
+                candle_core::safetensors::save(&moments, &path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                let path = dir.join(TRAINER_STATE);
+                fault("checkpoint-state", TRAINER_STATE)?;
+                std::fs::write(&path, serde_json::to_vec_pretty(&state)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
                 Ok(())
             })
     }
