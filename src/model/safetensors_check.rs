@@ -189,11 +189,12 @@ fn check_data_section(
     else {
         return Ok(());
     };
-    let want = data_start + entries.iter().map(|e| e.end).max().unwrap_or(0);
+    // Saturating: the offsets come from an untrusted header.
+    let want = data_start.saturating_add(entries.iter().map(|e| e.end).max().unwrap_or(0));
     Err(format!(
         "tensor `{}` ends at byte {}, past the end of the file: expected {want} bytes, got {file_len}; the file looks truncated (an interrupted download or copy?)",
         cut.name,
-        data_start + cut.end
+        data_start.saturating_add(cut.end)
     ))
 }
 
@@ -656,6 +657,13 @@ mod tests {
         let h = r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}"#;
         let e = err(header("m.safetensors", &raw(h, 8)));
         assert!(e.contains("must be [begin, end]"), "{e}");
+        let h = format!(
+            r#"{{"a": {{"dtype": "U8", "shape": [1], "data_offsets": [{0}, {1}]}}}}"#,
+            u64::MAX - 1,
+            u64::MAX
+        );
+        let e = err(header("m.safetensors", &raw(&h, 8)));
+        assert!(e.contains("looks truncated"), "{e}");
         let h = r#"{"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}"#;
         let e = err(header("m.safetensors", &raw(h, 8)));
         assert!(e.contains("field `shape`"), "{e}");
