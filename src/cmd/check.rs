@@ -10,11 +10,11 @@ use crate::config::Workspace;
 use crate::data::stats::{self, DataStats, Spread};
 use crate::data::FileKind;
 use crate::event::count;
-use crate::model::{lora, DeviceSpec, ModelConfig};
+use crate::model::safetensors_check::Summary;
+use crate::model::{io, lora, DeviceSpec, ModelConfig};
 use crate::train::dataset::load_dataset;
 use crate::train::initial::ModelSource;
 use crate::train::memory;
-use candle_core::DType;
 
 fn spread_row(out: &mut String, name: &str, s: &Spread) {
     let _ = writeln!(
@@ -77,22 +77,36 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// The adapters a LoRA workspace trains, and the adapter it starts from checked against the
-/// base (every tensor present with the shape the base implies).
-fn lora_line(cfg: &crate::config::RunConfig, model_cfg: &ModelConfig) -> Result<Option<String>> {
-    let Some(l) = cfg.lora_settings()? else {
-        return Ok(None);
-    };
-    if let Some(dir) = &cfg.model.adapter {
-        lora::load_adapter(dir, model_cfg, &candle_core::Device::Cpu, DType::F32)?;
+/// The line (and warnings) of a checkpoint's weights checked from their safetensors headers.
+fn weights_lines(out: &mut String, what: &str, s: &Summary) {
+    let _ = writeln!(out, "{what}: OK ({s})");
+    for w in &s.warnings {
+        let _ = writeln!(out, "warning: {w}");
     }
+}
+
+/// The adapters a LoRA workspace trains, and the adapter it starts from checked against the
+/// base from its header (every tensor present once with the shape the base implies).
+fn lora_lines(
+    out: &mut String,
+    cfg: &crate::config::RunConfig,
+    model_cfg: &ModelConfig,
+) -> Result<()> {
+    let Some(l) = cfg.lora_settings()? else {
+        return Ok(());
+    };
+    let adapter = match &cfg.model.adapter {
+        Some(dir) => Some(lora::check_adapter(dir, model_cfg)?.1),
+        None => None,
+    };
     let targets: Vec<&str> = l.targets.iter().map(|m| m.name()).collect();
     let trainable = l.num_params(model_cfg);
     let start = match &cfg.model.adapter {
         Some(dir) => format!(", starting from {}", dir.display()),
         None => String::new(),
     };
-    Ok(Some(format!(
+    let _ = writeln!(
+        out,
         "lora: r {} alpha {} (scale {:.3}{}) dropout {} on {}{start} · trainable {} of {} params",
         l.r,
         l.alpha,
@@ -102,7 +116,11 @@ fn lora_line(cfg: &crate::config::RunConfig, model_cfg: &ModelConfig) -> Result<
         targets.join(", "),
         count(trainable),
         count(model_cfg.num_params())
-    )))
+    );
+    if let Some(s) = adapter {
+        weights_lines(out, "adapter", &s);
+    }
+    Ok(())
 }
 
 /// What `check` prints: "config ok", the model, data statistics and each variant's plan.
@@ -118,6 +136,12 @@ pub fn report(path: &Path) -> Result<String> {
     let _ = writeln!(out, "{}: config ok", ws.file.display());
     let source = ModelSource::of(&cfg.model)?;
     let (model_cfg, tok) = source.inspect()?;
+    // Headers only: a truncated download or a config.json that does not fit the weights fails
+    // here rather than when a run loads them.
+    let weights = match source {
+        ModelSource::Checkpoint(dir) => Some(io::check_weights(dir, &model_cfg)?),
+        ModelSource::Scratch { .. } => None,
+    };
     let what = match source {
         ModelSource::Checkpoint(dir) => format!(
             "{} ({}, {:.2}M parameters, vocab {})",
@@ -144,9 +168,10 @@ pub fn report(path: &Path) -> Result<String> {
         );
     }
     let _ = writeln!(out, "model: {what}");
-    if let Some(line) = lora_line(cfg, &model_cfg)? {
-        let _ = writeln!(out, "{line}");
+    if let Some(s) = &weights {
+        weights_lines(&mut out, "checkpoint", s);
     }
+    lora_lines(&mut out, cfg, &model_cfg)?;
     let data = load_dataset(cfg, &tok, vocab)?;
     if data.train.is_empty() {
         bail!("{}: no training pairs", cfg.data.train.display());

@@ -306,6 +306,9 @@ fn run(
                 return Ok(Outcome::Finished);
             };
             let base = ModelSource::of(&first.model)?.initial_dir(&plan.runs_root)?;
+            // Headers only: a truncated or mismatched checkpoint fails before a run directory
+            // is made for it.
+            crate::model::io::check_dir(&base, first.model.adapter.as_deref())?;
             let initial = match &first.sft {
                 Some(s) if s.steps > 0 => {
                     match sft_stage(first, s, &base, &plan.runs_root, &cache, &tx, &mut ctl)? {

@@ -1,12 +1,13 @@
 //! Hugging Face checkpoint folders: load (single or sharded safetensors) and save.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::lora::{self, ADAPTER_CONFIG};
+use super::safetensors_check::{self, Expectation, Expected, FileSet, Summary, Unexpected};
 use super::{param_specs, CausalLm, ModelConfig, Tok};
 
 /// Files copied along with the weights so a saved folder is a complete checkpoint.
@@ -26,51 +27,50 @@ fn shard_index(dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
     if !index.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&index)
-        .with_context(|| format!("cannot read {}", index.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}:{}:{}: invalid JSON: {e}",
-            index.display(),
-            e.line(),
-            e.column()
-        )
-    })?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .with_context(|| format!("{}: field `weight_map` missing", index.display()))?;
-    Ok(Some(
-        map.iter()
-            .filter_map(|(k, f)| Some((k.clone(), f.as_str()?.to_string())))
-            .collect(),
-    ))
+    safetensors_check::read_index(&index).map(Some)
 }
 
 /// The safetensors files of a checkpoint folder, from its shard index when it has one.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    if let Some(map) = shard_index(dir)? {
-        let files: BTreeSet<&String> = map.values().collect();
-        let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
-        for f in &files {
-            if !f.exists() {
-                bail!(
-                    "{}/model.safetensors.index.json: shard {} does not exist",
-                    dir.display(),
-                    f.display()
-                );
-            }
-        }
-        return Ok(files);
+    Ok(FileSet::of_dir(dir, "model")?.files)
+}
+
+/// The tensors a checkpoint of `cfg` holds, as [`load_model`] reads them (a tied LM head has
+/// none of its own; qwen2's attention biases are there).
+pub fn expectation(cfg: &ModelConfig) -> Expectation {
+    Expectation {
+        tensors: param_specs(cfg)
+            .into_iter()
+            .map(|s| Expected {
+                name: s.name,
+                shape: s.shape,
+            })
+            .collect(),
+        shapes_from: "config.json".to_string(),
+        mismatch_hint: String::new(),
+        unexpected: Unexpected::Warn,
     }
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(vec![single]);
+}
+
+/// Checks the weights of the checkpoint folder `dir` against `cfg` (its config.json) from the
+/// safetensors headers alone: a truncated file, a shape config.json does not imply, a missing
+/// tensor or shard, or an unsupported dtype is an error before any tensor is read.
+pub fn check_weights(dir: &Path, cfg: &ModelConfig) -> Result<Summary> {
+    let set = FileSet::of_dir(dir, "model")?;
+    safetensors_check::check(&expectation(cfg), &set)
+}
+
+/// [`check_weights`] of the checkpoint folder `dir` against its own config.json, and of the
+/// PEFT adapter folder `adapter` (when given) against that base: what a run checks before it
+/// makes its run directory.
+pub fn check_dir(dir: &Path, adapter: Option<&Path>) -> Result<Summary> {
+    refuse_adapter_folder(dir)?;
+    let cfg = ModelConfig::load(&dir.join("config.json"))?;
+    let summary = check_weights(dir, &cfg)?;
+    if let Some(adapter) = adapter {
+        lora::check_adapter(adapter, &cfg)?;
     }
-    bail!(
-        "{}: no model.safetensors or model.safetensors.index.json",
-        dir.display()
-    )
+    Ok(summary)
 }
 
 /// Loads a checkpoint folder's weights in `dtype` onto `device`.
@@ -80,7 +80,9 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<CausalLm>
     }
     refuse_adapter_folder(dir)?;
     let cfg = ModelConfig::load(&dir.join("config.json"))?;
-    let files = weight_files(dir)?;
+    let set = FileSet::of_dir(dir, "model")?;
+    safetensors_check::check(&expectation(&cfg), &set)?;
+    let files = set.files;
     // SAFETY: the files are memory-mapped read-only; gaplab never writes a checkpoint in place
     // (new checkpoints go to a temporary folder that is renamed).
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }

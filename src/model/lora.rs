@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::safetensors_check::{self, Expectation, Expected, FileSet, Summary, Unexpected};
 use super::ModelConfig;
 use crate::rng::Rng;
 
@@ -445,50 +446,63 @@ pub fn adapter_config(dir: &Path) -> Result<LoraConfig> {
     LoraConfig::from_peft_json(&config_path)
 }
 
+/// The tensors an adapter folder of `lora` holds for a decoder of `cfg`: A [r, in] and
+/// B [out, r] of every targeted module of every layer, in [`LoraConfig::modules`] order.
+fn expectation(lora: &LoraConfig, cfg: &ModelConfig) -> Expectation {
+    let mut tensors = Vec::new();
+    for (path, m) in lora.modules(cfg) {
+        let (i, o) = m.features(cfg);
+        for (which, shape) in [('A', vec![lora.r, i]), ('B', vec![o, lora.r])] {
+            tensors.push(Expected {
+                name: peft_key(&path, which),
+                shape,
+            });
+        }
+    }
+    Expectation {
+        tensors,
+        shapes_from: format!("the base model with r = {}", lora.r),
+        mismatch_hint: ": an adapter made for another base?".to_string(),
+        // The loader has nowhere to put them: an adapter for modules this config does not
+        // target would silently change nothing.
+        unexpected: Unexpected::Refuse,
+    }
+}
+
+/// Checks the PEFT adapter folder `dir` against a base of `cfg` from its config and the
+/// safetensors header alone (every pair present once, shaped for the base, in a supported
+/// dtype, inside the file), before any tensor is read.
+pub fn check_adapter(dir: &Path, cfg: &ModelConfig) -> Result<(LoraConfig, Summary)> {
+    let lora = adapter_config(dir)?;
+    let set = FileSet::single(dir.join(ADAPTER_WEIGHTS));
+    let summary = safetensors_check::check(&expectation(&lora, cfg), &set)?;
+    Ok((lora, summary))
+}
+
 /// Reads a PEFT adapter folder for a decoder of `cfg`: its config and every pair, checked
-/// against the shapes the base implies.
+/// against the shapes the base implies (from the header first, see [`check_adapter`]).
 pub fn load_adapter(
     dir: &Path,
     cfg: &ModelConfig,
     device: &Device,
     dtype: DType,
 ) -> Result<(LoraConfig, BTreeMap<String, LoraPair>)> {
-    let lora = adapter_config(dir)?;
+    let (lora, _) = check_adapter(dir, cfg)?;
     let weights = dir.join(ADAPTER_WEIGHTS);
     let mut map: HashMap<String, Tensor> = candle_core::safetensors::load(&weights, device)
         .with_context(|| format!("{}: cannot read safetensors", weights.display()))?;
     let mut out = BTreeMap::new();
-    for (path, m) in lora.modules(cfg) {
-        let (i, o) = m.features(cfg);
-        let mut take = |which: char, shape: [usize; 2]| -> Result<Tensor> {
+    for (path, _) in lora.modules(cfg) {
+        let mut take = |which: char| -> Result<Tensor> {
             let key = peft_key(&path, which);
-            let t = map.remove(&key).with_context(|| {
-                format!(
-                    "{}: tensor `{key}` missing (adapter_config.json targets {m})",
-                    weights.display()
-                )
-            })?;
-            if t.dims() != shape {
-                bail!(
-                    "{}: tensor `{key}` has shape {:?} but the base model with r = {} implies {:?}: an adapter made for another base?",
-                    weights.display(),
-                    t.dims(),
-                    lora.r,
-                    shape
-                );
-            }
+            let t = map
+                .remove(&key)
+                .with_context(|| format!("{}: tensor `{key}` missing", weights.display()))?;
             Ok(t.to_dtype(dtype)?)
         };
-        let a = take('A', [lora.r, i])?;
-        let b = take('B', [o, lora.r])?;
+        let a = take('A')?;
+        let b = take('B')?;
         out.insert(path, LoraPair { a, b });
-    }
-    if let Some(extra) = map.keys().min() {
-        bail!(
-            "{}: tensor `{extra}` ({} in all) is not an adapter of a module adapter_config.json targets on this base",
-            weights.display(),
-            map.len()
-        );
     }
     Ok((lora, out))
 }
