@@ -70,6 +70,8 @@ pub fn run(args: &MergeArgs) -> Result<()> {
 pub fn merge(args: &MergeArgs) -> Result<MergeReport> {
     let device = crate::model::select_device(&args.device)?;
     io::refuse_adapter_folder(&args.model)?;
+    // Headers of both first: a mismatch is named before the base is loaded.
+    io::check_dir(&args.model, Some(&args.adapter))?;
     let cfg = ModelConfig::load(&args.model.join("config.json"))?;
     let dtype = io::hf_dtype(&cfg.stored_dtype).unwrap_or(DType::F32);
     let base = io::load_model(&args.model, &device, dtype)?;

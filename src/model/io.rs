@@ -127,10 +127,13 @@ pub fn load_with_adapter(
     device: &Device,
     dtype: DType,
 ) -> Result<(CausalLm, Tok)> {
-    let (model, tok) = load_dir(dir, device, dtype)?;
     let Some(adapter) = adapter else {
-        return Ok((model, tok));
+        return load_dir(dir, device, dtype);
     };
+    // Both from their headers before the base's weights are read: a mismatched adapter is
+    // named in a moment, not after a 16 GB load.
+    check_dir(dir, Some(adapter))?;
+    let (model, tok) = load_dir(dir, device, dtype)?;
     let (lora, pairs) = lora::load_adapter(adapter, &model.cfg, device, dtype)?;
     Ok((model.with_adapters(lora, pairs)?, tok))
 }
