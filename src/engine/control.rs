@@ -3,8 +3,14 @@
 //! single-step, sample and checkpoint the run.
 //!
 //! Protocol: one JSON request per line, `{"command":"pause"}`, answered by one line, `ok` or
-//! `error: <message>`. Connections from other users are answered `error: permission denied`
-//! and closed. Several viewers may be connected at once.
+//! `error: <message>`; blank lines are ignored. Connections from other users are answered
+//! `error: permission denied` and closed. Several viewers may be connected at once.
+//!
+//! A dashboard keeps its connection open, idle, for as long as it follows the run, so idle time
+//! between requests is unlimited. What one client cannot do is hold the run or the other viewers
+//! hostage: a request line must be complete within [`Limits::line_deadline`] of its first byte
+//! and no longer than [`Limits::max_line`], a client that does not read its answers is dropped
+//! after [`Limits::write_timeout`], and at most [`Limits::max_connections`] are served at once.
 //!
 //! The socket is `<run>/control.sock`. When that path is too long for a Unix socket address, the
 //! socket lives in a private directory (`$XDG_RUNTIME_DIR/gaplab` or `/tmp/gaplab-<euid>`, mode
@@ -24,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -41,8 +47,19 @@ pub const ADDRESS: &str = "control.addr";
 
 /// How long a client waits for an answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest request line accepted; a longer one closes the connection.
+/// Longest request line accepted; a longer one closes the connection. Requests are ~30 bytes.
 const MAX_LINE: usize = 4096;
+/// How long a request line may take from its first byte to its newline. A client sends each
+/// request in one write, so only a stalled or hostile one comes near this.
+const LINE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long writing one answer may block: a client that never reads its answers fills the
+/// socket buffer, and would otherwise pin its connection thread forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once, each with its own thread: far more than anyone attaches (one per
+/// dashboard), far fewer than the threads a process can have.
+const MAX_CONNECTIONS: usize = 256;
+/// Bytes read from a connection at a time; with `MAX_LINE`, bounds a connection's buffer.
+const CHUNK: usize = 1024;
 /// How often the accept loop checks whether the server was dropped.
 const POLL_MS: libc::c_int = 100;
 
@@ -94,6 +111,30 @@ impl Remote {
 // ---------------------------------------------------------------------------------------------
 // Server
 
+/// What one client may take of the server: see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request line in bytes, newline excluded.
+    pub max_line: usize,
+    /// Time from a request line's first byte to its newline.
+    pub line_deadline: Duration,
+    /// Time writing one answer may block.
+    pub write_timeout: Duration,
+    /// Connections served at once; the next is answered `error: too many connections` and closed.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_line: MAX_LINE,
+            line_deadline: LINE_DEADLINE,
+            write_timeout: WRITE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
 type Connections = Arc<Mutex<HashMap<u64, UnixStream>>>;
 
 /// Listens for commands for one run and forwards each to the engine. Dropping it stops
@@ -112,6 +153,14 @@ impl ControlServer {
     /// Where the socket is bound.
     pub fn socket_path(&self) -> &Path {
         &self.socket
+    }
+
+    /// How many clients are connected now.
+    pub fn connections(&self) -> usize {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -147,6 +196,11 @@ impl Drop for ControlServer {
 /// A stale socket left by a killed run is replaced; a socket some live process answers on is an
 /// error (the run is already controlled by a running gaplab).
 pub fn serve(run_dir: &Path, tx: Sender<Command>) -> Result<ControlServer> {
+    serve_with(run_dir, tx, Limits::default())
+}
+
+/// [`serve`] with other limits on clients (tests use short ones).
+pub fn serve_with(run_dir: &Path, tx: Sender<Command>, limits: Limits) -> Result<ControlServer> {
     let run_dir = fs::canonicalize(run_dir)
         .with_context(|| format!("cannot open the run directory {}", run_dir.display()))?;
     let addr_file = run_dir.join(ADDRESS);
@@ -199,7 +253,7 @@ pub fn serve(run_dir: &Path, tx: Sender<Command>) -> Result<ControlServer> {
     server.accept = Some(
         std::thread::Builder::new()
             .name("gaplab-control".into())
-            .spawn(move || accept_loop(listener, tx, stop, connections))
+            .spawn(move || accept_loop(listener, tx, stop, connections, limits))
             .context("cannot start the control socket thread")?,
     );
     Ok(server)
@@ -220,9 +274,12 @@ fn accept_loop(
     tx: Sender<Command>,
     stop: Arc<AtomicBool>,
     connections: Connections,
+    limits: Limits,
 ) {
     let our_uid = euid();
     let mut next_id = 0u64;
+    // Non-blocking, so that a client gone between poll and accept cannot stall the loop.
+    let _ = listener.set_nonblocking(true);
     while !stop.load(Ordering::SeqCst) {
         match readable(listener.as_raw_fd(), POLL_MS) {
             Ok(true) => {}
@@ -233,35 +290,51 @@ fn accept_loop(
                 continue;
             }
         }
-        let mut stream = match listener.accept() {
+        let stream = match listener.accept() {
             Ok((stream, _)) => stream,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                continue
+            }
             Err(_) => {
                 // Out of file descriptors and the like: back off rather than spin.
                 std::thread::sleep(Duration::from_millis(POLL_MS as u64));
                 continue;
             }
         };
-        let _ = stream.set_nonblocking(false);
         if !matches!(peer_uid(&stream), Ok(uid) if allowed(uid, our_uid)) {
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = stream.write_all(b"error: permission denied\n");
+            refuse(stream, "permission denied");
             continue;
         }
+        let mut registry = connections.lock().unwrap_or_else(PoisonError::into_inner);
+        if registry.len() >= limits.max_connections {
+            drop(registry);
+            refuse(
+                stream,
+                &format!("too many connections ({})", limits.max_connections),
+            );
+            continue;
+        }
+        if stream.set_nonblocking(false).is_err()
+            || stream
+                .set_write_timeout(Some(limits.write_timeout))
+                .is_err()
+        {
+            continue;
+        }
+        // Kept so that dropping the server can shut every connection down.
         let Ok(clone) = stream.try_clone() else {
             continue;
         };
         let id = next_id;
         next_id += 1;
-        connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, clone);
+        registry.insert(id, clone);
+        drop(registry);
         let tx = tx.clone();
         let registry = connections.clone();
         let spawned = std::thread::Builder::new()
             .name("gaplab-control-conn".into())
             .spawn(move || {
-                handle_connection(stream, &tx);
+                handle_connection(&stream, &tx, &limits);
                 registry
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -276,42 +349,117 @@ fn accept_loop(
     }
 }
 
-/// Answers the requests of one connection until the client disconnects.
-fn handle_connection(stream: UnixStream, tx: &Sender<Command>) {
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
+/// Answers a connection we will not serve with one line and closes it, without ever waiting
+/// for the client (the write is non-blocking; a fresh socket's buffer has room for the line).
+fn refuse(stream: UnixStream, message: &str) {
+    let _ = stream.set_nonblocking(true);
+    let _ = (&stream).write_all(format!("error: {message}\n").as_bytes());
+}
+
+/// Answers the requests of one connection until the client disconnects or breaks a limit.
+fn handle_connection(stream: &UnixStream, tx: &Sender<Command>, limits: &Limits) {
+    let mut writer = stream;
+    let mut lines = Lines::default();
     loop {
-        line.clear();
-        match reader
-            .by_ref()
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if line.last() != Some(&b'\n') {
-            if line.len() > MAX_LINE {
+        let line = match lines.next(stream, limits) {
+            Next::Line(line) => line,
+            Next::Closed => return,
+            Next::TooLong => {
                 let _ = writer.write_all(b"error: request too long\n");
+                return;
             }
-            // Otherwise the client left mid-line.
-            return;
-        }
+            Next::TooSlow => {
+                let message = format!(
+                    "error: request not completed within {} s\n",
+                    limits.line_deadline.as_secs_f64()
+                );
+                let _ = writer.write_all(message.as_bytes());
+                return;
+            }
+        };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let reply = match parse_request(&line) {
-            Ok(remote) => match tx.send(remote.to_command()) {
-                Ok(()) => "ok\n".to_string(),
-                Err(_) => "error: the run no longer takes commands\n".to_string(),
-            },
-            Err(message) => format!("error: {}\n", message.replace('\n', " ")),
-        };
-        if writer.write_all(reply.as_bytes()).is_err() {
+        if writer.write_all(answer(&line, tx).as_bytes()).is_err() {
+            // Gone, or not reading its answers for `write_timeout`.
             return;
+        }
+    }
+}
+
+/// The answer line to one request line.
+fn answer(line: &[u8], tx: &Sender<Command>) -> String {
+    match parse_request(line) {
+        Ok(remote) => match tx.send(remote.to_command()) {
+            Ok(()) => "ok\n".to_string(),
+            Err(_) => "error: the run no longer takes commands\n".to_string(),
+        },
+        Err(message) => format!("error: {}\n", message.replace(['\n', '\r'], " ")),
+    }
+}
+
+/// What reading a connection gave.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// A complete line, newline included.
+    Line(Vec<u8>),
+    /// End of stream, or a read error.
+    Closed,
+    /// More than `max_line` bytes without a newline.
+    TooLong,
+    /// A line started but not finished within `line_deadline`.
+    TooSlow,
+}
+
+/// Splits a connection into request lines. Holds at most `max_line + CHUNK` bytes.
+#[derive(Default)]
+struct Lines {
+    buf: Vec<u8>,
+    /// When the unfinished line in `buf` began to arrive.
+    started: Option<Instant>,
+}
+
+impl Lines {
+    fn next(&mut self, mut stream: &UnixStream, limits: &Limits) -> Next {
+        let mut chunk = [0u8; CHUNK];
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                if end > limits.max_line {
+                    return Next::TooLong;
+                }
+                let rest = self.buf.split_off(end + 1);
+                let line = std::mem::replace(&mut self.buf, rest);
+                self.started = (!self.buf.is_empty()).then(Instant::now);
+                return Next::Line(line);
+            }
+            if self.buf.len() > limits.max_line {
+                return Next::TooLong;
+            }
+            // Idle between lines: wait as long as it takes. Mid-line: only until the deadline.
+            let timeout = match self.started {
+                None => None,
+                Some(started) => match limits.line_deadline.checked_sub(started.elapsed()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Next::TooSlow,
+                },
+            };
+            if stream.set_read_timeout(timeout).is_err() {
+                return Next::Closed;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => return Next::Closed,
+                Ok(n) => {
+                    self.started.get_or_insert_with(Instant::now);
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                // Timed out: the deadline check above decides.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => return Next::Closed,
+            }
         }
     }
 }
@@ -512,6 +660,12 @@ impl ControlClient {
                  killed)",
                 run_dir.display()
             ),
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => bail!(
+                "permission denied: the control socket {} of {} belongs to another user (only \
+                 the user who started a run can control it)",
+                socket.display(),
+                run_dir.display()
+            ),
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!("cannot connect to the control socket {}", socket.display())
@@ -527,9 +681,17 @@ impl ControlClient {
     /// Sends one command and waits (up to a few seconds) for the run's answer.
     pub fn send(&mut self, cmd: Remote) -> Result<()> {
         let request = format!("{}\n", serde_json::json!({ "command": cmd }));
-        self.stream
-            .write_all(request.as_bytes())
-            .with_context(|| format!("cannot send {} to the run", cmd.name()))?;
+        if let Err(e) = self.stream.write_all(request.as_bytes()) {
+            // A run that refused the connection (another user, too many viewers) said why
+            // before closing it.
+            let mut answer = String::new();
+            if self.reader.read_line(&mut answer).is_ok() {
+                if let Some(message) = answer.trim_end().strip_prefix("error: ") {
+                    bail!("the run refused {}: {message}", cmd.name())
+                }
+            }
+            return Err(e).with_context(|| format!("cannot send {} to the run", cmd.name()));
+        }
         let mut answer = String::new();
         match self.reader.read_line(&mut answer) {
             Ok(0) => bail!("the run closed the control connection"),
@@ -782,5 +944,338 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         assert_eq!(peer_uid(&a).unwrap(), euid());
         assert_eq!(peer_uid(&b).unwrap(), euid());
+    }
+
+    /// Limits short enough for tests to run into.
+    fn short() -> Limits {
+        Limits {
+            max_line: 64,
+            line_deadline: Duration::from_millis(300),
+            write_timeout: Duration::from_millis(200),
+            max_connections: 3,
+        }
+    }
+
+    /// Everything the server says until it closes the connection. Closing with a request still
+    /// unread resets the connection once its last answer has been read.
+    fn read_to_end(reader: &mut BufReader<UnixStream>) -> String {
+        let mut rest = String::new();
+        loop {
+            match reader.read_line(&mut rest) {
+                Ok(0) => return rest,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return rest,
+                Err(e) => panic!("{e} after {rest:?}"),
+            }
+        }
+    }
+
+    /// Waits until the server has `n` connections (the registry follows closes asynchronously).
+    fn wait_for_connections(server: &ControlServer, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.connections() != n {
+            assert!(
+                Instant::now() < deadline,
+                "{} connections, expected {n}",
+                server.connections()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn lines_are_split_and_the_buffer_stays_bounded() {
+        let limits = short();
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut lines = Lines::default();
+        client.write_all(b"a\n\nbc\nd").unwrap();
+        assert_eq!(lines.next(&server, &limits), Next::Line(b"a\n".to_vec()));
+        assert_eq!(lines.next(&server, &limits), Next::Line(b"\n".to_vec()));
+        assert_eq!(lines.next(&server, &limits), Next::Line(b"bc\n".to_vec()));
+        client.write_all(b"e\n").unwrap();
+        assert_eq!(lines.next(&server, &limits), Next::Line(b"de\n".to_vec()));
+        // A line of exactly max_line bytes passes; one more byte does not, newline or not.
+        let max = vec![b'x'; limits.max_line];
+        client.write_all(&max).unwrap();
+        client.write_all(b"\n").unwrap();
+        assert_eq!(
+            lines.next(&server, &limits),
+            Next::Line([max.as_slice(), b"\n"].concat())
+        );
+        client.write_all(&[b'y'; 65]).unwrap();
+        client.write_all(b"\n").unwrap();
+        assert_eq!(lines.next(&server, &limits), Next::TooLong);
+
+        let mut lines = Lines::default();
+        let writer = std::thread::spawn(move || {
+            // Far more than the limit; the reader gives up long before the end.
+            let _ = client.write_all(&vec![b'z'; 1 << 20]);
+        });
+        assert_eq!(lines.next(&server, &limits), Next::TooLong);
+        assert!(lines.buf.len() <= limits.max_line + CHUNK);
+        drop(server);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_line_left_unfinished_is_cut_off_but_an_idle_connection_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let limits = short();
+        let _server = serve_with(dir.path(), tx, limits).unwrap();
+        let (mut idle, mut idle_reader) = raw(dir.path());
+        let (mut slow, mut slow_reader) = raw(dir.path());
+
+        // Bytes trickled without a newline do not extend the deadline.
+        slow.write_all(b"{\"command\"").unwrap();
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(25));
+                if slow.write_all(b" ").is_err() {
+                    break;
+                }
+            }
+        });
+        assert_eq!(
+            read_to_end(&mut slow_reader),
+            "error: request not completed within 0.3 s\n"
+        );
+        trickle.join().unwrap();
+
+        // Idle for several deadlines between requests: still served.
+        assert_eq!(
+            ask(&mut idle, &mut idle_reader, "{\"command\":\"pause\"}\n"),
+            "ok\n"
+        );
+        std::thread::sleep(limits.line_deadline * 3);
+        assert_eq!(
+            ask(&mut idle, &mut idle_reader, "{\"command\":\"resume\"}\n"),
+            "ok\n"
+        );
+        assert_eq!(recv(&rx), Command::Pause);
+        assert_eq!(recv(&rx), Command::Resume);
+    }
+
+    #[test]
+    fn a_ten_megabyte_line_is_refused_and_others_are_still_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let _server = serve(dir.path(), tx).unwrap();
+        let (mut other, mut other_reader) = raw(dir.path());
+        let (mut huge, mut huge_reader) = raw(dir.path());
+        let writer = std::thread::spawn(move || {
+            // Fails once the server has given up and closed the connection.
+            let _ = huge.write_all(&vec![b'{'; 10 << 20]);
+        });
+        assert_eq!(read_to_end(&mut huge_reader), "error: request too long\n");
+        writer.join().unwrap();
+        assert_eq!(
+            ask(&mut other, &mut other_reader, "{\"command\":\"step\"}\n"),
+            "ok\n"
+        );
+        assert_eq!(recv(&rx), Command::Step);
+    }
+
+    #[test]
+    fn a_client_that_never_reads_its_answers_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let server = serve_with(dir.path(), tx, short()).unwrap();
+        let (mut deaf, _) = raw(dir.path());
+        deaf.set_write_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let flood = std::thread::spawn(move || loop {
+            // Each request has an answer the client never reads; it goes on until the server
+            // gives up on it and closes the connection.
+            match deaf.write_all(b"{\"command\":\"step\"}\n") {
+                Err(e) if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    break;
+                }
+                _ => {}
+            }
+        });
+        flood.join().unwrap();
+        wait_for_connections(&server, 0);
+        let mut client = ControlClient::connect(dir.path()).unwrap();
+        client.send(Remote::Pause).unwrap();
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_are_refused_until_one_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let limits = short();
+        let server = serve_with(dir.path(), tx, limits).unwrap();
+        let mut clients: Vec<ControlClient> = (0..limits.max_connections)
+            .map(|_| {
+                let mut c = ControlClient::connect(dir.path()).unwrap();
+                c.send(Remote::Step).unwrap();
+                c
+            })
+            .collect();
+        assert_eq!(server.connections(), limits.max_connections);
+
+        // Refused ones that never read do not hold up the accept loop.
+        let ignored: Vec<UnixStream> = (0..20)
+            .map(|_| UnixStream::connect(dir.path().join(SOCKET)).unwrap())
+            .collect();
+        let (_s, mut r) = raw(dir.path());
+        assert_eq!(read_to_end(&mut r), "error: too many connections (3)\n");
+        let err = ControlClient::connect(dir.path())
+            .unwrap()
+            .send(Remote::Pause)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("refused pause: too many connections (3)"),
+            "{err}"
+        );
+        drop(ignored);
+
+        drop(clients.pop());
+        wait_for_connections(&server, limits.max_connections - 1);
+        let mut late = ControlClient::connect(dir.path()).unwrap();
+        late.send(Remote::Pause).unwrap();
+        for c in &mut clients {
+            c.send(Remote::Resume).unwrap();
+        }
+    }
+
+    #[test]
+    fn refusal_reply_and_line_errors_are_single_lines() {
+        let (tx, _rx) = mpsc::channel();
+        for line in [&b"\"\\r\""[..], b"{\"command\":\"a\\nb\"}", b"\xff\xfe"] {
+            let answer = answer(line, &tx);
+            assert!(answer.starts_with("error: "), "{answer}");
+            assert_eq!(
+                answer.find(['\n', '\r']),
+                Some(answer.len() - 1),
+                "{answer}"
+            );
+        }
+        let (a, b) = UnixStream::pair().unwrap();
+        refuse(a, "permission denied");
+        let mut reader = BufReader::new(b);
+        assert_eq!(read_to_end(&mut reader), "error: permission denied\n");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::{btree_map, vec};
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+                prop::sample::select(ALL.to_vec()).prop_map(|r| Value::from(r.name())),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                let key = prop_oneof![Just("command".to_string()), any::<String>()];
+                prop_oneof![
+                    vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    btree_map(key, inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// One request line's bytes (newlines inside make several lines).
+        fn request() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                vec(any::<u8>(), 0..300),
+                json().prop_map(|v| v.to_string().into_bytes()),
+                json().prop_map(|v| serde_json::json!({ "command": v }).to_string().into_bytes()),
+                prop::sample::select(ALL.to_vec()).prop_map(|r| {
+                    serde_json::json!({ "command": r.name() })
+                        .to_string()
+                        .into_bytes()
+                }),
+            ]
+        }
+
+        fn expected(value: &Value) -> Option<Remote> {
+            let name = value.as_object()?.get("command")?.as_str()?;
+            ALL.into_iter().find(|r| r.name() == name)
+        }
+
+        proptest! {
+            #[test]
+            fn parse_request_takes_any_bytes(bytes in vec(any::<u8>(), 0..2048)) {
+                let _ = parse_request(&bytes);
+            }
+
+            #[test]
+            fn parse_request_accepts_exactly_the_known_commands(value in json()) {
+                let text = value.to_string();
+                prop_assert_eq!(parse_request(text.as_bytes()).ok(), expected(&value));
+                let wrapped = serde_json::json!({ "command": value });
+                prop_assert_eq!(
+                    parse_request(wrapped.to_string().as_bytes()).ok(),
+                    expected(&wrapped)
+                );
+            }
+        }
+
+        #[test]
+        fn every_complete_line_over_the_socket_is_answered() {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, rx) = mpsc::channel();
+            let server = serve(dir.path(), tx).unwrap();
+            let mut runner = TestRunner::new(Config {
+                cases: 128,
+                ..Config::default()
+            });
+            let strategy = (vec(request(), 1..6), vec(any::<u8>(), 0..40));
+            runner
+                .run(&strategy, |(requests, unfinished)| {
+                    let mut bytes = Vec::new();
+                    for request in &requests {
+                        bytes.extend_from_slice(request);
+                        bytes.push(b'\n');
+                    }
+                    prop_assume!(bytes.split(|&b| b == b'\n').all(|l| l.len() <= MAX_LINE));
+                    let (mut s, mut r) = raw(dir.path());
+                    let answers = bytes
+                        .split(|&b| b == b'\n')
+                        .rev()
+                        .skip(1)
+                        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+                        .count();
+                    s.write_all(&bytes).unwrap();
+                    for _ in 0..answers {
+                        let mut answer = String::new();
+                        r.read_line(&mut answer).unwrap();
+                        prop_assert!(
+                            answer == "ok\n" || answer.starts_with("error: "),
+                            "{:?}",
+                            answer
+                        );
+                    }
+                    s.write_all(b"{\"command\":\"checkpoint\"}\n").unwrap();
+                    let mut answer = String::new();
+                    r.read_line(&mut answer).unwrap();
+                    prop_assert_eq!(answer, "ok\n");
+                    // Leaving mid-line harms nothing either.
+                    let unfinished: Vec<u8> =
+                        unfinished.into_iter().filter(|&b| b != b'\n').collect();
+                    s.write_all(&unfinished).unwrap();
+                    Ok(())
+                })
+                .unwrap();
+            let commands: Vec<Command> = rx.try_iter().collect();
+            assert!(
+                commands
+                    .iter()
+                    .filter(|c| **c == Command::Checkpoint)
+                    .count()
+                    >= 128
+            );
+            wait_for_connections(&server, 0);
+        }
     }
 }
