@@ -876,6 +876,26 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The text of a config file read as bytes. Bytes that are not UTF-8 (a file saved in another
+/// encoding, a torn write) are refused at the line and column of the first one, like any other
+/// error of the file.
+pub fn decode(file: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let text = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        let (line, col) = locate::line_col(text, valid);
+        let byte = bytes.get(valid).copied().unwrap_or_default();
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            col,
+            path: String::new(),
+            message: format!("not UTF-8 text (byte 0x{byte:02x}): save the file as UTF-8"),
+        }
+    })
+}
+
 /// A loaded and validated workspace.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workspace {
@@ -905,8 +925,9 @@ impl Workspace {
                 dir.display()
             );
         }
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let text = decode(&file, bytes)?;
         let mut ws = Self::parse(&dir, &file, &text)?;
         // Resolved paths are absolute: run directories and checkpoints outlive the shell's cwd.
         ws.dir = normalize(&std::path::absolute(&dir).unwrap_or(dir));
@@ -1471,6 +1492,18 @@ mod tests {
     }
 
     const OK: &str = "[model]\npath = \"m\"\n[data]\ntrain = \"t.jsonl\"\n";
+
+    #[test]
+    fn text_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+        let file = Path::new("ws/gaplab.toml");
+        let e = decode(file, b"[train]\nbeta = \"\xc3\xa9\xff\"\n".to_vec()).unwrap_err();
+        assert_eq!((e.line, e.col), (2, 10));
+        assert_eq!(
+            e.to_string(),
+            "ws/gaplab.toml:2:10: not UTF-8 text (byte 0xff): save the file as UTF-8"
+        );
+        assert_eq!(decode(file, OK.as_bytes().to_vec()).unwrap(), OK);
+    }
 
     #[test]
     fn defaults_and_variants() {

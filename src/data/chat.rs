@@ -32,6 +32,12 @@ impl std::fmt::Debug for ChatTemplate {
 
 const NAME: &str = "chat_template";
 
+/// The work one rendering may do, in minijinja's fuel (about one instruction, or 64 bytes of
+/// text made or processed): a real template renders a long conversation with a few
+/// thousand; a template that loops without end or builds gigabytes of text stops at this
+/// (well under a second and a gigabyte) instead of hanging the run or exhausting memory.
+pub const RENDER_FUEL: u64 = 10_000_000;
+
 impl ChatTemplate {
     /// Compiles `source`; `bos`/`eos`/`pad` are the texts of the tokenizer's special tokens,
     /// passed to the template as `bos_token`, `eos_token`, `pad_token`.
@@ -51,6 +57,7 @@ impl ChatTemplate {
             .build()
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         env.set_syntax(syntax);
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
@@ -112,8 +119,17 @@ impl ChatTemplate {
                 ctx.insert(k, Value::from(v.as_str()));
             }
         }
-        tmpl.render(Value::from(ctx))
-            .map_err(|e| anyhow::anyhow!("chat template ({}): {}", self.origin, describe(&e)))
+        tmpl.render(Value::from(ctx)).map_err(|e| {
+            let why = if e.kind() == ErrorKind::OutOfFuel {
+                format!(
+                    "rendering stopped after {RENDER_FUEL} steps, far more than a chat template needs (does it loop without end, or build a huge text?): {}",
+                    describe(&e)
+                )
+            } else {
+                describe(&e)
+            };
+            anyhow::anyhow!("chat template ({}): {why}", self.origin)
+        })
     }
 }
 
@@ -173,7 +189,18 @@ fn to_value(v: &Json) -> Value {
 
 /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent)`, so `<`, `>`, `&`
 /// and `'` stay as they are (minijinja's own filter escapes them for HTML).
-fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, Error> {
+fn tojson(
+    state: &minijinja::State,
+    value: &Value,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    // minijinja's own filter charges fuel for the text it makes; this one must too, before it
+    // makes it: `(messages * 100000) | tojson` would otherwise build gigabytes unbounded.
+    if let Some((_, remaining)) = state.fuel_levels() {
+        let limit = remaining.saturating_mul(64);
+        state.consume_fuel(text_size(value, limit) / 64 + 1)?;
+    }
     let indent = match indent {
         Some(i) => Some(i),
         None => kwargs.get::<Option<Value>>("indent")?,
@@ -212,6 +239,30 @@ fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value,
     }
     out.push_str(rest);
     Ok(Value::from(out))
+}
+
+/// Roughly how many bytes of JSON `value` makes, counted up to just past `limit`.
+fn text_size(value: &Value, limit: u64) -> u64 {
+    if let Some(s) = value.as_str() {
+        return s.len() as u64 + 2;
+    }
+    let Ok(items) = value.try_iter() else {
+        return 8;
+    };
+    let is_map = value.kind() == minijinja::value::ValueKind::Map;
+    let mut size = 2u64;
+    for item in items {
+        size = size.saturating_add(text_size(&item, limit) + 1);
+        if is_map {
+            if let Ok(v) = value.get_item(&item) {
+                size = size.saturating_add(text_size(&v, limit));
+            }
+        }
+        if size > limit {
+            break;
+        }
+    }
+    size
 }
 
 /// Where `data.chat_template` points: "" (the tokenizer's), an inline template (it contains
@@ -320,6 +371,34 @@ mod tests {
     fn tpl(src: &str) -> ChatTemplate {
         ChatTemplate::new(src, "test", Some("<s>".into()), Some("</s>".into()), None).unwrap()
     }
+
+    #[test]
+    fn a_template_that_never_ends_is_stopped() {
+        let m = [json!({"role": "user", "content": "hi ".repeat(40_000)})];
+        for src in [
+            "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
+            "{% for a in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}",
+            "{% macro g(n) %}{{ g(n) ~ g(n) }}{% endmacro %}{{ g(0) }}",
+            // Found by tests/fuzz: tojson of a long repeated list of long messages ran for
+            // minutes (gaplab's tojson was not charged).
+            "{{ (messages * 100000) | tojson }}",
+        ] {
+            let started = std::time::Instant::now();
+            let e = format!("{:#}", tpl(src).render(&m, true).unwrap_err());
+            assert!(e.starts_with("chat template (test): "), "{e}");
+            assert!(started.elapsed().as_secs() < 10, "{src}");
+        }
+        let e = format!("{:#}", tpl(PIECES_LOOP).render(&m, true).unwrap_err());
+        assert!(e.contains("far more than a chat template needs"), "{e}");
+        // A long conversation is far from the budget.
+        let long: Vec<Json> = (0..200)
+            .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "word ".repeat(2000)}))
+            .collect();
+        assert!(tpl(CHATML).render(&long, true).is_ok());
+    }
+
+    const PIECES_LOOP: &str =
+        "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}";
 
     #[test]
     fn renders_chatml() {

@@ -282,10 +282,17 @@ pub fn read_records(path: &Path) -> Result<Vec<(usize, Json)>> {
     if is_parquet(path) {
         return read_parquet(path);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in jsonl_lines(&bytes).enumerate() {
+        let line = line.map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}:{}: not UTF-8 text (save the file as UTF-8)",
+                path.display(),
+                i + 1,
+                e.valid_up_to() + 1
+            )
+        })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -302,10 +309,39 @@ pub fn read_records(path: &Path) -> Result<Vec<(usize, Json)>> {
     Ok(out)
 }
 
+/// The lines of a JSONL file as text, each decoded on its own so that bytes that are not UTF-8
+/// are reported at their line; a CR before the newline and a byte-order mark at the start
+/// (written by Windows tools) are not part of the text.
+fn jsonl_lines(
+    bytes: &[u8],
+) -> impl Iterator<Item = std::result::Result<&str, std::str::Utf8Error>> {
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let mut lines = bytes.split(|&b| b == b'\n');
+    // An empty file has no lines (split would give one empty one).
+    if bytes.is_empty() {
+        lines.next();
+    }
+    lines.map(|l| std::str::from_utf8(l.strip_suffix(b"\r").unwrap_or(l)))
+}
+
 /// Rows of a Parquet file (any compression the Hub uses: snappy, zstd, gzip, lz4), each as a
 /// JSON object: strings stay strings, lists of structs become lists of objects, so a
 /// conversational column reads exactly like its JSONL form.
 fn read_parquet(path: &Path) -> Result<Vec<(usize, Json)>> {
+    // The Parquet reader panics on some damaged files (a column chunk with a negative
+    // offset): that is a file it cannot read, not a reason to take gaplab down.
+    std::panic::catch_unwind(|| read_parquet_rows(path)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        bail!("{}: not a readable Parquet file ({why})", path.display())
+    })
+}
+
+fn read_parquet_rows(path: &Path) -> Result<Vec<(usize, Json)>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -1306,5 +1342,53 @@ mod tests {
         std::fs::write(&p, "{\"prompt\":\"a\",\n").unwrap();
         let e = format!("{:#}", read_pairs_jsonl(&p).unwrap_err());
         assert!(e.contains("d.jsonl:1") && e.contains("invalid JSON"), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_parquet_file_is_an_error_not_a_crash() {
+        // Found by tests/fuzz: a fixture shard with one byte of a column chunk's metadata
+        // changed made the Parquet reader panic ("column start and length should not be
+        // negative").
+        let good = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/chat/ultrafeedback/test_prefs-00000-of-00001.parquet"
+        ))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.parquet");
+        let mut crashed = 0;
+        for at in 0..good.len() {
+            for byte in [0x00, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[at] = byte;
+                std::fs::write(&p, &bad).unwrap();
+                if let Err(e) = read_records(&p) {
+                    let e = format!("{e:#}");
+                    assert!(e.starts_with(&p.display().to_string()), "{e}");
+                    crashed += e.contains("not a readable Parquet file (") as usize;
+                }
+            }
+        }
+        assert!(crashed > 0, "no damaged file made the reader panic");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_name_their_line_and_a_bom_is_no_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        let row = "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}";
+        std::fs::write(&p, format!("\u{feff}{row}\r\n{row}\r\n")).unwrap();
+        assert_eq!(read_pairs_jsonl(&p).unwrap().len(), 2);
+        let mut bytes = format!("{row}\n\n{{\"prompt\":\"").into_bytes();
+        bytes.extend_from_slice(b"\xff\"}\n");
+        std::fs::write(&p, bytes).unwrap();
+        let e = format!("{:#}", read_pairs_jsonl(&p).unwrap_err());
+        assert!(
+            e.ends_with("d.jsonl:3:12: not UTF-8 text (save the file as UTF-8)"),
+            "{e}"
+        );
+        std::fs::write(&p, "").unwrap();
+        let e = format!("{:#}", read_pairs_jsonl(&p).unwrap_err());
+        assert!(e.ends_with("d.jsonl: no preference pairs"), "{e}");
     }
 }

@@ -306,12 +306,14 @@ impl Legacy {
 
     fn poll_status(&mut self, out: &mut Vec<Event>) -> Result<()> {
         let path = self.dir.join(STATUS);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        // Bytes, not text: a status.json that is not UTF-8 is an unreadable record like any
+        // other, not a run directory that cannot be read.
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let status: Status = match serde_json::from_str(&text) {
+        let status: Status = match serde_json::from_slice(&bytes) {
             Ok(s) => s,
             Err(e) => {
                 self.warn_bad(out, STATUS, 0, &e.to_string());
@@ -766,6 +768,24 @@ mod tests {
         let events = tail.poll().unwrap();
         assert_eq!(steps(&events), vec![3]);
         assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn a_status_json_that_is_not_utf8_is_skipped_with_a_warning() {
+        // Found by tests/fuzz: one byte 0x80 in status.json made the whole run unreadable.
+        let tmp = tempfile::tempdir().unwrap();
+        let run = new_run(tmp.path(), "v");
+        append(
+            &run.file(METRICS),
+            "{\"step\":1,\"time\":0.0,\"split\":\"train\"}\n",
+        );
+        std::fs::write(run.file(STATUS), b"\x80{}").unwrap();
+        let events = Tail::open(&run.path).unwrap().poll().unwrap();
+        assert_eq!(steps(&events), vec![1]);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::Log { level: Level::Warn, message, .. } if message.contains("status.json: skipped")
+        )));
     }
 
     #[test]
