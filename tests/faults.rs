@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{copy_dir, jsonl, read_json, runs, stderr, tiny_workspace};
+use common::{copy_dir, cut_back, jsonl, read_json, runs, stderr, tiny_workspace};
 use serde_json::Value;
 
 /// `gaplab train ARGS` with fault points `fault` armed (none when empty).
@@ -454,18 +454,6 @@ fn a_second_trainer_is_refused_and_a_killed_ones_lock_is_taken_over() {
     assert_eq!(state(&run), "stopped");
     // Released on the way out.
     assert!(!run.join(".lock").exists());
-}
-
-/// Keeps only the checkpoint at `step` of a run, as if it had been stopped then.
-fn cut_back(run: &Path, step: usize) {
-    for e in std::fs::read_dir(run.join("checkpoints"))
-        .unwrap()
-        .flatten()
-    {
-        if e.file_name().to_string_lossy() != format!("step-{step}") {
-            std::fs::remove_dir_all(e.path()).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use common::{copy_dir, fixture, gaplab, jsonl, runs, stderr, stdout, tiny_workspace};
+use common::{copy_dir, cut_back, fixture, gaplab, jsonl, runs, stderr, stdout, tiny_workspace};
 use serde_json::Value;
 
 fn train(args: &[&str]) -> std::process::Output {
@@ -149,18 +149,6 @@ fn trains_every_variant_into_run_directories() {
     for run in &rs {
         let l = train_metrics(run)[&1]["loss"].as_f64().unwrap();
         assert!((l - std::f64::consts::LN_2).abs() < 1e-5);
-    }
-}
-
-/// Keeps only the checkpoint at `step` of a finished run, as if it had been killed then.
-fn cut_back(run: &Path, step: usize) {
-    for e in std::fs::read_dir(run.join("checkpoints"))
-        .unwrap()
-        .flatten()
-    {
-        if e.file_name().to_string_lossy() != format!("step-{step}") {
-            std::fs::remove_dir_all(e.path()).unwrap();
-        }
     }
 }
 

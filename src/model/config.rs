@@ -171,14 +171,7 @@ impl ModelConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{}:{}: invalid JSON: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            )
-        })?;
+        let v: Value = super::parse_json(path, &text)?;
         Self::from_json(&v).with_context(|| format!("{}", path.display()))
     }
 

@@ -241,14 +241,7 @@ impl LoraConfig {
                 path.display()
             )
         })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{}:{}: invalid JSON: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            )
-        })?;
+        let v: Value = super::parse_json(path, &text)?;
         let at = |field: &str, what: &str| -> anyhow::Error {
             anyhow::anyhow!("{}: field `{field}`: expected {what}", path.display())
         };

@@ -103,6 +103,19 @@ impl DeviceSpec {
     }
 }
 
+/// The JSON of a checkpoint file (config.json, a shard index, adapter_config.json, ...) read
+/// from `text`; an error names the file, line and column.
+pub fn parse_json(path: &std::path::Path, text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}:{}:{}: invalid JSON: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
 /// The compute device named by `spec` ([`DeviceSpec`]'s names).
 pub fn select_device(spec: &str) -> Result<Device> {
     let spec: DeviceSpec = spec

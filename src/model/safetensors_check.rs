@@ -217,14 +217,7 @@ pub struct ShardIndex {
 pub fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}:{}:{}: invalid JSON: {e}",
-            path.display(),
-            e.line(),
-            e.column()
-        )
-    })?;
+    let v: Value = super::parse_json(path, &text)?;
     let map = v
         .get("weight_map")
         .and_then(Value::as_object)

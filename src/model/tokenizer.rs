@@ -42,14 +42,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let v = serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}:{}:{}: invalid JSON: {e}",
-            path.display(),
-            e.line(),
-            e.column()
-        )
-    })?;
+    let v = super::parse_json(path, &text)?;
     Ok(Some(v))
 }
 

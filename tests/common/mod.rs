@@ -165,3 +165,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Keeps only the checkpoint at `step` of a run, as if it had been stopped (or killed) then.
+pub fn cut_back(run: &Path, step: usize) {
+    for e in std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy() != format!("step-{step}") {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
+}
