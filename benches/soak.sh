@@ -29,38 +29,11 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+# shellcheck source=benches/workload.sh
+source benches/workload.sh
+# The workload at learning rate $1, for longer than any soak, checkpointed every 100 steps.
 config() {
-  cat <<TOML
-[model]
-tokenizer = "$PWD/tests/fixtures/tiny-llama"
-[model.scratch]
-arch = "llama"
-hidden_size = 256
-intermediate_size = 688
-num_hidden_layers = 4
-num_attention_heads = 8
-num_key_value_heads = 8
-max_position_embeddings = 512
-[data]
-train = "$PWD/tests/fixtures/pairs.jsonl"
-eval = "$PWD/tests/fixtures/pairs.jsonl"
-[train]
-objective = "dpo"
-lr = $1
-schedule = "constant"
-warmup_ratio = 0.0
-batch_size = 6
-steps = 1000000
-[eval]
-interval = 50
-pairs = 6
-[sample]
-interval = 50
-max_new_tokens = 16
-[checkpoint]
-interval = 100
-keep = 2
-TOML
+  workload_toml 1000000 "$1" $'schedule = "constant"\nwarmup_ratio = 0.0' $'interval = 100\nkeep = 2'
 }
 # Saved as editors save: a new file renamed over the old one.
 edit() { config "$1" > "$tmp/ws/gaplab.toml.new" && mv "$tmp/ws/gaplab.toml.new" "$tmp/ws/gaplab.toml"; }

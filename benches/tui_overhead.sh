@@ -14,34 +14,9 @@ cargo build --release --quiet
 bin=$PWD/target/release/gaplab
 tmp=$(mktemp -d)
 trap 'tmux kill-session -t gaplab-bench 2>/dev/null || true; rm -rf "$tmp"' EXIT
-cat > "$tmp/gaplab.toml" <<TOML
-[model]
-tokenizer = "$PWD/tests/fixtures/tiny-llama"
-[model.scratch]
-arch = "llama"
-hidden_size = 256
-intermediate_size = 688
-num_hidden_layers = 4
-num_attention_heads = 8
-num_key_value_heads = 8
-max_position_embeddings = 512
-[data]
-train = "$PWD/tests/fixtures/pairs.jsonl"
-eval = "$PWD/tests/fixtures/pairs.jsonl"
-[train]
-objective = "dpo"
-lr = 1e-4
-batch_size = 6
-steps = $steps
-[eval]
-interval = 50
-pairs = 6
-[sample]
-interval = 50
-max_new_tokens = 16
-[checkpoint]
-interval = 0
-TOML
+# shellcheck source=benches/workload.sh
+source benches/workload.sh
+workload_toml "$steps" > "$tmp/gaplab.toml"
 # Seconds per step between the 10th and the last step of the newest run.
 per_step() {
   local run
