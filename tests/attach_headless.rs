@@ -129,6 +129,22 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A headless training of `ws` and its run directory, once the run has written `file`.
+fn live_run(ws: &Path, file: &str) -> (Reaped, PathBuf) {
+    let trainer = Reaped(Some(
+        Command::new(env!("CARGO_BIN_EXE_gaplab"))
+            .args(["train", ws.to_str().unwrap(), "--headless"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let root = ws.join("runs");
+    wait_until("the run to start", || {
+        root.is_dir() && runs(&root).first().is_some_and(|r| r.join(file).exists())
+    });
+    (trainer, runs(&root).pop().unwrap())
+}
+
 fn attach(args: &[&str]) -> Reaped {
     Reaped(Some(
         Command::new(env!("CARGO_BIN_EXE_gaplab"))
@@ -145,21 +161,7 @@ fn attach(args: &[&str]) -> Reaped {
 fn viewers_follow_a_live_run_until_it_finishes() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = workspace(tmp.path(), 150);
-    let trainer = Reaped(Some(
-        Command::new(env!("CARGO_BIN_EXE_gaplab"))
-            .args(["train", ws.to_str().unwrap(), "--headless"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let root = ws.join("runs");
-    wait_until("the run to start", || {
-        root.is_dir()
-            && runs(&root)
-                .first()
-                .is_some_and(|r| r.join("control.sock").exists())
-    });
-    let run = runs(&root).pop().unwrap();
+    let (trainer, run) = live_run(&ws, "control.sock");
     let r = run.to_str().unwrap();
     // One holding a control connection, as the load benchmark's viewers do.
     let jsonl = attach(&["--jsonl", "--hold-control", r]);
@@ -185,21 +187,7 @@ fn viewers_follow_a_live_run_until_it_finishes() {
 fn a_viewer_of_a_live_run_leaves_on_sigint() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = workspace(tmp.path(), 1_000_000);
-    let _trainer = Reaped(Some(
-        Command::new(env!("CARGO_BIN_EXE_gaplab"))
-            .args(["train", ws.to_str().unwrap(), "--headless"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let root = ws.join("runs");
-    wait_until("the run to start", || {
-        root.is_dir()
-            && runs(&root)
-                .first()
-                .is_some_and(|r| r.join("events.jsonl").exists())
-    });
-    let run = runs(&root).pop().unwrap();
+    let (_trainer, run) = live_run(&ws, "events.jsonl");
     let viewer = attach(&["--jsonl", run.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(1500));
     unsafe { kill(viewer.pid(), 2) };
@@ -251,21 +239,7 @@ fn headless_attach_names_what_is_wrong() {
 fn a_viewer_leaves_a_run_whose_training_was_killed() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = workspace(tmp.path(), 1_000_000);
-    let trainer = Reaped(Some(
-        Command::new(env!("CARGO_BIN_EXE_gaplab"))
-            .args(["train", ws.to_str().unwrap(), "--headless"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let root = ws.join("runs");
-    wait_until("the run to start", || {
-        root.is_dir()
-            && runs(&root)
-                .first()
-                .is_some_and(|r| r.join("control.sock").exists())
-    });
-    let run = runs(&root).pop().unwrap();
+    let (trainer, run) = live_run(&ws, "control.sock");
     let viewer = attach(&["--headless", run.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(1000));
     // SIGKILL: no final state, the socket file stays.
