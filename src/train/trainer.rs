@@ -419,7 +419,7 @@ impl Trainer {
         let step = self.step + 1;
         self.updating = false;
         self.train_step_inner().map_err(|e| {
-            if oom::is_out_of_memory(&e) && e.downcast_ref::<oom::OutOfMemory>().is_none() {
+            if oom::is_out_of_memory(&e) {
                 anyhow::Error::new(oom::OutOfMemory {
                     step,
                     consistent: !self.updating,
