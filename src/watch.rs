@@ -79,11 +79,12 @@ pub enum Mode {
 }
 
 /// A file whose content changed: `None` when it was removed or cannot be read (an editor may
-/// be half-way through saving it; a later event brings the new content).
+/// be half-way through saving it; a later event brings the new content). The bytes as they are:
+/// a file saved in another encoding is the reader's to report, not a read error to wait out.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
     pub path: PathBuf,
-    pub content: Option<String>,
+    pub content: Option<Vec<u8>>,
 }
 
 /// Keeps the watch alive; dropping it stops watching.
@@ -93,14 +94,14 @@ pub struct Watcher {
     pub mode: Mode,
 }
 
-fn hash(text: &str) -> u64 {
+fn hash(bytes: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
+    bytes.hash(&mut h);
     h.finish()
 }
 
-fn read(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok()
+fn read(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
 }
 
 /// Starts watching `targets`; `on_change` is called on a background thread for every file
@@ -248,7 +249,7 @@ mod tests {
             fs::write(&file, "a = 2\n").unwrap();
             assert_eq!(
                 next(&rx).unwrap().content.as_deref(),
-                Some("a = 2\n"),
+                Some("a = 2\n".as_bytes()),
                 "{mode:?}"
             );
             // Write a temporary, rename it over (vim, helix, VS Code), with a swap file beside.
@@ -258,7 +259,7 @@ mod tests {
             fs::rename(tmp.path().join("gaplab.toml.tmp"), &file).unwrap();
             assert_eq!(
                 next(&rx).unwrap().content.as_deref(),
-                Some("a = 3\n"),
+                Some("a = 3\n".as_bytes()),
                 "{mode:?}"
             );
             // Delete and recreate: the deletion may or may not be seen on its own, the new
@@ -269,7 +270,7 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
                 let c = next(&rx).expect("recreated file reported");
-                if c.content.as_deref() == Some("a = 4\n") {
+                if c.content.as_deref() == Some("a = 4\n".as_bytes()) {
                     break;
                 }
                 assert_eq!(c.content, None, "{mode:?}");
@@ -279,6 +280,25 @@ mod tests {
             fs::write(&file, "a = 4\n").unwrap();
             assert!(quiet(&rx), "{mode:?}");
         });
+    }
+
+    #[test]
+    fn content_that_is_not_utf8_is_reported_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("gaplab.toml");
+        fs::write(&file, "a = 1\n").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let _w = spawn(vec![Target::File(file.clone())], Mode::Native, move |c| {
+            let _ = tx.send(c);
+        })
+        .unwrap();
+        // Latin-1 "é": an editor saving in another encoding. The reader says what is wrong;
+        // a watcher that dropped it would leave the user waiting for a reload that never comes.
+        fs::write(&file, b"a = \"\xe9\"\n").unwrap();
+        assert_eq!(
+            next(&rx).unwrap().content.as_deref(),
+            Some(&b"a = \"\xe9\"\n"[..])
+        );
     }
 
     #[test]
@@ -316,7 +336,7 @@ mod tests {
         fs::write(tmp.path().join("dark.toml"), "2").unwrap();
         let c = next(&rx).unwrap();
         assert_eq!(c.path.file_name().unwrap(), "dark.toml");
-        assert_eq!(c.content.as_deref(), Some("2"));
+        assert_eq!(c.content.as_deref(), Some("2".as_bytes()));
         assert!(quiet(&rx));
     }
 }

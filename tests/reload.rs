@@ -258,6 +258,23 @@ fn invalid_and_restart_only_edits() {
         error.contains("gaplab.toml:12:8: train.beta: expected a number > 0"),
         "{error}"
     );
+    // Saved in Latin-1 (a non-UTF-8 byte on line 12): named, not silently waited out.
+    let mut bytes = config("1e-3", "0.1", "")
+        .replace("beta = 0.1", "beta = 0.1 # X")
+        .into_bytes();
+    let at = bytes.windows(3).position(|w| w == b"# X").unwrap();
+    bytes[at + 2] = 0xe9;
+    std::fs::write(&file, &bytes).unwrap();
+    let rows = wait_for(&run, "a third rejection", |rows| {
+        events(rows, "config_rejected").len() >= 3
+    });
+    let error = events(&rows, "config_rejected")[2]["error"]
+        .as_str()
+        .unwrap();
+    assert!(
+        error.contains("gaplab.toml:12:") && error.contains("not UTF-8"),
+        "{error}"
+    );
     assert!(events(&rows, "applied").is_empty());
     assert!(lr_after(&run, rejected_at)
         .iter()

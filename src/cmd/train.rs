@@ -145,8 +145,10 @@ pub fn watch_config(
         mode,
         move |change| {
             // Removed (or mid-save): wait for the file to come back.
-            let Some(text) = change.content else { return };
-            let cmd = match Workspace::parse(&dir, &file, &text) {
+            let Some(bytes) = change.content else { return };
+            let parsed = crate::config::decode(&file, bytes)
+                .and_then(|text| Workspace::parse(&dir, &file, &text));
+            let cmd = match parsed {
                 Ok(ws) => Command::Reload(Box::new(ws)),
                 Err(e) => Command::ConfigError(e.to_string()),
             };

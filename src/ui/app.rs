@@ -271,6 +271,9 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
     let (tx, rx) = mpsc::channel();
     let _theme_watch = watch_themes(&opts, &theme_name, tx.clone());
     let stop_follow = Arc::new(AtomicBool::new(false));
+    // Why a live run could not be controlled, when the viewer should know (another user's run):
+    // a run that has ended is read-only as expected and says nothing.
+    let mut refused = Vec::new();
     let (mut engine, role, mut controls) = match source {
         Source::Engine { engine, overlay } => {
             spawn_follow(overlay, 1, tx.clone(), stop_follow.clone());
@@ -279,7 +282,16 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
         Source::Runs(dirs) => {
             let controls: Vec<Option<ControlClient>> = dirs
                 .iter()
-                .map(|d| ControlClient::connect(d).ok())
+                .map(|d| match ControlClient::connect(d) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        if e.starts_with("permission denied") {
+                            refused.push(e);
+                        }
+                        None
+                    }
+                })
                 .collect();
             let controllable = controls.iter().any(Option::is_some);
             spawn_follow(dirs, 0, tx.clone(), stop_follow.clone());
@@ -307,6 +319,9 @@ pub fn run(source: Source, opts: Options, signals: Signals) -> Result<Finish> {
     }
     if let Some(e) = theme_error {
         app.status.reload = Some((false, e));
+    }
+    for e in refused {
+        app.note(Level::Warn, format!("{e}; showing it read-only"));
     }
     // Keys redraw within one frame at most `refresh_hz` times a second; training events only
     // every DATA_FRAME at most: a live chart needs no more, and on a small machine every frame
