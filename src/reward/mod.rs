@@ -11,6 +11,9 @@
 //! EOS); the full response gets the reward model's EOS when the policy stopped. When both
 //! tokenizers are the same, the policy's ids are used as they are (no round trip through text).
 
+pub mod analysis;
+pub mod inputs;
+
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
