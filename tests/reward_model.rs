@@ -528,3 +528,15 @@ fn bad_input_gets_one_clear_line() {
     ]);
     assert!(e.contains("--samples"), "{e}");
 }
+
+#[test]
+fn check_reports_a_reward_model_folder() {
+    let out = ok(&["check", s(&fixture("tiny-qwen2-rm"))]);
+    assert!(out.contains("Qwen2ForSequenceClassification"), "{out}");
+    assert!(out.contains("weights: OK"), "{out}");
+    assert!(out.contains("before its EOS"), "{out}");
+    let out = ok(&["check", s(&fixture("tiny-llama-rm"))]);
+    assert!(out.contains("not pad_token_id 2\n"), "{out}");
+    let e = fails(&["check", s(&fixture("tiny-llama-cls2"))]);
+    assert!(e.contains("2 labels"), "{e}");
+}
