@@ -30,6 +30,9 @@ pub mod engine;
 pub mod model;
 /// Losses (DPO, SimPO, IPO, SFT), POET masks, metrics and prefix diagnostics.
 pub mod objective;
+/// Reward models as judges: the input convention, scoring generations and their prefixes,
+/// the paper's prefix analyses (ΔQ(k), prefix quality).
+pub mod reward;
 /// Run directories: layout, the append-only record (events.jsonl) and its exports, atomic
 /// checkpoints, and reading a run back as events.
 pub mod runlog;

@@ -38,6 +38,8 @@ enum Command {
     Sample(cmd::sample::SampleArgs),
     Merge(cmd::merge::MergeArgs),
     Bench(cmd::bench::BenchArgs),
+    Score(cmd::score::ScoreArgs),
+    Analyze(cmd::analyze::AnalyzeArgs),
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -57,6 +59,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sample(args) => cmd::sample::run(&args)?,
         Command::Merge(args) => cmd::merge::run(&args)?,
         Command::Bench(args) => cmd::bench::run(&args)?,
+        Command::Score(args) => cmd::score::run(&args)?,
+        Command::Analyze(args) => cmd::analyze::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ pub mod lora;
 mod lora_op;
 pub mod matmul;
 pub mod ops;
+pub mod reward;
 pub mod safetensors_check;
 pub mod sample;
 #[cfg(test)]
