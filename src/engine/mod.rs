@@ -572,6 +572,9 @@ fn fit_warning(t: &Trainer, em: &mut Emitter) -> Result<()> {
         for w in t.cfg.train.objective_warnings() {
             em.log(t.step, Level::Warn, w)?;
         }
+        if let Some(note) = t.kl_unmeasured() {
+            em.log(t.step, Level::Info, note)?;
+        }
     }
     let (train_fit, eval_fit) = (t.data.train_fit, t.data.eval_fit);
     if train_fit.any() || eval_fit.any() {

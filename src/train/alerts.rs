@@ -1,0 +1,1 @@
+//! Alerts (placeholder until the detector lands).
