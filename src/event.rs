@@ -80,6 +80,10 @@ pub struct EvalReport {
     /// Mean cross-entropy (-log p of the actual token) per response position.
     #[serde(deserialize_with = "nan::vec")]
     pub cross_entropy: Vec<f64>,
+    /// Mean log pi - log pi_ref of the policy's sampled generations per response position
+    /// (the per-position KL estimate; empty when not measured).
+    #[serde(default, deserialize_with = "nan::vec")]
+    pub kl_profile: Vec<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -203,6 +207,13 @@ pub enum Event {
         step: usize,
         error: String,
     },
+    /// Something in the run's own records a researcher should know about (`train::alerts`):
+    /// `kind` is one of its fixed names, `detail` the numbers that triggered it.
+    Alert {
+        kind: String,
+        step: usize,
+        detail: String,
+    },
 }
 
 /// Version of an event's serialized record (the `"v"` field of each `events.jsonl` line).
@@ -268,7 +279,8 @@ impl Event {
             | Event::Checkpoint { step, .. }
             | Event::Log { step, .. }
             | Event::Applied { step, .. }
-            | Event::ConfigRejected { step, .. } => *step,
+            | Event::ConfigRejected { step, .. }
+            | Event::Alert { step, .. } => *step,
         }
     }
 
@@ -279,7 +291,9 @@ impl Event {
                 state: RunState::Failed(_),
                 ..
             } => Level::Error,
-            Event::Skipped { .. } | Event::ConfigRejected { .. } => Level::Warn,
+            Event::Skipped { .. } | Event::ConfigRejected { .. } | Event::Alert { .. } => {
+                Level::Warn
+            }
             Event::Log { level, .. } => *level,
             _ => Level::Info,
         }
@@ -362,6 +376,7 @@ impl Event {
             Event::ConfigRejected { error, .. } => {
                 format!("config rejected, previous config kept: {error}")
             }
+            Event::Alert { kind, detail, .. } => format!("alert {kind}: {detail}"),
         };
         Some(text)
     }
@@ -427,6 +442,7 @@ mod tests {
             }],
             entropy: vec![2.0],
             cross_entropy: vec![f64::INFINITY],
+            kl_profile: vec![0.25],
         }
     }
 
@@ -449,6 +465,40 @@ mod tests {
             (Some(1), Some("applied"))
         );
         assert_eq!(Event::from_record(&line).unwrap(), ev);
+    }
+
+    #[test]
+    fn an_alert_is_recorded_with_its_kind_step_and_detail() {
+        let ev = Event::Alert {
+            kind: "kl_blowup".into(),
+            step: 40,
+            detail: "eval_gen/kl 6.1 > alerts.kl_max 5".into(),
+        };
+        let line = ev.to_record().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (v["event"].as_str(), v["kind"].as_str(), v["step"].as_u64()),
+            (Some("alert"), Some("kl_blowup"), Some(40))
+        );
+        assert_eq!(Event::from_record(&line).unwrap(), ev);
+        assert_eq!(
+            said(ev),
+            (
+                Level::Warn,
+                "alert kl_blowup: eval_gen/kl 6.1 > alerts.kl_max 5".into()
+            )
+        );
+    }
+
+    #[test]
+    fn an_eval_written_before_the_kl_profile_reads_back() {
+        let line = Event::Eval(Box::new(eval(0.5))).to_record().unwrap();
+        let old = line.replace(",\"kl_profile\":[0.25]", "");
+        assert_ne!(old, line);
+        let Ok(Event::Eval(r)) = Event::from_record(&old) else {
+            panic!("{old}")
+        };
+        assert!(r.kl_profile.is_empty());
     }
 
     #[test]

@@ -392,6 +392,7 @@ impl Observer for Progress {
                 if let Some(m) = r.metrics.get("eval_rewards/margins") {
                     text += &format!("  margin {m:+.4}");
                 }
+                text += &health_text(&r.metrics);
                 if !r.prefix.j.is_empty() {
                     let parts: Vec<String> = r
                         .prefix
@@ -410,9 +411,10 @@ impl Observer for Progress {
                     self.say(&said(self));
                 }
             }
-            Event::Skipped { .. } | Event::Applied { .. } | Event::ConfigRejected { .. } => {
-                self.say(&said(self))
-            }
+            Event::Skipped { .. }
+            | Event::Applied { .. }
+            | Event::ConfigRejected { .. }
+            | Event::Alert { .. } => self.say(&said(self)),
             Event::State { step, state } => {
                 match state {
                     RunState::Finished => {
@@ -457,6 +459,23 @@ impl Observer for Progress {
             Event::Samples { .. } | Event::Checkpoint { .. } => {}
         }
     }
+}
+
+/// The generation health of an eval line (greedy length, stop share and repetition, the
+/// sampled KL), for the metrics the eval has.
+fn health_text(metrics: &std::collections::BTreeMap<String, f64>) -> String {
+    let mut text = String::new();
+    for (name, label, digits) in [
+        ("eval_gen/length", "gen length", 1),
+        ("eval_gen/stop_share", "stop", 2),
+        ("eval_gen/repetition", "repetition", 2),
+        ("eval_gen/kl", "kl", 3),
+    ] {
+        if let Some(v) = metrics.get(name) {
+            text += &format!("  {label} {v:.digits$}");
+        }
+    }
+    text
 }
 
 impl Progress {

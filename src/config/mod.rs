@@ -570,6 +570,12 @@ section! {
         prefix_lengths: Vec<usize> = vec![], Live;
         /// Eval pairs whose per-token reward differences are logged (heatmap rows).
         heatmap_pairs: usize = 8, Live;
+        /// Generation health (`eval_gen/*`): length, stop share, distinct-n, repetition and
+        /// KL(policy || reference) of the policy's generations for the first `judge.prompts`
+        /// eval prompts (generated as `[judge]` says), judge or not.
+        health: bool = true, Live;
+        /// Response positions of the per-position KL profile.
+        kl_positions: usize = 32, Live;
     }
 }
 
@@ -676,6 +682,31 @@ section! {
 }
 
 section! {
+    /// `[alerts]`: what the run tells a researcher about, from its own records (see
+    /// `train::alerts`). Each kind fires once and re-arms when its condition clears.
+    pub struct AlertsSection {
+        enabled: bool = true, Live;
+        /// Evals a trend is read over (the latest `window` evals).
+        window: usize = 3, Live;
+        /// length_exploitation: `eval_gen/length` up by this fraction of the first eval's.
+        length_growth: f64 = 0.25, Live;
+        /// degeneration: repetition or stop-failure share at this multiple of the first
+        /// eval's ...
+        degeneration_factor: f64 = 2.0, Live;
+        /// ... and at least this much above it (so 0.00 -> 0.02 is not a doubling).
+        degeneration_floor: f64 = 0.05, Live;
+        /// kl_blowup: `eval_gen/kl` (nats per token) above this ...
+        kl_max: f64 = 5.0, Live;
+        /// ... or this many times the previous eval's (when that was at least 0.05).
+        kl_growth: f64 = 4.0, Live;
+        /// skipped_steps: this many skipped (non-finite) steps ...
+        skipped_steps: usize = 3, Live;
+        /// ... within this many steps.
+        skipped_window: usize = 50, Live;
+    }
+}
+
+section! {
     /// `[ui]`: the dashboard.
     pub struct UiSection {
         /// A theme name (built-in or themes/NAME.toml) or a path to a theme file.
@@ -714,6 +745,8 @@ pub struct WorkspaceConfig {
     #[serde(default)]
     pub judge: JudgeSection,
     #[serde(default)]
+    pub alerts: AlertsSection,
+    #[serde(default)]
     pub ui: UiSection,
     #[serde(default, rename = "variant", skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<Variant>,
@@ -738,6 +771,8 @@ pub struct RunConfig {
     pub lora: Option<LoraSection>,
     #[serde(default)]
     pub judge: JudgeSection,
+    #[serde(default)]
+    pub alerts: AlertsSection,
     #[serde(default)]
     pub ui: UiSection,
 }
@@ -828,6 +863,14 @@ impl RunConfig {
             i,
         )?;
         let judge = merge_live("judge", &cur.judge, &new.judge, JudgeSection::FIELDS, c, i)?;
+        let alerts = merge_live(
+            "alerts",
+            &cur.alerts,
+            &new.alerts,
+            AlertsSection::FIELDS,
+            c,
+            i,
+        )?;
         let ui = merge_live("ui", &cur.ui, &new.ui, UiSection::FIELDS, c, i)?;
         // Restart-only sections: merged only to name the fields that changed.
         merge_live("model", &cur.model, &new.model, ModelSection::FIELDS, c, i)?;
@@ -849,6 +892,7 @@ impl RunConfig {
         let mut cfg = self.clone();
         (cfg.train, cfg.eval, cfg.sample, cfg.checkpoint) = (train, eval, sample, checkpoint);
         (cfg.judge, cfg.ui) = (judge, ui);
+        cfg.alerts = alerts;
         Ok((cfg, changes, ignored))
     }
 }
@@ -1049,6 +1093,7 @@ impl Workspace {
             sft: self.config.sft.clone(),
             lora: self.config.lora.clone(),
             judge: self.config.judge.clone(),
+            alerts: self.config.alerts.clone(),
             ui: self.config.ui.clone(),
         })
     }
@@ -1200,6 +1245,7 @@ impl WorkspaceConfig {
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         self.judge.problems(&mut out);
+        self.alerts.problems(&mut out);
         self.model.problems(&mut out);
         self.data.problems(&mut out);
         out.extend(self.train.problems("train", None));
@@ -1230,6 +1276,60 @@ impl JudgeSection {
             out,
             self.max_new_tokens >= 1,
             "judge.max_new_tokens",
+            "expected at least 1",
+        );
+    }
+}
+
+impl AlertsSection {
+    fn problems(&self, out: &mut Vec<(String, String)>) {
+        check(
+            out,
+            self.window >= 2,
+            "alerts.window",
+            "expected at least 2 evals",
+        );
+        let positive = |out: &mut Vec<(String, String)>, v: f64, field: &str| {
+            check(
+                out,
+                v > 0.0 && v.is_finite(),
+                field,
+                format!("expected a number > 0, got {v}"),
+            )
+        };
+        positive(out, self.length_growth, "alerts.length_growth");
+        positive(out, self.kl_max, "alerts.kl_max");
+        check(
+            out,
+            self.degeneration_factor > 1.0 && self.degeneration_factor.is_finite(),
+            "alerts.degeneration_factor",
+            format!("expected a number > 1, got {}", self.degeneration_factor),
+        );
+        check(
+            out,
+            (0.0..1.0).contains(&self.degeneration_floor),
+            "alerts.degeneration_floor",
+            format!(
+                "expected a share in [0, 1), got {}",
+                self.degeneration_floor
+            ),
+        );
+        check(
+            out,
+            self.kl_growth > 1.0 && self.kl_growth.is_finite(),
+            "alerts.kl_growth",
+            format!("expected a number > 1, got {}", self.kl_growth),
+        );
+        check(
+            out,
+            self.skipped_steps >= 1,
+            "alerts.skipped_steps",
+            "expected at least 1",
+        );
+        check(
+            out,
+            self.skipped_window >= 1,
+            "alerts.skipped_window",
             "expected at least 1",
         );
     }
@@ -1479,6 +1579,7 @@ pub fn all_fields() -> Vec<(String, Reload)> {
     add("sft", SftSection::FIELDS);
     add("lora", LoraSection::FIELDS);
     add("judge", JudgeSection::FIELDS);
+    add("alerts", AlertsSection::FIELDS);
     add("ui", UiSection::FIELDS);
     v
 }

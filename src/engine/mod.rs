@@ -19,6 +19,7 @@ use crate::event::{Event, Level, RunState};
 use crate::hash::Fnv;
 use crate::runlog::lock::{self, Lock, Refused};
 use crate::runlog::{self, RunDir, Writer};
+use crate::train::alerts::Detector;
 use crate::train::initial::ModelSource;
 use crate::train::refcache::checkpoint_fingerprint;
 use crate::train::trainer::{sft_checkpoint, Stage, StepResult, Trainer};
@@ -121,12 +122,33 @@ fn lock_outputs(plan: &Plan) -> Result<Vec<Lock>> {
 struct Emitter {
     tx: Sender<Event>,
     writer: Writer,
+    /// Watches the run's steps and evals for alerts.
+    alerts: Detector,
 }
 
 impl Emitter {
+    fn new(tx: Sender<Event>, writer: Writer) -> Self {
+        Self {
+            tx,
+            writer,
+            alerts: Detector::default(),
+        }
+    }
+
     fn emit(&mut self, ev: Event) -> Result<()> {
         self.writer.write(&ev)?;
         let _ = self.tx.send(ev);
+        Ok(())
+    }
+
+    /// Emits a record of the run (a step, skipped step or eval), then the alerts it raises
+    /// under `t`'s current `[alerts]`.
+    fn emit_watched(&mut self, t: &Trainer, ev: Event) -> Result<()> {
+        let alerts = self.alerts.observe(&t.cfg.alerts, &ev);
+        self.emit(ev)?;
+        for a in alerts {
+            self.emit(a.event())?;
+        }
         Ok(())
     }
 
@@ -287,10 +309,7 @@ fn run(
             // Resuming rewrites the record files (dropping what came after the checkpoint), so
             // the writer opens them afterwards.
             let resumed = Trainer::resume(run.clone(), &cache);
-            let mut em = Emitter {
-                tx,
-                writer: Writer::new(&run, &cfg.variant, 0)?,
-            };
+            let mut em = Emitter::new(tx, Writer::new(&run, &cfg.variant, 0)?);
             for note in notes.drain(..) {
                 em.log(step, Level::Warn, note)?;
             }
@@ -324,10 +343,7 @@ fn run(
                 let _run_lock =
                     Lock::acquire(&run.file(lock::RUN_LOCK), &run.path.display().to_string())?;
                 run.write_config(&cfg)?;
-                let mut em = Emitter {
-                    tx: tx.clone(),
-                    writer: Writer::new(&run, &cfg.variant, 0)?,
-                };
+                let mut em = Emitter::new(tx.clone(), Writer::new(&run, &cfg.variant, 0)?);
                 for note in notes.drain(..) {
                     em.log(0, Level::Warn, note)?;
                 }
@@ -522,13 +538,14 @@ fn drive_inner(t: &mut Trainer, em: &mut Emitter, ctl: &mut Control) -> Result<O
         if t.step >= t.total_steps {
             break;
         }
-        match t.train_step()? {
-            StepResult::Done(m) => em.emit(Event::Step(m))?,
-            StepResult::Skipped(reason) => em.emit(Event::Skipped {
+        let record = match t.train_step()? {
+            StepResult::Done(m) => Event::Step(m),
+            StepResult::Skipped(reason) => Event::Skipped {
                 step: t.step,
                 reason,
-            })?,
-        }
+            },
+        };
+        em.emit_watched(t, record)?;
         ctl.stepped();
         let s = t.step;
         if s < t.total_steps && variant {
@@ -572,6 +589,9 @@ fn fit_warning(t: &Trainer, em: &mut Emitter) -> Result<()> {
         for w in t.cfg.train.objective_warnings() {
             em.log(t.step, Level::Warn, w)?;
         }
+        if let Some(note) = t.kl_unmeasured() {
+            em.log(t.step, Level::Info, note)?;
+        }
     }
     let (train_fit, eval_fit) = (t.data.train_fit, t.data.eval_fit);
     if train_fit.any() || eval_fit.any() {
@@ -592,7 +612,7 @@ fn fit_warning(t: &Trainer, em: &mut Emitter) -> Result<()> {
 
 fn evaluate(t: &mut Trainer, em: &mut Emitter) -> Result<()> {
     if let Some(r) = t.evaluate()? {
-        em.emit(Event::Eval(Box::new(r)))?;
+        em.emit_watched(t, Event::Eval(Box::new(r)))?;
     }
     Ok(())
 }
@@ -656,10 +676,7 @@ fn sft_stage(
     let mut sft_cfg = cfg.clone();
     sft_cfg.variant = "sft".into();
     run.write_config(&sft_cfg)?;
-    let mut em = Emitter {
-        tx: tx.clone(),
-        writer: Writer::new(&run, "sft", sft.steps)?,
-    };
+    let mut em = Emitter::new(tx.clone(), Writer::new(&run, "sft", sft.steps)?);
     let t = Trainer::start(sft_cfg, Stage::Sft(sft.clone()), run, base, cache)
         .map_err(|e| em.fail(0, e))?;
     Ok(match drive(t, &mut em, ctl)? {

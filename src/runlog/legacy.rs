@@ -77,6 +77,8 @@ struct PrefixRecord {
     entropy: Vec<f64>,
     #[serde(deserialize_with = "nan_vec")]
     cross_entropy: Vec<f64>,
+    #[serde(deserialize_with = "nan_vec")]
+    kl_profile: Vec<f64>,
 }
 
 impl PrefixRecord {
@@ -97,6 +99,7 @@ impl PrefixRecord {
             .collect();
         r.entropy = self.entropy;
         r.cross_entropy = self.cross_entropy;
+        r.kl_profile = self.kl_profile;
     }
 }
 
@@ -422,6 +425,7 @@ impl Legacy {
                         token_diffs: Vec::new(),
                         entropy: Vec::new(),
                         cross_entropy: Vec::new(),
+                        kl_profile: Vec::new(),
                     };
                     self.place_eval(
                         out,

@@ -489,7 +489,7 @@ impl Writer {
                     "prefix-write",
                     &json!({"step": r.step, "time": r.time, "prefix": r.prefix,
                         "token_diffs": r.token_diffs, "entropy": r.entropy,
-                        "cross_entropy": r.cross_entropy}),
+                        "cross_entropy": r.cross_entropy, "kl_profile": r.kl_profile}),
                 )?;
             }
             Event::Samples { samples, .. } => {
@@ -512,7 +512,11 @@ impl Writer {
             Event::ConfigRejected { step, error } => metric(
                 json!({"step": step, "time": time, "event": "config_rejected", "error": error}),
             )?,
-            Event::State { .. } | Event::Checkpoint { .. } | Event::Log { .. } => {}
+            // Alerts are kept in events.jsonl (and said in log.txt).
+            Event::State { .. }
+            | Event::Checkpoint { .. }
+            | Event::Log { .. }
+            | Event::Alert { .. } => {}
         }
         Ok(())
     }

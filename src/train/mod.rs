@@ -1,7 +1,9 @@
 //! Training: the optimizer, schedules, the step functions (gradients of one batch, one
 //! optimizer update) and the trainer that runs the SFT stage or a variant end to end.
 
+pub mod alerts;
 pub mod dataset;
+pub mod health;
 pub mod initial;
 pub mod judge;
 pub mod memory;

@@ -13,13 +13,14 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{load_dataset, stream_indices, Dataset};
+use super::health::{self, Generation};
 use super::judge::{self, Judge, Verdict};
 use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
 use super::{accumulate, logit_sums, memory, oom, reference_logps, schedule};
 use crate::config::{
-    CheckpointSection, EvalSection, JudgeSection, RunConfig, SampleSection, Schedule, SftSection,
-    TrainSettings,
+    AlertsSection, CheckpointSection, EvalSection, JudgeSection, RunConfig, SampleSection,
+    Schedule, SftSection, TrainSettings,
 };
 use crate::data::{self, Prompt, TokenizedPair};
 use crate::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
@@ -109,6 +110,8 @@ pub struct TrainerState {
     pub checkpoint: CheckpointSection,
     #[serde(default)]
     pub judge: JudgeSection,
+    #[serde(default)]
+    pub alerts: AlertsSection,
 }
 
 enum Reference {
@@ -189,6 +192,7 @@ impl Trainer {
         cfg.sample = state.sample.clone();
         cfg.checkpoint = state.checkpoint.clone();
         cfg.judge = state.judge.clone();
+        cfg.alerts = state.alerts.clone();
         run.truncate_after(step)?;
         let initial = state.initial.clone();
         Self::build(
@@ -590,6 +594,7 @@ impl Trainer {
             token_diffs: vec![],
             entropy: vec![],
             cross_entropy: vec![],
+            kl_profile: vec![],
         }))
     }
 
@@ -684,7 +689,9 @@ impl Trainer {
             .collect();
         metrics.insert("eval_logits/chosen".into(), lc.0 / lc.1.max(1) as f64);
         metrics.insert("eval_logits/rejected".into(), lr.0 / lr.1.max(1) as f64);
-        self.judge_metrics(&policy, &mut metrics)?;
+        let gens = self.eval_generations(&policy)?;
+        self.judge_metrics(&gens, &mut metrics)?;
+        let kl_profile = self.health_metrics(&policy, &gens, &mut metrics)?;
         Ok(Some(EvalReport {
             step: self.step,
             time: now(),
@@ -709,16 +716,17 @@ impl Trainer {
                 .zip(&count)
                 .map(|(s, &c)| s / c as f64)
                 .collect(),
+            kl_profile,
         }))
     }
 
-    /// The judge's verdicts on the policy's generations for the first eval prompts, greedy and
-    /// sampled, as `eval_judge/*` metrics: what the policy generates, next to what its implicit
-    /// reward prefers.
-    fn judge_metrics(&self, model: &CausalLm, metrics: &mut BTreeMap<String, f64>) -> Result<()> {
-        let Some(judge) = &self.judge else {
-            return Ok(());
-        };
+    /// The policy's generations for the first `judge.prompts` eval prompts, when a judge or
+    /// the health metrics read them (else none): per prompt a greedy one, then `judge.samples`
+    /// drawn at `judge.temperature`, up to `judge.max_new_tokens` tokens each.
+    fn eval_generations(&self, model: &CausalLm) -> Result<Vec<Generation>> {
+        if self.judge.is_none() && !self.cfg.eval.health {
+            return Ok(vec![]);
+        }
         let j = &self.cfg.judge;
         let n = j.prompts.min(self.data.eval_prompts.len());
         let greedy = sample::SampleParams {
@@ -734,26 +742,47 @@ impl Trainer {
         let mut rng = Rng::new(
             self.cfg.train.seed ^ 0x6a75_6467_6500 ^ (self.step as u64).wrapping_mul(0x9e37_79b9),
         );
-        let (mut g, mut s): (Vec<Verdict>, Vec<Verdict>) = (Vec::new(), Vec::new());
-        for (i, prompt) in self.data.eval_prompts[..n].iter().enumerate() {
-            let ids = self.prompt_ids(prompt)?;
-            let prompt = &prompt.text;
-            let verdict = |params: &sample::SampleParams, rng: &mut Rng| -> Result<_> {
-                let out = sample::generate(model, &ids, &self.tok.stop, params, rng)?;
-                judge
-                    .judge(prompt, &self.tok.decode(&out)?)
-                    .with_context(|| {
-                        format!(
-                            "judge.task = \"{}\": eval prompt {} is not one of the task's prompts",
-                            j.task,
-                            i + 1
-                        )
-                    })
-            };
-            g.push(verdict(&greedy, &mut rng)?);
-            for _ in 0..j.samples {
-                s.push(verdict(&sampled, &mut rng)?);
+        let mut out = Vec::new();
+        for (prompt_index, prompt) in self.data.eval_prompts[..n].iter().enumerate() {
+            let prompt_ids = self.prompt_ids(prompt)?;
+            for s in 0..=j.samples {
+                let params = if s == 0 { &greedy } else { &sampled };
+                let ids = sample::generate(model, &prompt_ids, &self.tok.stop, params, &mut rng)?;
+                out.push(Generation {
+                    prompt_index,
+                    prompt_text: prompt.text.clone(),
+                    prompt_ids: prompt_ids.clone(),
+                    stopped: ids.last().is_some_and(|t| self.tok.stop.contains(t)),
+                    ids,
+                    sampled: s > 0,
+                });
             }
+        }
+        Ok(out)
+    }
+
+    /// The judge's verdicts on the eval's generations, greedy and sampled, as `eval_judge/*`
+    /// metrics: what the policy generates, next to what its implicit reward prefers.
+    fn judge_metrics(
+        &self,
+        gens: &[Generation],
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> Result<()> {
+        let Some(judge) = &self.judge else {
+            return Ok(());
+        };
+        let (mut g, mut s): (Vec<Verdict>, Vec<Verdict>) = (Vec::new(), Vec::new());
+        for gen in gens {
+            let verdict = judge
+                .judge(&gen.prompt_text, &self.tok.decode(&gen.ids)?)
+                .with_context(|| {
+                    format!(
+                        "judge.task = \"{}\": eval prompt {} is not one of the task's prompts",
+                        self.cfg.judge.task,
+                        gen.prompt_index + 1
+                    )
+                })?;
+            if gen.sampled { &mut s } else { &mut g }.push(verdict);
         }
         for (suffix, verdicts) in [("", &g), ("_sampled", &s)] {
             for (name, v) in super::judge::means(verdicts) {
@@ -761,6 +790,87 @@ impl Trainer {
             }
         }
         Ok(())
+    }
+
+    /// The `eval_gen/*` health metrics of the eval's generations (greedy, and `_sampled`), and
+    /// `eval_gen/kl` with its per-position profile (returned) where it can be measured (see
+    /// [`Trainer::kl_unmeasured`]).
+    fn health_metrics(
+        &self,
+        policy: &CausalLm,
+        gens: &[Generation],
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> Result<Vec<f64>> {
+        if !self.cfg.eval.health {
+            return Ok(vec![]);
+        }
+        for (suffix, sampled) in [("", false), ("_sampled", true)] {
+            let views: Vec<_> = gens
+                .iter()
+                .filter(|g| g.sampled == sampled)
+                .map(Generation::view)
+                .collect();
+            for (name, v) in health::summary(&views) {
+                metrics.insert(format!("eval_gen/{name}{suffix}"), v);
+            }
+        }
+        let Reference::Model(reference) = &self.reference else {
+            return Ok(vec![]);
+        };
+        if self.kl_unmeasured().is_some() {
+            return Ok(vec![]);
+        }
+        let samples: Vec<&Generation> = gens
+            .iter()
+            .filter(|g| g.sampled && !g.ids.is_empty())
+            .collect();
+        let (mut pol, mut refp) = (Vec::new(), Vec::new());
+        let pad = self.tok.pad_id();
+        for chunk in samples.chunks(self.cfg.eval.batch_size.max(1)) {
+            let rows: Vec<(&[u32], &[u32])> = chunk
+                .iter()
+                .map(|g| (g.prompt_ids.as_slice(), g.ids.as_slice()))
+                .collect();
+            let batch = SeqBatch::new(&rows, pad, &self.device)?;
+            let p = reference_logps(policy, &batch)?;
+            let r = reference_logps(reference, &batch)?;
+            for (a, b) in batch.split(&p).into_iter().zip(batch.split(&r)) {
+                pol.push(a.to_vec());
+                refp.push(b.to_vec());
+            }
+        }
+        if pol.is_empty() {
+            return Ok(vec![]);
+        }
+        let (kl, profile) = health::kl_estimate(&pol, &refp, self.cfg.eval.kl_positions);
+        metrics.insert("eval_gen/kl".into(), kl);
+        Ok(profile)
+    }
+
+    /// Why `eval_gen/kl` is not measured with the current settings (None when it is, or when
+    /// health metrics are off).
+    pub fn kl_unmeasured(&self) -> Option<String> {
+        if !self.cfg.eval.health || self.stage != Stage::Variant {
+            return None;
+        }
+        let why = match &self.reference {
+            Reference::None => "the objective has no reference model".to_string(),
+            Reference::Cached { .. } => "the reference's log-probs are precomputed \
+                 (train.precompute_ref = true), so no reference model is kept in memory"
+                .to_string(),
+            Reference::Model(_) if self.cfg.judge.samples == 0 => {
+                "it is estimated on sampled generations and judge.samples = 0 (greedy ones \
+                 would bias it)"
+                    .to_string()
+            }
+            Reference::Model(_) if self.cfg.judge.temperature != 1.0 => format!(
+                "it is estimated on the policy's own samples and judge.temperature = {} \
+                 samples another distribution (set it to 1)",
+                self.cfg.judge.temperature
+            ),
+            Reference::Model(_) => return None,
+        };
+        Some(format!("eval_gen/kl is not measured: {why}"))
     }
 
     /// Prompt ids as generation sees them: cut to `data.max_prompt_len`, from the left
@@ -861,6 +971,7 @@ impl Trainer {
             sample: self.cfg.sample.clone(),
             checkpoint: self.cfg.checkpoint.clone(),
             judge: self.cfg.judge.clone(),
+            alerts: self.cfg.alerts.clone(),
         };
         self.run
             .write_checkpoint(self.step, self.cfg.checkpoint.keep, |dir| {

@@ -47,6 +47,8 @@ pub struct RunView {
     pub tokens_per_s: f64,
     /// Trained by this process (not an overlaid or attached run directory).
     pub owned: bool,
+    /// The latest alert: its step and sentence (shown in the status bar).
+    pub alert: Option<(usize, String)>,
 }
 
 impl RunView {
@@ -70,6 +72,7 @@ impl RunView {
             last_seen: None,
             tokens_per_s: f64::NAN,
             owned: false,
+            alert: None,
         }
     }
 
@@ -108,7 +111,7 @@ impl RunView {
         for (k, v) in &r.metrics {
             self.eval.entry(k.clone()).or_default().insert(r.step, *v);
         }
-        if !r.prefix.j.is_empty() || !r.token_diffs.is_empty() {
+        if !r.prefix.j.is_empty() || !r.token_diffs.is_empty() || !r.kl_profile.is_empty() {
             self.diagnostics.insert(r.step, r.clone());
         }
     }
@@ -376,6 +379,9 @@ impl Observer for App {
                 // The status bar is narrow: the file name says enough there, the log has all.
                 self.status.reload =
                     Some((false, format!("config rejected: {}", short_path(error))));
+            }
+            Event::Alert { step, .. } => {
+                r.alert = ev.describe().map(|text| (*step, text));
             }
             Event::Skipped { .. } | Event::Checkpoint { .. } | Event::Log { .. } => {}
         }

@@ -203,6 +203,14 @@ fn status_bar(f: &mut Frame, app: &App, area: Rect) {
         }
         None => spans.push(Span::styled(" waiting for a run… ", th.status)),
     }
+    if let Some((step, text)) = app.selected_run().and_then(|r| r.alert.as_ref()) {
+        spans.push(sep.clone());
+        spans.push(Span::styled(
+            format!("⚠ @{step} {}", math::sanitize(text).replace('\n', " ")),
+            th.warn
+                .patch(Style::default().bg(th.status.bg.unwrap_or_default())),
+        ));
+    }
     if let Some((ok, msg)) = &app.status.reload {
         spans.push(sep.clone());
         let style = if *ok { th.status } else { th.error };
