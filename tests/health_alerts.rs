@@ -101,7 +101,7 @@ fn without_health_or_judge_an_eval_generates_nothing() {
         if e["event"] == "eval" {
             let m = e["metrics"].as_object().unwrap();
             assert!(!m.keys().any(|k| k.starts_with("eval_gen/")), "{m:?}");
-            assert_eq!(e["kl_profile"].as_array().unwrap().len(), 0);
+            assert!(e.get("kl_profile").is_none(), "{e}");
         }
     }
 }
