@@ -81,8 +81,12 @@ pub struct EvalReport {
     #[serde(deserialize_with = "nan::vec")]
     pub cross_entropy: Vec<f64>,
     /// Mean log pi - log pi_ref of the policy's sampled generations per response position
-    /// (the per-position KL estimate; empty when not measured).
-    #[serde(default, deserialize_with = "nan::vec")]
+    /// (the per-position KL estimate; empty, and not written, when not measured).
+    #[serde(
+        default,
+        deserialize_with = "nan::vec",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub kl_profile: Vec<f64>,
 }
 

@@ -314,6 +314,11 @@ fn run(
                 em.log(step, Level::Warn, note)?;
             }
             let t = resumed.map_err(|e| em.fail(step, e))?;
+            // The alert detector continues from the run's records up to the checkpoint: trends
+            // keep their first eval, and alerts already said are not said again.
+            for ev in runlog::tail::replay(&run.path).unwrap_or_default() {
+                em.alerts.observe(&t.cfg.alerts, &ev);
+            }
             // The workspace's edits since the run's last checkpoint are applied as the run
             // starts (and recorded), as if made while it trained; nothing is recorded when
             // nothing changed.

@@ -244,7 +244,7 @@ pub const KEYMAP: &[Binding] = &[
         action: Action::HeatmapMetric,
         scope: Scope::Dashboard,
         group: "heatmap",
-        help: "heatmap: prefix margin / prefix accuracy",
+        help: "heatmap: prefix margin / accuracy / KL",
     },
     Binding {
         keys: &[Char('n')],

@@ -89,6 +89,8 @@ pub enum HeatmapMode {
 pub enum HeatMetric {
     Margin,
     Accuracy,
+    /// The sampled per-token KL(policy || reference) by response position.
+    Kl,
 }
 
 /// The gap heatmap.
@@ -118,7 +120,8 @@ impl HeatmapPane {
     pub fn toggle_metric(&mut self) {
         self.metric = match self.metric {
             HeatMetric::Margin => HeatMetric::Accuracy,
-            HeatMetric::Accuracy => HeatMetric::Margin,
+            HeatMetric::Accuracy => HeatMetric::Kl,
+            HeatMetric::Kl => HeatMetric::Margin,
         }
     }
 }
@@ -297,8 +300,10 @@ mod tests {
         h.toggle_mode();
         assert_eq!(
             (h.mode, h.metric),
-            (HeatmapMode::OverTraining, HeatMetric::Margin)
+            (HeatmapMode::OverTraining, HeatMetric::Kl)
         );
+        h.toggle_metric();
+        assert_eq!(h.metric, HeatMetric::Margin);
     }
 
     #[test]

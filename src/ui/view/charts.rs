@@ -195,9 +195,61 @@ fn chart(
     f.render_widget(chart, area);
 }
 
+/// The generation health of the visible runs: the sampled KL per token at each eval (a chart)
+/// under one caption line with the selected run's latest greedy length, stop share and
+/// repetition (`eval_gen/*`).
+fn health(f: &mut Frame, app: &mut App, area: Rect, runs: &[usize]) {
+    let th = app.theme.clone();
+    let [caption, rest] = Layout::vertical([Constraint::Length(1), Constraint::Min(3)]).areas(area);
+    let latest = |name: &str| {
+        app.selected_run()
+            .and_then(|r| r.eval.get(name))
+            .and_then(|s| s.values().last().copied())
+    };
+    let mut text = String::from(" KL(policy||ref) per token");
+    for (name, label) in [
+        ("eval_gen/length", "length"),
+        ("eval_gen/stop_share", "stop"),
+        ("eval_gen/repetition", "repetition"),
+    ] {
+        if let Some(v) = latest(name) {
+            text += &format!(" · {label} {}", crate::ui::math::compact(v));
+        }
+    }
+    f.render_widget(
+        Paragraph::new(Line::from(vec![
+            Span::styled("generation", th.title),
+            Span::styled(text, th.dim),
+        ])),
+        caption,
+    );
+    let curves: Vec<Curve> = runs
+        .iter()
+        .map(|&r| Curve {
+            points: app.runs[r].series(true, "eval_gen/kl"),
+            color: th.series(r),
+            name: Some(app.runs[r].name.clone()),
+            scatter: false,
+        })
+        .collect();
+    chart(f, app, rest, "kl", curves, None, false);
+}
+
 pub fn loss(f: &mut Frame, app: &mut App, area: Rect) {
-    let mut curves = Vec::new();
     let runs = app.visible_runs();
+    // With generation health recorded and room for both, the lower part charts it.
+    let measured = runs
+        .iter()
+        .any(|&r| app.runs[r].eval.contains_key("eval_gen/length"));
+    let area = if measured && area.height >= 12 {
+        let [top, bottom] =
+            Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(area);
+        health(f, app, bottom, &runs);
+        top
+    } else {
+        area
+    };
+    let mut curves = Vec::new();
     let log = app.charts.log_scale;
     for (i, &r) in runs.iter().enumerate() {
         let (c, faded) = (app.theme.series(r), app.theme.series_faded(r));

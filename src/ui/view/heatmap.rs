@@ -24,6 +24,7 @@ pub fn title(app: &App) -> String {
         HeatmapMode::OverTraining => match app.heatmap.metric {
             HeatMetric::Margin => format!("Gap: prefix margin by j over training{run}"),
             HeatMetric::Accuracy => format!("Gap: prefix accuracy by j over training{run}"),
+            HeatMetric::Kl => format!("KL(policy||ref) by response position over training{run}"),
         },
         HeatmapMode::PerPair => format!("Gap: per-token reward difference per pair{run}"),
     }
@@ -54,6 +55,9 @@ pub fn over_training(app: &App) -> Option<Grid> {
         .collect();
     js.sort();
     js.dedup();
+    if app.heatmap.metric == HeatMetric::Kl {
+        return kl_over_training(&r.diagnostics);
+    }
     let acc = app.heatmap.metric == HeatMetric::Accuracy;
     let rows: Vec<Vec<f64>> = js
         .iter()
@@ -93,6 +97,38 @@ pub fn over_training(app: &App) -> Option<Grid> {
         center,
         scale,
         legend,
+    })
+}
+
+/// The per-position KL profile of each eval (rows: response positions t1, t2, ...; columns:
+/// evals), coloured on the largest |KL| seen; None before any eval measured it.
+pub fn kl_over_training(
+    diagnostics: &std::collections::BTreeMap<usize, crate::event::EvalReport>,
+) -> Option<Grid> {
+    let width = diagnostics.values().map(|d| d.kl_profile.len()).max()?;
+    if width == 0 {
+        return None;
+    }
+    let steps: Vec<usize> = diagnostics.keys().copied().collect();
+    let rows: Vec<Vec<f64>> = (0..width)
+        .map(|t| {
+            diagnostics
+                .values()
+                .map(|d| d.kl_profile.get(t).copied().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect();
+    let m = max_abs(&rows);
+    Some(Grid {
+        rows,
+        row_labels: (1..=width).map(|t| format!("t{t}")).collect(),
+        col_labels: (
+            format!("step {}", steps[0]),
+            format!("{}", steps[steps.len() - 1]),
+        ),
+        center: 0.0,
+        scale: m,
+        legend: (math::compact(-m), "0".into(), math::compact(m)),
     })
 }
 
@@ -221,8 +257,14 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     };
     let Some(grid) = grid else {
         f.render_widget(
-            Paragraph::new("no evaluation yet (prefix diagnostics come with each eval)")
-                .style(app.theme.dim),
+            Paragraph::new(match app.heatmap.metric {
+                HeatMetric::Kl if app.heatmap.mode == HeatmapMode::OverTraining => {
+                    "no KL profile yet (measured at each eval from sampled generations, \
+                     with eval.health and a reference model)"
+                }
+                _ => "no evaluation yet (prefix diagnostics come with each eval)",
+            })
+            .style(app.theme.dim),
             area,
         );
         return;
@@ -318,5 +360,36 @@ mod tests {
         assert_eq!(cell_value(&[1.0, f64::NAN, 3.0], 0, 3), 2.0);
         assert!(cell_value(&[f64::NAN], 0, 1).is_nan());
         assert_eq!(cell_value(&[5.0, 7.0], 1, 1), 7.0);
+    }
+
+    fn report(step: usize, kl_profile: Vec<f64>) -> crate::event::EvalReport {
+        crate::event::EvalReport {
+            step,
+            time: 0.0,
+            metrics: Default::default(),
+            prefix: Default::default(),
+            token_diffs: vec![],
+            entropy: vec![],
+            cross_entropy: vec![],
+            kl_profile,
+        }
+    }
+
+    #[test]
+    fn the_kl_grid_has_a_row_per_position_and_a_column_per_eval() {
+        let d: std::collections::BTreeMap<_, _> = [
+            (0, report(0, vec![0.0, 0.0])),
+            (5, report(5, vec![0.5, -0.25, 1.0])),
+        ]
+        .into_iter()
+        .collect();
+        let g = kl_over_training(&d).unwrap();
+        assert_eq!(g.row_labels, vec!["t1", "t2", "t3"]);
+        assert_eq!(g.rows[0], vec![0.0, 0.5]);
+        assert!(g.rows[2][0].is_nan() && g.rows[2][1] == 1.0);
+        assert_eq!((g.center, g.scale), (0.0, 1.0));
+        assert_eq!(g.col_labels, ("step 0".to_string(), "5".to_string()));
+        let none: std::collections::BTreeMap<_, _> = [(0, report(0, vec![]))].into_iter().collect();
+        assert!(kl_over_training(&none).is_none());
     }
 }
