@@ -88,6 +88,8 @@ interval = 10               # steps between evaluations (0: start and end only)
 pairs = 64
 prefix_lengths = []         # empty: 1, 2, 4, ... up to the longest k
 heatmap_pairs = 8
+health = true               # eval_gen/*: length, stop share, repetition, KL of the generations
+kl_positions = 32           # response positions of the KL-by-position profile
 
 [sample]
 interval = 20
@@ -101,11 +103,23 @@ top_p = 1.0
 interval = 50               # 0: only at the end
 keep = 2
 
-# A programmatic judge of the policy's generations at every eval, for tasks a program can
-# grade (see workspaces/demo).
+# Every eval generates for the first `prompts` eval prompts (greedy, plus `samples` sampled);
+# the health metrics read those generations, and a judge scores them: a programmatic one for
+# tasks a program can grade (see workspaces/demo), or a reward model (a Hugging Face
+# *ForSequenceClassification folder), in full and at the first k tokens.
 # [judge]
 # task = "sort"
+# reward_model = "path/to/reward-model"
+# prefix_lengths = [1, 2, 4, 8, 16]
 # prompts = 64
+# samples = 1
+# max_new_tokens = 32
+
+# Alerts in the status bar, the log and events.jsonl (thresholds; all live).
+# [alerts]
+# enabled = true
+# length_growth = 0.25      # generations 25% longer than at the first eval
+# kl_max = 5.0              # per-token KL(policy || reference) of sampled generations
 
 # The dashboard; these (and most settings above) may be edited while a run trains.
 # [ui]
