@@ -38,6 +38,7 @@ enum Command {
     Sample(cmd::sample::SampleArgs),
     Merge(cmd::merge::MergeArgs),
     Bench(cmd::bench::BenchArgs),
+    TrainRm(cmd::train_rm::TrainRmArgs),
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -57,6 +58,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sample(args) => cmd::sample::run(&args)?,
         Command::Merge(args) => cmd::merge::run(&args)?,
         Command::Bench(args) => cmd::bench::run(&args)?,
+        Command::TrainRm(args) => cmd::train_rm::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

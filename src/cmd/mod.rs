@@ -10,6 +10,7 @@ pub mod init;
 pub mod merge;
 pub mod sample;
 pub mod train;
+pub mod train_rm;
 
 use std::io::Write;
 

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{load_dataset, stream_indices, Dataset};
-use super::judge::{self, Judge, Verdict};
+use super::judge::{self, Judge, RewardJudge, Verdict};
 use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
 use super::{accumulate, logit_sums, memory, oom, reference_logps, schedule};
@@ -26,6 +26,7 @@ use crate::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
 use crate::model::{io, lora, ops, sample, CausalLm, LoraConfig, ModelConfig, SeqBatch, Tok};
 use crate::objective::prefix::{self, PairTokenLogps};
 use crate::objective::{self, Loss, LossKind, Objective};
+use crate::reward;
 use crate::rng::Rng;
 use crate::runlog::{RunDir, OPTIMIZER, TRAINER_STATE};
 
@@ -155,6 +156,8 @@ pub struct Trainer {
     fault_nan: Vec<usize>,
     /// The judge of `judge.task` (variants only).
     judge: Option<Box<dyn Judge>>,
+    /// The reward model of `judge.reward_model` (variants only).
+    reward_judge: Option<RewardJudge>,
 }
 
 impl Trainer {
@@ -334,6 +337,10 @@ impl Trainer {
             Stage::Sft(_) => None,
             Stage::Variant => judge::for_task(cfg.judge.task),
         };
+        let reward_judge = match (&stage, &cfg.judge.reward_model) {
+            (Stage::Variant, Some(dir)) => Some(RewardJudge::load(dir, &device, dtype)?),
+            _ => None,
+        };
         let mut t = Self {
             lora,
             memory,
@@ -356,6 +363,7 @@ impl Trainer {
             updating: false,
             fault_nan,
             judge,
+            reward_judge,
         };
         if from.is_none() && t.stage == Stage::Variant {
             // The reference's generations, once: they never change.
@@ -716,9 +724,9 @@ impl Trainer {
     /// sampled, as `eval_judge/*` metrics: what the policy generates, next to what its implicit
     /// reward prefers.
     fn judge_metrics(&self, model: &CausalLm, metrics: &mut BTreeMap<String, f64>) -> Result<()> {
-        let Some(judge) = &self.judge else {
+        if self.judge.is_none() && self.reward_judge.is_none() {
             return Ok(());
-        };
+        }
         let j = &self.cfg.judge;
         let n = j.prompts.min(self.data.eval_prompts.len());
         let greedy = sample::SampleParams {
@@ -734,31 +742,74 @@ impl Trainer {
         let mut rng = Rng::new(
             self.cfg.train.seed ^ 0x6a75_6467_6500 ^ (self.step as u64).wrapping_mul(0x9e37_79b9),
         );
-        let (mut g, mut s): (Vec<Verdict>, Vec<Verdict>) = (Vec::new(), Vec::new());
+        // (eval prompt index, generated ids) of the greedy and the sampled generations.
+        let (mut g, mut s): (Vec<(usize, Vec<u32>)>, Vec<(usize, Vec<u32>)>) =
+            (Vec::new(), Vec::new());
         for (i, prompt) in self.data.eval_prompts[..n].iter().enumerate() {
             let ids = self.prompt_ids(prompt)?;
-            let prompt = &prompt.text;
-            let verdict = |params: &sample::SampleParams, rng: &mut Rng| -> Result<_> {
-                let out = sample::generate(model, &ids, &self.tok.stop, params, rng)?;
-                judge
-                    .judge(prompt, &self.tok.decode(&out)?)
-                    .with_context(|| {
-                        format!(
-                            "judge.task = \"{}\": eval prompt {} is not one of the task's prompts",
-                            j.task,
-                            i + 1
-                        )
-                    })
-            };
-            g.push(verdict(&greedy, &mut rng)?);
+            g.push((
+                i,
+                sample::generate(model, &ids, &self.tok.stop, &greedy, &mut rng)?,
+            ));
             for _ in 0..j.samples {
-                s.push(verdict(&sampled, &mut rng)?);
+                s.push((
+                    i,
+                    sample::generate(model, &ids, &self.tok.stop, &sampled, &mut rng)?,
+                ));
             }
         }
-        for (suffix, verdicts) in [("", &g), ("_sampled", &s)] {
-            for (name, v) in super::judge::means(verdicts) {
-                metrics.insert(format!("eval_judge/{name}{suffix}"), v);
+        if let Some(judge) = &self.judge {
+            for (suffix, outs) in [("", &g), ("_sampled", &s)] {
+                let verdicts = outs
+                    .iter()
+                    .map(|(i, out)| -> Result<Verdict> {
+                        judge
+                            .judge(&self.data.eval_prompts[*i].text, &self.tok.decode(out)?)
+                            .with_context(|| {
+                                format!(
+                                    "judge.task = \"{}\": eval prompt {} is not one of the task's prompts",
+                                    j.task,
+                                    i + 1
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                for (name, v) in super::judge::means(&verdicts) {
+                    metrics.insert(format!("eval_judge/{name}{suffix}"), v);
+                }
             }
+        }
+        if let Some(rj) = &self.reward_judge {
+            let start = Instant::now();
+            // The task judge keeps `score` (see train::judge).
+            let full_name = if self.judge.is_some() {
+                "rm_score"
+            } else {
+                "score"
+            };
+            for (suffix, outs) in [("", &g), ("_sampled", &s)] {
+                let gens: Vec<reward::Generation> = outs
+                    .iter()
+                    .map(|(i, out)| reward::Generation {
+                        prompt: &self.data.eval_prompts[*i].text,
+                        ids: out,
+                        stopped: out.last().is_some_and(|t| self.tok.stop.contains(t)),
+                    })
+                    .collect();
+                let scores = rj
+                    .score(&self.tok, &gens, &j.prefix_lengths, j.batch_size)
+                    .with_context(|| format!("judge.reward_model = \"{}\"", rj.dir.display()))?;
+                metrics.extend(judge::reward_metrics(
+                    &scores,
+                    &j.prefix_lengths,
+                    full_name,
+                    suffix,
+                ));
+            }
+            metrics.insert(
+                "eval_judge/rm_seconds".into(),
+                start.elapsed().as_secs_f64(),
+            );
         }
         Ok(())
     }
