@@ -39,6 +39,8 @@ enum Command {
     Merge(cmd::merge::MergeArgs),
     Bench(cmd::bench::BenchArgs),
     TrainRm(cmd::train_rm::TrainRmArgs),
+    Score(cmd::score::ScoreArgs),
+    Analyze(cmd::analyze::AnalyzeArgs),
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -59,6 +61,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Merge(args) => cmd::merge::run(&args)?,
         Command::Bench(args) => cmd::bench::run(&args)?,
         Command::TrainRm(args) => cmd::train_rm::run(&args)?,
+        Command::Score(args) => cmd::score::run(&args)?,
+        Command::Analyze(args) => cmd::analyze::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -193,3 +193,350 @@ fn folders_that_are_not_reward_models_are_named_as_such() {
     let e = RewardModel::check_dir(&wide).unwrap_err().to_string();
     assert!(e.contains("has shape") && e.contains("config.json"), "{e}");
 }
+
+/// Runs gaplab, expects success, and returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = gaplab(args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// Runs gaplab, expects exit code 2, and returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = gaplab(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stdout(&out));
+    stderr(&out)
+}
+
+fn k_arg() -> String {
+    ks().iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn score_prints_the_transformers_rewards() {
+    let data = fixture("pairs.jsonl");
+    for name in RMS {
+        let exp = expected(name);
+        let out = ok(&[
+            "score",
+            "--reward-model",
+            s(&fixture(name)),
+            "--data",
+            s(&data),
+            "--k",
+            &k_arg(),
+            "--json",
+            "--batch-size",
+            "3",
+        ]);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let pairs = exp["pairs"].as_array().unwrap();
+        assert_eq!(lines.len(), pairs.len());
+        for (i, (l, p)) in lines.iter().zip(pairs).enumerate() {
+            assert_eq!(l["pair"], i + 1);
+            assert_eq!(
+                l["chosen_tokens"],
+                p["chosen_ids"].as_array().unwrap().len()
+            );
+            for side in ["chosen", "rejected"] {
+                let what = format!("{name} pair {} {side}", i + 1);
+                close(
+                    l[side].as_f64().unwrap(),
+                    p[side]["full"].as_f64().unwrap(),
+                    &what,
+                );
+                let want = f64s(&p[side]["prefix"]);
+                for (j, pre) in l["prefix"].as_array().unwrap().iter().enumerate() {
+                    assert_eq!(pre["k"].as_u64().unwrap() as usize, ks()[j]);
+                    close(
+                        pre[side].as_f64().unwrap(),
+                        want[j],
+                        &format!("{what} k{j}"),
+                    );
+                }
+            }
+            let margin = l["chosen"].as_f64().unwrap() - l["rejected"].as_f64().unwrap();
+            close(l["margin"].as_f64().unwrap(), margin, "margin");
+        }
+    }
+    // The table names the model and shows a row per pair.
+    let table = ok(&[
+        "score",
+        "--reward-model",
+        s(&fixture("tiny-llama-rm")),
+        "--data",
+        s(&data),
+    ]);
+    assert!(table.contains("LlamaForSequenceClassification"), "{table}");
+    assert_eq!(table.lines().count(), 2 + 6, "{table}");
+    // pad == eos is pointed out.
+    let out = gaplab(&[
+        "score",
+        "--reward-model",
+        s(&fixture("tiny-qwen2-rm")),
+        "--data",
+        s(&data),
+    ]);
+    assert!(stderr(&out).contains("scored at the token before its EOS"));
+}
+
+#[test]
+fn prefix_gap_is_the_mean_difference_of_the_transformers_rewards() {
+    let exp = expected("tiny-llama-rm");
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("gap.svg");
+    let out = ok(&[
+        "analyze",
+        "prefix-gap",
+        "--reward-model",
+        s(&fixture("tiny-llama-rm")),
+        "--data",
+        s(&fixture("pairs.jsonl")),
+        "--k",
+        &k_arg(),
+        "--json",
+        "--plot",
+        s(&svg),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pairs = exp["pairs"].as_array().unwrap();
+    assert_eq!(report["pairs"], pairs.len());
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), ks().len());
+    let n = pairs.len() as f64;
+    for (j, (row, k)) in rows.iter().zip(ks()).enumerate() {
+        assert_eq!(row["k"], k);
+        let deltas: Vec<f64> = pairs
+            .iter()
+            .map(|p| f64s(&p["chosen"]["prefix"])[j] - f64s(&p["rejected"]["prefix"])[j])
+            .collect();
+        let mean = deltas.iter().sum::<f64>() / n;
+        close(row["delta"].as_f64().unwrap(), mean, &format!("ΔQ({k})"));
+        let var = deltas.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        close(row["stderr"].as_f64().unwrap(), (var / n).sqrt(), "stderr");
+        let positive = deltas.iter().filter(|d| **d > 0.0).count() as f64 / n;
+        assert_eq!(row["share_positive"].as_f64().unwrap(), positive);
+        let shorter = pairs
+            .iter()
+            .filter(|p| {
+                let a = p["chosen_ids"].as_array().unwrap().len();
+                let b = p["rejected_ids"].as_array().unwrap().len();
+                a.min(b) < k
+            })
+            .count();
+        assert_eq!(row["shorter"], shorter, "k {k}");
+    }
+    let full: f64 = pairs
+        .iter()
+        .map(|p| p["chosen"]["full"].as_f64().unwrap() - p["rejected"]["full"].as_f64().unwrap())
+        .sum::<f64>()
+        / n;
+    close(report["full"]["delta"].as_f64().unwrap(), full, "full ΔQ");
+    assert!(report["full"]["k"].is_null());
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    assert_eq!(svg.matches("<circle").count(), ks().len());
+    // The table: one row per k and the full row.
+    let table = ok(&[
+        "analyze",
+        "prefix-gap",
+        "--reward-model",
+        s(&fixture("tiny-llama-rm")),
+        "--data",
+        s(&fixture("pairs.jsonl")),
+        "--k",
+        "1,2",
+    ]);
+    assert!(
+        table
+            .lines()
+            .last()
+            .unwrap()
+            .trim_start()
+            .starts_with("full"),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 2 + 3);
+}
+
+#[test]
+fn prefix_quality_scores_the_policys_greedy_generations() {
+    use gaplab::model::{io, sample};
+    let (max_new, ks) = (12usize, [1usize, 4, 8]);
+    let out = ok(&[
+        "analyze",
+        "prefix-quality",
+        "--reward-model",
+        s(&fixture("tiny-llama-rm")),
+        "--policy",
+        s(&fixture("tiny-llama")),
+        "--ref",
+        s(&fixture("tiny-llama-ref")),
+        "--prompts",
+        s(&fixture("pairs.jsonl")),
+        "--k",
+        "1,4,8",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        &max_new.to_string(),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["prompts"], 6);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), ks.len() + 1);
+    // The same numbers by hand: greedy generations (the tokenizers agree, so the policy's ids
+    // are the reward model's), each k-prefix and the full generation scored.
+    let (rm, _) = RewardModel::load(&fixture("tiny-llama-rm"), &Device::Cpu, DType::F32).unwrap();
+    let mut means = vec![];
+    for model in ["tiny-llama", "tiny-llama-ref"] {
+        let (m, tok) = io::load_dir(&fixture(model), &Device::Cpu, DType::F32).unwrap();
+        let params = sample::SampleParams {
+            max_new_tokens: max_new,
+            temperature: 0.0,
+            top_p: 1.0,
+        };
+        let mut sums = vec![0.0; ks.len() + 1];
+        for line in std::fs::read_to_string(fixture("pairs.jsonl"))
+            .unwrap()
+            .lines()
+        {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let prompt = tok.encode_prompt(v["prompt"].as_str().unwrap()).unwrap();
+            let mut rng = gaplab::rng::Rng::new(0);
+            let ids = sample::generate(&m, &prompt, &tok.stop, &params, &mut rng).unwrap();
+            let stopped = tok.stop.contains(ids.last().unwrap());
+            let mut full = ids.clone();
+            if stopped {
+                *full.last_mut().unwrap() = tok.eos;
+            }
+            let seqs: Vec<Vec<u32>> = ks
+                .iter()
+                .map(|&k| {
+                    if k >= ids.len() {
+                        full.clone()
+                    } else {
+                        ids[..k].to_vec()
+                    }
+                })
+                .chain(std::iter::once(full.clone()))
+                .map(|r| prompt.iter().copied().chain(r).collect())
+                .collect();
+            for (s, r) in sums.iter_mut().zip(rm.score(&seqs, 4).unwrap()) {
+                *s += r / 6.0;
+            }
+        }
+        means.push(sums);
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let what = format!("row {i}");
+        close(row["policy"]["mean"].as_f64().unwrap(), means[0][i], &what);
+        close(
+            row["reference"]["mean"].as_f64().unwrap(),
+            means[1][i],
+            &what,
+        );
+        close(
+            row["difference"]["mean"].as_f64().unwrap(),
+            means[0][i] - means[1][i],
+            &what,
+        );
+    }
+    assert!(rows[ks.len()]["k"].is_null());
+    let h = &report["policy_generations"];
+    assert_eq!(h["generations"], 6);
+    assert!(h["mean_tokens"].as_f64().unwrap() <= max_new as f64);
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let data = fixture("pairs.jsonl");
+    let rm = fixture("tiny-llama-rm");
+    for bad in ["0,1", "2,1", "1,1", "1,x", "1.5", ""] {
+        let e = fails(&[
+            "score",
+            "--reward-model",
+            s(&rm),
+            "--data",
+            s(&data),
+            "--k",
+            bad,
+        ]);
+        assert!(e.starts_with("error: --k: "), "{bad}: {e}");
+        let e = fails(&[
+            "analyze",
+            "prefix-gap",
+            "--reward-model",
+            s(&rm),
+            "--data",
+            s(&data),
+            "--k",
+            bad,
+        ]);
+        assert!(e.starts_with("error: --k: "), "{bad}: {e}");
+    }
+    let causal = fixture("tiny-llama");
+    for args in [
+        vec!["score", "--data", s(&data)],
+        vec!["analyze", "prefix-gap", "--data", s(&data)],
+        vec![
+            "analyze",
+            "prefix-quality",
+            "--policy",
+            s(&causal),
+            "--prompts",
+            s(&data),
+        ],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--reward-model", s(&causal)]);
+        let e = fails(&args);
+        assert!(
+            e.contains("--reward-model")
+                && e.contains("causal LM")
+                && e.contains("no `score` head"),
+            "{args:?}: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    let e = fails(&[
+        "score",
+        "--reward-model",
+        s(&fixture("tiny-llama-cls2")),
+        "--data",
+        s(&data),
+    ]);
+    assert!(e.contains("2 labels"), "{e}");
+    let e = fails(&[
+        "analyze",
+        "prefix-quality",
+        "--reward-model",
+        s(&rm),
+        "--policy",
+        s(&causal),
+        "--prompts",
+        s(&data),
+        "--samples",
+        "0",
+    ]);
+    assert!(e.contains("--samples"), "{e}");
+}
+
+#[test]
+fn check_reports_a_reward_model_folder() {
+    let out = ok(&["check", s(&fixture("tiny-qwen2-rm"))]);
+    assert!(out.contains("Qwen2ForSequenceClassification"), "{out}");
+    assert!(out.contains("weights: OK"), "{out}");
+    assert!(out.contains("before its EOS"), "{out}");
+    let out = ok(&["check", s(&fixture("tiny-llama-rm"))]);
+    assert!(out.contains("not pad_token_id 2\n"), "{out}");
+    let e = fails(&["check", s(&fixture("tiny-llama-cls2"))]);
+    assert!(e.contains("2 labels"), "{e}");
+}

@@ -10,6 +10,7 @@ use crate::config::Workspace;
 use crate::data::stats::{self, DataStats, Spread};
 use crate::data::FileKind;
 use crate::event::count;
+use crate::model::reward::RewardModel;
 use crate::model::safetensors_check::Summary;
 use crate::model::{io, lora, DeviceSpec, ModelConfig};
 use crate::train::dataset::load_dataset;
@@ -66,7 +67,8 @@ fn preview(s: &str, max: usize) -> String {
     format!("{head:?} ... {tail:?} ({n} characters)")
 }
 
-/// Validate a workspace (config, model, tokenizer, data) and print data statistics.
+/// Validate a workspace (config, model, tokenizer, data) and print data statistics; given a
+/// reward-model folder, check that instead.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CheckArgs {
     pub workspace: PathBuf,
@@ -123,8 +125,78 @@ fn lora_lines(
     Ok(())
 }
 
-/// What `check` prints: "config ok", the model, data statistics and each variant's plan.
+/// Whether `path` is a reward-model folder rather than a workspace: a folder without
+/// gaplab.toml whose config.json names a *ForSequenceClassification architecture.
+fn is_reward_model_dir(path: &Path) -> bool {
+    if !path.is_dir() || path.join("gaplab.toml").exists() {
+        return false;
+    }
+    std::fs::read_to_string(path.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("architectures").cloned())
+        .and_then(|a| {
+            a.as_array().map(|a| {
+                a.iter().any(|x| {
+                    x.as_str()
+                        .is_some_and(|x| x.ends_with("ForSequenceClassification"))
+                })
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// What `check` prints for a reward-model folder: its weights checked from their headers,
+/// its tokenizer, and how its reward is read.
+fn reward_model_report(dir: &Path) -> Result<String> {
+    let summary = RewardModel::check_dir(dir)?;
+    let cfg = ModelConfig::load(&dir.join("config.json"))?;
+    let tok = crate::model::Tok::load(dir, Some(&cfg))?;
+    // A reward model has no LM head, whatever tie_word_embeddings says.
+    let params = ModelConfig {
+        tie_word_embeddings: true,
+        ..cfg.clone()
+    }
+    .num_params()
+        + cfg.hidden_size;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: reward model ({}, {:.2}M parameters with the score head, vocab {}, max {} positions)",
+        dir.display(),
+        crate::model::reward::hf_class(cfg.arch),
+        params as f64 / 1e6,
+        cfg.vocab_size,
+        cfg.max_position_embeddings
+    );
+    weights_lines(&mut out, "weights", &summary);
+    let read = match cfg.pad_token_id {
+        Some(p) if cfg.eos_token_ids.contains(&p) => format!(
+            "at the rightmost token that is not pad_token_id {p}; it is also an EOS id, so a response that ends with EOS is scored at the token before its EOS (as transformers does)"
+        ),
+        Some(p) => format!("at the rightmost token that is not pad_token_id {p}"),
+        None => "at the last token (config.json has no pad_token_id)".to_string(),
+    };
+    let _ = writeln!(out, "reward: read {read}");
+    let _ = writeln!(
+        out,
+        "tokenizer: {} (eos {}, chat template {})",
+        tok.dir.display(),
+        tok.eos,
+        tok.chat_template.as_ref().map_or(
+            "none: conversational data cannot be scored".to_string(),
+            |t| t.origin.clone()
+        )
+    );
+    Ok(out)
+}
+
+/// What `check` prints: "config ok", the model, data statistics and each variant's plan (or,
+/// for a reward-model folder, that folder's checks).
 pub fn report(path: &Path) -> Result<String> {
+    if is_reward_model_dir(path) {
+        return reward_model_report(path);
+    }
     let ws = Workspace::load(path)?;
     let names = ws.variant_names();
     let cfgs = names

@@ -1,6 +1,7 @@
 //! The CLI's commands: each module holds its command's arguments (a clap `Args` struct) and
 //! its body; `main.rs` only parses and dispatches. Flags several commands share are here.
 
+pub mod analyze;
 pub mod attach;
 pub mod bench;
 pub mod check;
@@ -9,6 +10,7 @@ pub mod eval;
 pub mod init;
 pub mod merge;
 pub mod sample;
+pub mod score;
 pub mod train;
 pub mod train_rm;
 

@@ -166,7 +166,13 @@ pub fn parse_k_list(s: &str, what: &str) -> Result<Vec<usize>> {
             }
         })
         .collect::<Result<Vec<usize>>>()?;
-    check_k_list(&ks, what)?;
+    if let Some(w) = ks.windows(2).find(|w| w[1] <= w[0]) {
+        bail!(
+            "{what}: {} follows {} in \"{s}\", the list must increase; {expected}",
+            w[1],
+            w[0]
+        );
+    }
     Ok(ks)
 }
 
