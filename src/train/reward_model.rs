@@ -311,7 +311,7 @@ mod tests {
             let shape = var.as_tensor().shape().clone();
             for &i in &[0usize, 3, 7] {
                 let h = 1e-2f32;
-                let mut at = |d: f32| {
+                let at = |d: f32| {
                     let mut w = w0.clone();
                     w[i] += d;
                     var.set(&Tensor::from_vec(w, shape.clone(), &Device::Cpu).unwrap())
