@@ -1810,6 +1810,10 @@ mod tests {
                 position_decay: Some(0.9),
                 ..Default::default()
             },
+            judge: JudgeSection {
+                reward_model: Some("rm".into()),
+                ..Default::default()
+            },
             ..Default::default()
         })
         .unwrap();

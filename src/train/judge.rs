@@ -172,7 +172,7 @@ mod tests {
         );
         assert_eq!(
             reward_metrics(&scores[..1], &[2], "score", "")[1],
-            ("eval_judge/prefix_score@2".to_string(), 2.0)
+            ("eval_judge/prefix_score@2".to_string(), 1.0)
         );
         assert!(reward_metrics(&[], &[1], "score", "").is_empty());
     }
