@@ -743,8 +743,8 @@ impl Trainer {
             self.cfg.train.seed ^ 0x6a75_6467_6500 ^ (self.step as u64).wrapping_mul(0x9e37_79b9),
         );
         // (eval prompt index, generated ids) of the greedy and the sampled generations.
-        let (mut g, mut s): (Vec<(usize, Vec<u32>)>, Vec<(usize, Vec<u32>)>) =
-            (Vec::new(), Vec::new());
+        let mut g: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut s: Vec<(usize, Vec<u32>)> = Vec::new();
         for (i, prompt) in self.data.eval_prompts[..n].iter().enumerate() {
             let ids = self.prompt_ids(prompt)?;
             g.push((
