@@ -38,6 +38,7 @@ enum Command {
     Sample(cmd::sample::SampleArgs),
     Merge(cmd::merge::MergeArgs),
     Bench(cmd::bench::BenchArgs),
+    TrainRm(cmd::train_rm::TrainRmArgs),
     Score(cmd::score::ScoreArgs),
     Analyze(cmd::analyze::AnalyzeArgs),
 }
@@ -59,6 +60,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sample(args) => cmd::sample::run(&args)?,
         Command::Merge(args) => cmd::merge::run(&args)?,
         Command::Bench(args) => cmd::bench::run(&args)?,
+        Command::TrainRm(args) => cmd::train_rm::run(&args)?,
         Command::Score(args) => cmd::score::run(&args)?,
         Command::Analyze(args) => cmd::analyze::run(&args)?,
     }

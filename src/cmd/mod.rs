@@ -12,6 +12,7 @@ pub mod merge;
 pub mod sample;
 pub mod score;
 pub mod train;
+pub mod train_rm;
 
 use std::io::Write;
 

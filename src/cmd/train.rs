@@ -328,6 +328,39 @@ impl Progress {
     }
 }
 
+/// The judges' part of a headless eval line: the task judge's score, the reward model's full
+/// score and its first prefix scores (see train::judge for the names), and its scoring time.
+fn judge_summary(m: &std::collections::BTreeMap<String, f64>) -> String {
+    let mut text = String::new();
+    let rm_only = m.contains_key("eval_judge/rm_seconds") && !m.contains_key("eval_judge/rm_score");
+    if let Some(v) = m.get("eval_judge/score") {
+        text += &format!("  {} {v:.3}", if rm_only { "rm score" } else { "judge" });
+    }
+    if let Some(v) = m.get("eval_judge/rm_score") {
+        text += &format!("  rm score {v:.3}");
+    }
+    let mut prefixes: Vec<(usize, f64)> = m
+        .iter()
+        .filter_map(|(k, v)| {
+            let k = k.strip_prefix("eval_judge/prefix_score@")?;
+            Some((k.parse().ok()?, *v))
+        })
+        .collect();
+    prefixes.sort_by_key(|p| p.0);
+    if !prefixes.is_empty() {
+        let parts: Vec<String> = prefixes
+            .iter()
+            .take(4)
+            .map(|(k, v)| format!("k{k} {v:.3}"))
+            .collect();
+        text += &format!("  rm prefix {}", parts.join(" "));
+    }
+    if let Some(s) = m.get("eval_judge/rm_seconds") {
+        text += &format!(" ({s:.1}s)");
+    }
+    text
+}
+
 /// Everything but the periodic step and eval lines is said as [`Event::describe`] says it,
 /// after the variant's name.
 impl Observer for Progress {
@@ -404,6 +437,7 @@ impl Observer for Progress {
                         .collect();
                     text += &format!("  prefix accuracy {}", parts.join(" "));
                 }
+                text += &judge_summary(&r.metrics);
                 self.say(&text);
             }
             Event::Log { level, .. } => {

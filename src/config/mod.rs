@@ -678,6 +678,16 @@ section! {
         /// Temperature of the sampled generations.
         temperature: f64 = 1.0, Live;
         max_new_tokens: usize = 32, Live;
+        /// A reward-model folder (a Hugging Face *ForSequenceClassification, e.g. written by
+        /// `gaplab train-rm`), relative to the workspace, that scores the same generations in
+        /// full and at `prefix_lengths` (eval_judge/score or rm_score, prefix_score@k). Set with
+        /// `task`, both judge.
+        reward_model: Option<PathBuf> = None, Restart;
+        /// Response prefix lengths k (policy tokens) the reward model scores besides the full
+        /// response: positive and increasing.
+        prefix_lengths: Vec<usize> = vec![1, 2, 4, 8, 16], Live;
+        /// Sequences per reward-model forward pass.
+        batch_size: usize = 16, Live;
     }
 }
 
@@ -1076,6 +1086,8 @@ impl Workspace {
         let mut data = self.config.data.clone();
         data.train = abs(&data.train);
         data.eval = data.eval.as_deref().map(abs);
+        let mut judge = self.config.judge.clone();
+        judge.reward_model = judge.reward_model.as_deref().map(abs);
         if let crate::data::chat::TemplateSetting::File(p) =
             crate::data::chat::TemplateSetting::parse(&data.chat_template, &self.dir)
         {
@@ -1092,7 +1104,7 @@ impl Workspace {
             checkpoint: self.config.checkpoint.clone(),
             sft: self.config.sft.clone(),
             lora: self.config.lora.clone(),
-            judge: self.config.judge.clone(),
+            judge,
             alerts: self.config.alerts.clone(),
             ui: self.config.ui.clone(),
         })
@@ -1276,6 +1288,21 @@ impl JudgeSection {
             out,
             self.max_new_tokens >= 1,
             "judge.max_new_tokens",
+            "expected at least 1",
+        );
+        if let Err(e) = crate::reward::check_k_list(&self.prefix_lengths, "judge.prefix_lengths") {
+            // The message names the field itself; the field path says where.
+            let m = e.to_string();
+            let m = m
+                .strip_prefix("judge.prefix_lengths: ")
+                .unwrap_or(&m)
+                .to_string();
+            check(out, false, "judge.prefix_lengths", m);
+        }
+        check(
+            out,
+            self.batch_size >= 1,
+            "judge.batch_size",
             "expected at least 1",
         );
     }
@@ -1882,6 +1909,10 @@ mod tests {
                 ld_alpha: Some(0.5),
                 rpo_alpha: Some(0.1),
                 position_decay: Some(0.9),
+                ..Default::default()
+            },
+            judge: JudgeSection {
+                reward_model: Some("rm".into()),
                 ..Default::default()
             },
             ..Default::default()

@@ -28,6 +28,20 @@
 //! informative difference lies, and cuts the chosen's tail: the margin can only come from the
 //! prefix that carries quality.
 //!
+//! # The long-tail task (`gaplab demo-data DIR --task long-tail`)
+//!
+//! The same prompts, lists and errors, with the tails turned around to test POET's claim: the
+//! chosen response never carries a tail (`tail_chosen` 0) and the rejected one always does
+//! (`tail_rejected` 1), and that tail is long: 2 or 3 of the filler phrases above in a row
+//! (8 to 15 words, [`LONG_TAIL_PHRASES`]). The quality difference still sits at response word 0
+//! or 1. A full-response objective can now widen the margin on the rejected's tail alone (a dozen
+//! easy, meaningless tokens on one side of every pair) without learning to sort; POET's k =
+//! min(|chosen|, |rejected|) is the chosen list (+ EOS), so its margin has to come from the list.
+//! The sort judge judges this task as it is (the tail shows in `tail` and `length`; a tail of
+//! several phrases is not `well_formed`, which the in-loop metrics do not report). Draws follow
+//! the same per-pair order as the sort task, with the tail's phrase count and phrases drawn
+//! where the sort task draws its one phrase, so the data is deterministic per seed.
+//!
 //! Eval prompts are held out by content: no eval list, in any order, occurs in train, so eval
 //! generations measure sorting, not recall. Eval is drawn first from its own random stream, so
 //! changing `train_pairs` leaves it unchanged. Everything that reaches a file is ordered
@@ -54,6 +68,8 @@ pub const PROMPT_END: &str = "=";
 /// The spurious tails. Few and short, so a tiny model learns them verbatim; their lengths differ
 /// so that length alone does not identify the tail.
 pub const TAILS: [&str; 3] = [". hope this helps !", ". all done !", ". happy to help !"];
+/// How many filler phrases a long-tail task's tail strings together (inclusive): 8 to 15 words.
+pub const LONG_TAIL_PHRASES: (usize, usize) = (2, 3);
 /// The last response position a rejected response may first differ from the chosen one at.
 pub const LAST_ERROR_POSITION: usize = 1;
 
@@ -63,9 +79,30 @@ pub const UNK: &str = "<unk>";
 /// In id order: pad 0, eos 1, unk 2.
 const SPECIAL_TOKENS: [&str; 3] = [PAD, EOS, UNK];
 
+/// Which tails the task's responses carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// One short courtesy phrase, mostly on the chosen response (the shipped demo).
+    #[default]
+    Sort,
+    /// Several phrases in a row, on the rejected response (see the module doc).
+    LongTail,
+}
+
+impl TaskKind {
+    fn is_sort(&self) -> bool {
+        *self == TaskKind::Sort
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskConfig {
+    /// Written to task.json only when it is not the shipped sort task, so that task's files keep
+    /// their bytes.
+    #[serde(skip_serializing_if = "TaskKind::is_sort")]
+    pub kind: TaskKind,
     pub seed: u64,
     pub train_pairs: usize,
     pub eval_pairs: usize,
@@ -87,6 +124,7 @@ pub struct TaskConfig {
 impl Default for TaskConfig {
     fn default() -> Self {
         Self {
+            kind: TaskKind::Sort,
             seed: 0,
             train_pairs: 2000,
             eval_pairs: 64,
@@ -101,6 +139,20 @@ impl Default for TaskConfig {
 }
 
 impl TaskConfig {
+    /// The defaults of task `kind`: the long-tail task puts its tail on every rejected response
+    /// and on no chosen one.
+    pub fn for_kind(kind: TaskKind) -> Self {
+        match kind {
+            TaskKind::Sort => Self::default(),
+            TaskKind::LongTail => Self {
+                kind,
+                tail_chosen: 0.0,
+                tail_rejected: 1.0,
+                ..Self::default()
+            },
+        }
+    }
+
     /// Checks that every pair can be built and that the held-out split can be filled.
     pub fn validate(&self) -> Result<()> {
         if self.train_pairs == 0 || self.eval_pairs == 0 {
@@ -234,17 +286,30 @@ fn sorted(xs: &[u32]) -> Vec<u32> {
 fn make_pair(numbers: &[u32], cfg: &TaskConfig, rng: &mut Rng) -> DemoPair {
     let target = sorted(numbers);
     let wrong = corrupt(&target, cfg.max_value, cfg.drop_first, rng);
-    let chosen_tail = draw_tail(rng, cfg.tail_chosen);
-    let rejected_tail = draw_tail(rng, cfg.tail_rejected);
+    let chosen_tail = draw_tail(rng, cfg.tail_chosen, cfg.kind);
+    let rejected_tail = draw_tail(rng, cfg.tail_rejected, cfg.kind);
     DemoPair {
         prompt: prompt_text(numbers),
-        chosen: response_text(&target, chosen_tail),
-        rejected: response_text(&wrong, rejected_tail),
+        chosen: response_text(&target, chosen_tail.as_deref()),
+        rejected: response_text(&wrong, rejected_tail.as_deref()),
     }
 }
 
-fn draw_tail(rng: &mut Rng, p: f64) -> Option<&'static str> {
-    (rng.uniform() < p).then(|| TAILS[rng.below(TAILS.len())])
+/// A tail with probability `p`: one phrase for the sort task, 2 or 3 in a row for the long-tail
+/// task. The sort task draws exactly as it always has (its data files keep their bytes).
+fn draw_tail(rng: &mut Rng, p: f64, kind: TaskKind) -> Option<String> {
+    if rng.uniform() >= p {
+        return None;
+    }
+    match kind {
+        TaskKind::Sort => Some(TAILS[rng.below(TAILS.len())].to_string()),
+        TaskKind::LongTail => {
+            let (lo, hi) = LONG_TAIL_PHRASES;
+            let n = lo + rng.below(hi - lo + 1);
+            let phrases: Vec<&str> = (0..n).map(|_| TAILS[rng.below(TAILS.len())]).collect();
+            Some(phrases.join(" "))
+        }
+    }
 }
 
 /// The ways a rejected response goes wrong. Each leaves the list wrong as a whole (not a correct
@@ -565,6 +630,56 @@ mod tests {
         for kind in [swaps, replaced, dropped] {
             assert!(share(kind) > 0.2, "an error kind is rare: {kind}");
         }
+    }
+
+    #[test]
+    fn long_tail_pairs_put_a_long_tail_on_every_rejected_response_only() {
+        let cfg = TaskConfig::for_kind(TaskKind::LongTail);
+        let g = generate(&cfg);
+        assert_eq!(g, generate(&cfg), "deterministic per seed");
+        assert_ne!(
+            g.train,
+            generate(&TaskConfig {
+                seed: 1,
+                ..cfg.clone()
+            })
+            .train
+        );
+        let sort = generate(&TaskConfig::default());
+        // Same prompts (the draws before the tails are the sort task's), other responses.
+        assert_eq!(g.eval[0].prompt, sort.eval[0].prompt);
+        let mut tail_words = BTreeSet::new();
+        for p in g.pairs() {
+            let good = judge(&p.prompt, &p.chosen).unwrap();
+            let bad = judge(&p.prompt, &p.rejected).unwrap();
+            assert!(good.correct && good.well_formed && !good.tail, "{p:?}");
+            assert!(!bad.correct && bad.tail, "{p:?}");
+            let (cw, rw) = (words(&p.chosen), words(&p.rejected));
+            let split = first_divergence(&cw, &rw).unwrap();
+            assert!(split <= LAST_ERROR_POSITION, "parts at word {split}: {p:?}");
+            let list = rw.iter().take_while(|w| number_word(w).is_some()).count();
+            let tail = rw.len() - list;
+            assert!((8..=15).contains(&tail), "tail of {tail} words: {p:?}");
+            // The judge counts the tail in the length.
+            assert_eq!(bad.length, rw.len());
+            assert!(rw.len() > cw.len());
+            tail_words.insert(tail);
+        }
+        assert!(tail_words.len() >= 4, "tail lengths vary: {tail_words:?}");
+        // task.json names the task; the sort task's leaves the field out (its bytes unchanged).
+        let dir = tempfile::tempdir().unwrap();
+        write_data(dir.path(), &cfg).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("task.json")).unwrap();
+        assert!(text.contains("\"kind\": \"long-tail\""), "{text}");
+        let back: TaskConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, cfg);
+        let sort_json = serde_json::to_string(&TaskConfig::default()).unwrap();
+        assert!(!sort_json.contains("kind"), "{sort_json}");
+        // The vocabulary is the sort task's: the same phrases, the same numbers.
+        assert_eq!(
+            build_tokenizer(&g).unwrap().to_string(false).unwrap(),
+            build_tokenizer(&sort).unwrap().to_string(false).unwrap()
+        );
     }
 
     #[test]

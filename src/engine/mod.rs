@@ -333,6 +333,11 @@ fn run(
             // Headers only: a truncated or mismatched checkpoint fails before a run directory
             // is made for it.
             crate::model::io::check_dir(&base, first.model.adapter.as_deref())?;
+            // The in-loop judge's reward model too (headers only).
+            if let Some(rm) = &first.judge.reward_model {
+                crate::model::reward::RewardModel::check_dir(rm)
+                    .with_context(|| format!("judge.reward_model = \"{}\"", rm.display()))?;
+            }
             let initial = match &first.sft {
                 Some(s) if s.steps > 0 => {
                     match sft_stage(first, s, &base, &plan.runs_root, &cache, &tx, &mut ctl)? {

@@ -2,13 +2,28 @@
 //! the first eval prompts (greedy, and sampled) and a judge scores each of them; the means of
 //! its verdicts are the `eval_judge/*` metrics, next to what the implicit reward prefers.
 //!
-//! `judge.task` picks the judge ([`for_task`]). The demo's sort task is the first; a judge
-//! backed by a reward model is another implementation of [`Judge`].
+//! `judge.task` picks the programmatic judge ([`for_task`]); the demo's sort task is the first.
+//! `judge.reward_model` adds a reward model ([`RewardJudge`]) that scores the same generations,
+//! full and at the k-token prefixes of `judge.prefix_lengths`. Its metrics:
+//!
+//! - `eval_judge/score` (greedy) and `eval_judge/score_sampled`: the mean reward of the full
+//!   generations, when the reward model is the only judge. With `judge.task` set too, the task
+//!   judge keeps `score` and the reward model's are `eval_judge/rm_score` and
+//!   `eval_judge/rm_score_sampled`.
+//! - `eval_judge/prefix_score@k` and `eval_judge/prefix_score@k_sampled`: the mean reward of the
+//!   first k generated tokens (the whole generation when it is shorter).
+//! - `eval_judge/rm_seconds`: the reward model's scoring time at this eval (both kinds).
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
 
 use crate::config::JudgeTask;
 use crate::demo;
+use crate::model::reward::RewardModel;
+use crate::model::Tok;
+use crate::reward::{self, Generation, GenerationScores};
 
 /// A judge's verdict on one response: named numbers (a score, shares as 0 or 1, lengths). Each
 /// name becomes the metric `eval_judge/<name>`, the mean over the responses judged.
@@ -64,9 +79,103 @@ pub fn means(verdicts: &[Verdict]) -> Vec<(&'static str, f64)> {
         .collect()
 }
 
+/// The reward model of `judge.reward_model`, loaded once per run.
+pub struct RewardJudge {
+    pub rm: RewardModel,
+    pub tok: Tok,
+    pub dir: PathBuf,
+}
+
+impl RewardJudge {
+    /// Loads DIR in f32 on the CPU (where half precision is slow and buys nothing) and in the
+    /// run's dtype elsewhere. Errors name the setting.
+    pub fn load(dir: &Path, device: &Device, run_dtype: DType) -> Result<Self> {
+        let dtype = if device.is_cpu() {
+            DType::F32
+        } else {
+            run_dtype
+        };
+        let (rm, tok) = RewardModel::load(dir, device, dtype)
+            .with_context(|| format!("judge.reward_model = \"{}\"", dir.display()))?;
+        Ok(Self {
+            rm,
+            tok,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Scores `gens` (the policy's generations, decoded with `policy_tok`) full and at each k
+    /// of `ks`.
+    pub fn score(
+        &self,
+        policy_tok: &Tok,
+        gens: &[Generation],
+        ks: &[usize],
+        batch_size: usize,
+    ) -> Result<Vec<GenerationScores>> {
+        if gens.is_empty() {
+            return Ok(vec![]);
+        }
+        reward::score_generations(&self.rm, &self.tok, policy_tok, gens, ks, batch_size.max(1))
+    }
+}
+
+/// The reward model's metrics of one kind of generation (`suffix` "" for greedy, "_sampled"):
+/// the mean full reward as `eval_judge/<full_name><suffix>` and the mean k-prefix reward as
+/// `eval_judge/prefix_score@<k><suffix>`. Nothing without scores.
+pub fn reward_metrics(
+    scores: &[GenerationScores],
+    ks: &[usize],
+    full_name: &str,
+    suffix: &str,
+) -> Vec<(String, f64)> {
+    if scores.is_empty() {
+        return vec![];
+    }
+    let n = scores.len() as f64;
+    let mut out = vec![(
+        format!("eval_judge/{full_name}{suffix}"),
+        scores.iter().map(|s| s.full).sum::<f64>() / n,
+    )];
+    for (i, k) in ks.iter().enumerate() {
+        out.push((
+            format!("eval_judge/prefix_score@{k}{suffix}"),
+            scores.iter().map(|s| s.prefix[i]).sum::<f64>() / n,
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reward_metrics_are_means_under_their_names() {
+        let scores = [
+            GenerationScores {
+                prefix: vec![1.0, 2.0],
+                full: 3.0,
+            },
+            GenerationScores {
+                prefix: vec![-1.0, 0.0],
+                full: 4.0,
+            },
+        ];
+        assert_eq!(
+            reward_metrics(&scores, &[1, 4], "rm_score", "_sampled"),
+            [
+                ("eval_judge/rm_score_sampled".to_string(), 3.5),
+                ("eval_judge/prefix_score@1_sampled".to_string(), 0.0),
+                ("eval_judge/prefix_score@4_sampled".to_string(), 1.0),
+            ]
+        );
+        assert_eq!(
+            reward_metrics(&scores[..1], &[2], "score", "")[1],
+            ("eval_judge/prefix_score@2".to_string(), 1.0)
+        );
+        assert!(reward_metrics(&[], &[1], "score", "").is_empty());
+    }
 
     const PROMPT: &str = "sort : 7 3 12 1 =";
 

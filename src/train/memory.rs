@@ -15,7 +15,7 @@
 //! recomputation (gradient checkpointing) backward keeps each layer's input instead of all of
 //! its activations, and recomputes one layer at a time.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
 use crate::data::TokenizedPair;
@@ -500,7 +500,24 @@ fn plan(
         shape.runtime_bytes = CUDA_RUNTIME_BYTES;
         shape.fused_kernels = false;
     }
-    let e = estimate(model, &shape);
+    let mut e = estimate(model, &shape);
+    if sft.is_none() {
+        if let Some(dir) = &cfg.judge.reward_model {
+            // Loaded f32 on the CPU, in the run's dtype elsewhere (train::judge::RewardJudge).
+            let bytes_per_weight = if device.is_some_and(Device::is_cpu) {
+                4
+            } else {
+                dtype.size_in_bytes()
+            };
+            let summary = crate::model::reward::RewardModel::check_dir(dir)
+                .with_context(|| format!("judge.reward_model = \"{}\"", dir.display()))?;
+            add_part(
+                &mut e,
+                "reward model (judge)",
+                reward_model_bytes(&summary, bytes_per_weight),
+            );
+        }
+    }
     let (label, avail) = match device {
         Some(d) => (crate::model::device_label(d, dtype), available(d)),
         None => {
@@ -513,6 +530,27 @@ fn plan(
         check(&e, &label, avail, cfg.train.max_memory_gb)?;
     }
     Ok(render(&e, &label, avail))
+}
+
+/// Bytes a checked reward-model folder takes in memory at `bytes_per_weight`: its stored bytes
+/// rescaled from the stored dtype (the first one; reward models store one).
+pub fn reward_model_bytes(
+    summary: &crate::model::safetensors_check::Summary,
+    bytes_per_weight: usize,
+) -> u64 {
+    let stored = match summary.dtypes.first().map(String::as_str) {
+        Some("f64") | Some("i64") | Some("u64") => 8,
+        Some("bf16") | Some("f16") | Some("i16") | Some("u16") => 2,
+        Some("i8") | Some("u8") | Some("bool") | Some("f8_e4m3") | Some("f8_e5m2") => 1,
+        _ => 4,
+    };
+    summary.bytes / stored * bytes_per_weight as u64
+}
+
+/// Adds a part that lives for the whole run (like the reference model) to an estimate.
+fn add_part(e: &mut Estimate, what: &str, bytes: u64) {
+    e.parts.push((what.to_string(), bytes));
+    e.total += bytes;
 }
 
 /// The estimate as printed before training and by `gaplab check`.
@@ -585,6 +623,41 @@ fn advice(e: &Estimate, room: u64) -> String {
     }
     ways.push("or train.dtype = \"bf16\"");
     format!("To fit: {}.", ways.join(", "))
+}
+
+#[cfg(test)]
+mod reward_model_tests {
+    use super::*;
+    use crate::model::safetensors_check::Summary;
+
+    #[test]
+    fn a_reward_models_bytes_follow_the_dtype_it_is_loaded_in() {
+        let summary = Summary {
+            tensors: 3,
+            files: 1,
+            sharded: false,
+            bytes: 1000,
+            dtypes: vec!["bf16".into()],
+            warnings: vec![],
+        };
+        assert_eq!(reward_model_bytes(&summary, 4), 2000);
+        assert_eq!(reward_model_bytes(&summary, 2), 1000);
+        let f32s = Summary {
+            dtypes: vec!["f32".into()],
+            ..summary
+        };
+        assert_eq!(reward_model_bytes(&f32s, 4), 1000);
+        let mut e = Estimate {
+            parts: vec![("weights".into(), 10)],
+            total: 10,
+            model_state: 10,
+            lora: false,
+            recompute: false,
+        };
+        add_part(&mut e, "reward model (judge)", 5);
+        assert_eq!(e.total, 15);
+        assert_eq!(e.parts[1], ("reward model (judge)".to_string(), 5));
+    }
 }
 
 #[cfg(test)]

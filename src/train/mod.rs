@@ -10,6 +10,7 @@ pub mod memory;
 pub mod oom;
 pub mod optim;
 pub mod refcache;
+pub mod reward_model;
 pub mod schedule;
 pub mod trainer;
 

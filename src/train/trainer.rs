@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::{load_dataset, stream_indices, Dataset};
 use super::health::{self, Generation};
-use super::judge::{self, Judge, Verdict};
+use super::judge::{self, Judge, RewardJudge, Verdict};
 use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
 use super::{accumulate, logit_sums, memory, oom, reference_logps, schedule};
@@ -27,6 +27,7 @@ use crate::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
 use crate::model::{io, lora, ops, sample, CausalLm, LoraConfig, ModelConfig, SeqBatch, Tok};
 use crate::objective::prefix::{self, PairTokenLogps};
 use crate::objective::{self, Loss, LossKind, Objective};
+use crate::reward;
 use crate::rng::Rng;
 use crate::runlog::{RunDir, OPTIMIZER, TRAINER_STATE};
 
@@ -158,6 +159,8 @@ pub struct Trainer {
     fault_nan: Vec<usize>,
     /// The judge of `judge.task` (variants only).
     judge: Option<Box<dyn Judge>>,
+    /// The reward model of `judge.reward_model` (variants only).
+    reward_judge: Option<RewardJudge>,
 }
 
 impl Trainer {
@@ -338,6 +341,10 @@ impl Trainer {
             Stage::Sft(_) => None,
             Stage::Variant => judge::for_task(cfg.judge.task),
         };
+        let reward_judge = match (&stage, &cfg.judge.reward_model) {
+            (Stage::Variant, Some(dir)) => Some(RewardJudge::load(dir, &device, dtype)?),
+            _ => None,
+        };
         let mut t = Self {
             lora,
             memory,
@@ -360,6 +367,7 @@ impl Trainer {
             updating: false,
             fault_nan,
             judge,
+            reward_judge,
         };
         if from.is_none() && t.stage == Stage::Variant {
             // The reference's generations, once: they never change.
@@ -724,7 +732,7 @@ impl Trainer {
     /// the health metrics read them (else none): per prompt a greedy one, then `judge.samples`
     /// drawn at `judge.temperature`, up to `judge.max_new_tokens` tokens each.
     fn eval_generations(&self, model: &CausalLm) -> Result<Vec<Generation>> {
-        if self.judge.is_none() && !self.cfg.eval.health {
+        if self.judge.is_none() && self.reward_judge.is_none() && !self.cfg.eval.health {
             return Ok(vec![]);
         }
         let j = &self.cfg.judge;
@@ -768,9 +776,22 @@ impl Trainer {
         gens: &[Generation],
         metrics: &mut BTreeMap<String, f64>,
     ) -> Result<()> {
-        let Some(judge) = &self.judge else {
-            return Ok(());
-        };
+        if let Some(judge) = &self.judge {
+            self.task_judge_metrics(judge.as_ref(), gens, metrics)?;
+        }
+        if let Some(rj) = &self.reward_judge {
+            self.reward_judge_metrics(rj, gens, metrics)?;
+        }
+        Ok(())
+    }
+
+    /// `judge.task`'s verdicts, greedy and `_sampled`, as `eval_judge/*`.
+    fn task_judge_metrics(
+        &self,
+        judge: &dyn Judge,
+        gens: &[Generation],
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> Result<()> {
         let (mut g, mut s): (Vec<Verdict>, Vec<Verdict>) = (Vec::new(), Vec::new());
         for gen in gens {
             let verdict = judge
@@ -789,6 +810,49 @@ impl Trainer {
                 metrics.insert(format!("eval_judge/{name}{suffix}"), v);
             }
         }
+        Ok(())
+    }
+
+    /// The reward model's scores of the eval's generations, full and at `judge.prefix_lengths`,
+    /// greedy and `_sampled`, with its scoring time (`eval_judge/rm_seconds`).
+    fn reward_judge_metrics(
+        &self,
+        rj: &RewardJudge,
+        gens: &[Generation],
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> Result<()> {
+        let j = &self.cfg.judge;
+        let start = Instant::now();
+        // The task judge keeps `score` (see train::judge).
+        let full_name = if self.judge.is_some() {
+            "rm_score"
+        } else {
+            "score"
+        };
+        for (suffix, sampled) in [("", false), ("_sampled", true)] {
+            let these: Vec<reward::Generation> = gens
+                .iter()
+                .filter(|g| g.sampled == sampled)
+                .map(|g| reward::Generation {
+                    prompt: &g.prompt_text,
+                    ids: &g.ids,
+                    stopped: g.stopped,
+                })
+                .collect();
+            let scores = rj
+                .score(&self.tok, &these, &j.prefix_lengths, j.batch_size)
+                .with_context(|| format!("judge.reward_model = \"{}\"", rj.dir.display()))?;
+            metrics.extend(judge::reward_metrics(
+                &scores,
+                &j.prefix_lengths,
+                full_name,
+                suffix,
+            ));
+        }
+        metrics.insert(
+            "eval_judge/rm_seconds".into(),
+            start.elapsed().as_secs_f64(),
+        );
         Ok(())
     }
 
