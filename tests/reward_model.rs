@@ -540,3 +540,108 @@ fn check_reports_a_reward_model_folder() {
     let e = fails(&["check", s(&fixture("tiny-llama-cls2"))]);
     assert!(e.contains("2 labels"), "{e}");
 }
+
+#[test]
+fn chat_prompts_go_through_the_reward_models_own_template() {
+    use gaplab::data::chat::ChatTemplate;
+    use gaplab::model::{io, sample};
+    // A chat reward model: tiny-qwen2-chat's decoder with a fresh head, its tokenizer and
+    // template.
+    let dir = tempfile::tempdir().unwrap();
+    let rm_dir = dir.path().join("chat-rm");
+    let chat = fixture("tiny-qwen2-chat");
+    let (decoder, _) = io::load_dir(&chat, &Device::Cpu, DType::F32).unwrap();
+    RewardModel::from_decoder(decoder, Some(0), 5)
+        .unwrap()
+        .save(&rm_dir, Some(&chat))
+        .unwrap();
+    let (rm, rm_tok) = RewardModel::load(&rm_dir, &Device::Cpu, DType::F32).unwrap();
+    let prompts = fixture("chat/pairs.jsonl");
+    let max_new = 10;
+    let out = ok(&[
+        "analyze",
+        "prefix-quality",
+        "--reward-model",
+        s(&rm_dir),
+        "--policy",
+        s(&chat),
+        "--prompts",
+        s(&prompts),
+        "--k",
+        "2,5",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        &max_new.to_string(),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // By hand: the policy renders the prompt with its template; the reward model renders the
+    // prompt and the conversation with its own and scores the prefixes as text.
+    let (policy, tok) = io::load_dir(&chat, &Device::Cpu, DType::F32).unwrap();
+    let src = rm_tok.chat_template.as_ref().unwrap();
+    let tpl = ChatTemplate::for_tok(&src.text, src.origin.clone(), &rm_tok).unwrap();
+    let params = sample::SampleParams {
+        max_new_tokens: max_new,
+        temperature: 0.0,
+        top_p: 1.0,
+    };
+    let lines: Vec<String> = std::fs::read_to_string(&prompts)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut sums = [0.0f64; 3];
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let msgs = v["prompt"].as_array().unwrap().clone();
+        let text = tpl.render(&msgs, true).unwrap();
+        let ids = tok.encode_rendered(&text).unwrap();
+        let mut rng = gaplab::rng::Rng::new(0);
+        let gen = sample::generate(&policy, &ids, &tok.stop, &params, &mut rng).unwrap();
+        let stopped = tok.stop.contains(gen.last().unwrap());
+        let content = if stopped {
+            &gen[..gen.len() - 1]
+        } else {
+            &gen[..]
+        };
+        let as_text = |ids: &[u32]| -> Vec<u32> {
+            let mut s = rm_tok.encode_rendered(&text).unwrap();
+            s.extend(rm_tok.encode(&tok.decode(ids).unwrap(), false).unwrap());
+            s
+        };
+        let full = if stopped {
+            let mut conv = msgs.clone();
+            conv.push(
+                serde_json::json!({"role": "assistant", "content": tok.decode(content).unwrap()}),
+            );
+            rm_tok
+                .encode_rendered(&tpl.render(&conv, false).unwrap())
+                .unwrap()
+        } else {
+            as_text(content)
+        };
+        let seqs: Vec<Vec<u32>> = [2usize, 5]
+            .iter()
+            .map(|&k| {
+                if k >= gen.len() {
+                    full.clone()
+                } else {
+                    as_text(&gen[..k])
+                }
+            })
+            .chain(std::iter::once(full.clone()))
+            .collect();
+        for (s, r) in sums.iter_mut().zip(rm.score(&seqs, 2).unwrap()) {
+            *s += r / lines.len() as f64;
+        }
+    }
+    let rows = report["rows"].as_array().unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        close(
+            row["policy"]["mean"].as_f64().unwrap(),
+            sums[i],
+            &format!("row {i}"),
+        );
+    }
+}

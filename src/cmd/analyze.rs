@@ -12,10 +12,13 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::config::range;
+use crate::model::reward::RewardModel;
 use crate::model::{device_label, io, sample, CausalLm, Tok};
 use crate::reward::analysis::{self, GapRow, Mean, QualityRow};
 use crate::reward::inputs::{self, PromptSource};
-use crate::reward::{parse_k_list, score_generations, Generation, GenerationScores};
+use crate::reward::{
+    parse_k_list, score_chat_generations, score_generations, Generation, GenerationScores,
+};
 use crate::rng::Rng;
 
 use super::score::{batch_size, load_pairs, load_reward_model};
@@ -396,6 +399,8 @@ fn format_tick(t: f64) -> String {
 /// A model's generations: (prompt text, ids, stopped) per prompt and sample.
 struct Generated {
     prompts: Vec<String>,
+    /// The prompt's messages, for chat prompts.
+    messages: Vec<Option<Vec<serde_json::Value>>>,
     ids: Vec<Vec<u32>>,
     stopped: Vec<bool>,
 }
@@ -413,11 +418,16 @@ impl Generated {
         let mut rng = Rng::new(seed);
         let mut g = Generated {
             prompts: vec![],
+            messages: vec![],
             ids: vec![],
             stopped: vec![],
         };
-        for (i, p) in prompts.iter().enumerate() {
-            let p = inputs::render_prompt(tok, p, what)?;
+        for (i, source) in prompts.iter().enumerate() {
+            let p = inputs::render_prompt(tok, source, what)?;
+            let messages = match source {
+                PromptSource::Messages(m) => Some(m.clone()),
+                PromptSource::Text(_) => None,
+            };
             let ids = tok.encode_prompt_as(&p.text, p.templated)?;
             anyhow::ensure!(
                 !ids.is_empty(),
@@ -430,6 +440,7 @@ impl Generated {
                     .push(out.last().is_some_and(|t| tok.stop.contains(t)));
                 g.ids.push(out);
                 g.prompts.push(p.text.clone());
+                g.messages.push(messages.clone());
             }
         }
         Ok(g)
@@ -441,6 +452,49 @@ impl Generated {
                 prompt: &self.prompts[i],
                 ids: &self.ids[i],
                 stopped: self.stopped[i],
+            })
+            .collect()
+    }
+
+    /// The reward model's scores of these generations: chat prompts through the reward
+    /// model's own chat template when it has one, other prompts as text.
+    fn score(
+        &self,
+        rm: &RewardModel,
+        rm_tok: &Tok,
+        tok: &Tok,
+        ks: &[usize],
+        bs: usize,
+    ) -> Result<Vec<GenerationScores>> {
+        let gens = self.gens();
+        let is_chat: Vec<bool> = (0..gens.len())
+            .map(|i| self.messages[i].is_some() && rm_tok.chat_template.is_some())
+            .collect();
+        if !is_chat.contains(&true) {
+            return score_generations(rm, rm_tok, tok, &gens, ks, bs);
+        }
+        let (mut c, mut t): (Vec<Generation>, Vec<Generation>) = (vec![], vec![]);
+        let mut messages: Vec<&[serde_json::Value]> = vec![];
+        for (i, g) in gens.into_iter().enumerate() {
+            match (is_chat[i], self.messages[i].as_deref()) {
+                (true, Some(m)) => {
+                    messages.push(m);
+                    c.push(g);
+                }
+                _ => t.push(g),
+            }
+        }
+        let mut cs = score_chat_generations(rm, rm_tok, tok, &messages, &c, ks, bs)?.into_iter();
+        let mut ts = if t.is_empty() {
+            vec![]
+        } else {
+            score_generations(rm, rm_tok, tok, &t, ks, bs)?
+        }
+        .into_iter();
+        is_chat
+            .iter()
+            .map(|&ch| {
+                if ch { cs.next() } else { ts.next() }.context("a generation without a score")
             })
             .collect()
     }
@@ -541,7 +595,8 @@ fn prefix_quality(args: &PrefixQualityArgs) -> Result<()> {
         args.seed,
     )?;
     drop(policy);
-    let pol_scores = score_generations(&rm, &rm_tok, &policy_tok, &pol.gens(), &ks, bs)
+    let pol_scores = pol
+        .score(&rm, &rm_tok, &policy_tok, &ks, bs)
         .context("scoring the policy's generations")?;
     let mut reference: Option<(Generated, Vec<GenerationScores>)> = None;
     if let Some(dir) = &args.reference {
@@ -556,7 +611,8 @@ fn prefix_quality(args: &PrefixQualityArgs) -> Result<()> {
             &params,
             args.seed,
         )?;
-        let scores = score_generations(&rm, &rm_tok, &tok, &g.gens(), &ks, bs)
+        let scores = g
+            .score(&rm, &rm_tok, &tok, &ks, bs)
             .context("scoring the reference's generations")?;
         reference = Some((g, scores));
     }

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 
+use crate::data::chat::ChatTemplate;
 use crate::model::reward::RewardModel;
 use crate::model::Tok;
 
@@ -137,6 +138,78 @@ pub fn score_generations(
             s.extend(r);
             seqs.push(s);
         }
+    }
+    let scores = score_unique(rm, &seqs, batch_size)?;
+    Ok(scores
+        .chunks(per)
+        .map(|c| GenerationScores {
+            prefix: c[..ks.len()].to_vec(),
+            full: c[ks.len()],
+        })
+        .collect())
+}
+
+/// [`score_generations`] for generations from chat prompts, given as the prompt `messages` of
+/// each generation, when the reward model has a chat template: its own template renders the
+/// prompt (with the generation prompt) and the conversation prompt + the generated text as the
+/// assistant's reply. A k-prefix is the rendered prompt + the reward tokenizer's ids of the
+/// policy's first k tokens as text (no end of turn); the full response of a generation that
+/// stopped is the rendered conversation (the template's end of turn included), of one cut by
+/// the token limit the rendered prompt + its text.
+pub fn score_chat_generations(
+    rm: &RewardModel,
+    rm_tok: &Tok,
+    policy_tok: &Tok,
+    messages: &[&[serde_json::Value]],
+    gens: &[Generation],
+    ks: &[usize],
+    batch_size: usize,
+) -> Result<Vec<GenerationScores>> {
+    check_k_list(ks, "prefix lengths")?;
+    anyhow::ensure!(
+        messages.len() == gens.len(),
+        "{} prompts for {} generations",
+        messages.len(),
+        gens.len()
+    );
+    let src = rm_tok.chat_template.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: the reward model's tokenizer has no chat template for chat prompts",
+            rm_tok.dir.display()
+        )
+    })?;
+    let tpl = ChatTemplate::for_tok(&src.text, src.origin.clone(), rm_tok)?;
+    let per = ks.len() + 1;
+    let mut seqs = Vec::with_capacity(gens.len() * per);
+    for (g, m) in gens.iter().zip(messages) {
+        let prompt = rm_tok.encode_rendered(&tpl.render(m, true)?)?;
+        let content = if g.stopped {
+            &g.ids[..g.ids.len().saturating_sub(1)]
+        } else {
+            g.ids
+        };
+        let text = |ids: &[u32]| -> Result<Vec<u32>> {
+            let mut s = prompt.clone();
+            s.extend(rm_tok.encode(&policy_tok.decode(ids)?, false)?);
+            Ok(s)
+        };
+        let full = if g.stopped {
+            let mut conv = m.to_vec();
+            conv.push(
+                serde_json::json!({"role": "assistant", "content": policy_tok.decode(content)?}),
+            );
+            rm_tok.encode_rendered(&tpl.render(&conv, false)?)?
+        } else {
+            text(content)?
+        };
+        for &k in ks {
+            seqs.push(if k >= g.ids.len() {
+                full.clone()
+            } else {
+                text(&g.ids[..k])?
+            });
+        }
+        seqs.push(full);
     }
     let scores = score_unique(rm, &seqs, batch_size)?;
     Ok(scores
