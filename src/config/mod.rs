@@ -696,8 +696,12 @@ section! {
     /// `train::alerts`). Each kind fires once and re-arms when its condition clears.
     pub struct AlertsSection {
         enabled: bool = true, Live;
-        /// Evals a trend is read over (the latest `window` evals).
+        /// Evals a trend is read over (the latest `window` evals; it must move the same way at
+        /// each of them).
         window: usize = 3, Live;
+        /// over_optimization: the judge's score must fall by at least this over the window (on
+        /// the judge's scale: the sort judge's is 0..1, a reward model's its own).
+        judge_drop: f64 = 0.02, Live;
         /// length_exploitation: `eval_gen/length` up by this fraction of the first eval's.
         length_growth: f64 = 0.25, Live;
         /// degeneration: repetition or stop-failure share at this multiple of the first
@@ -1326,6 +1330,12 @@ impl AlertsSection {
         };
         positive(out, self.length_growth, "alerts.length_growth");
         positive(out, self.kl_max, "alerts.kl_max");
+        check(
+            out,
+            self.judge_drop >= 0.0 && self.judge_drop.is_finite(),
+            "alerts.judge_drop",
+            format!("expected a number >= 0, got {}", self.judge_drop),
+        );
         check(
             out,
             self.degeneration_factor > 1.0 && self.degeneration_factor.is_finite(),

@@ -122,9 +122,15 @@ impl Detector {
     }
 }
 
-/// The first and the last value of `name` over the last `window` evals, when all of them have
-/// it (finite).
-fn trend(evals: &[BTreeMap<String, f64>], name: &str, window: usize) -> Option<(f64, f64)> {
+/// The first and the last value of `name` over the last `window` evals when it moved the same
+/// way at every eval of the window (all finite): a trend, not one noisy eval. `rising` picks the
+/// direction.
+fn trend(
+    evals: &[BTreeMap<String, f64>],
+    name: &str,
+    window: usize,
+    rising: bool,
+) -> Option<(f64, f64)> {
     if window < 2 || evals.len() < window {
         return None;
     }
@@ -133,7 +139,10 @@ fn trend(evals: &[BTreeMap<String, f64>], name: &str, window: usize) -> Option<(
         .iter()
         .map(|m| m.get(name).copied().filter(|v| v.is_finite()))
         .collect::<Option<_>>()?;
-    Some((values[0], values[window - 1]))
+    let steady = values
+        .windows(2)
+        .all(|w| if rising { w[1] > w[0] } else { w[1] < w[0] });
+    steady.then(|| (values[0], values[window - 1]))
 }
 
 /// The first eval's and the latest eval's value of `name` (both finite, two evals at least).
@@ -149,9 +158,9 @@ pub fn likelihood_displacement(
     evals: &[BTreeMap<String, f64>],
     cfg: &AlertsSection,
 ) -> Option<String> {
-    let (c0, c1) = trend(evals, CHOSEN_LOGPS, cfg.window)?;
-    let (a0, a1) = trend(evals, ACCURACY, cfg.window)?;
-    (c1 < c0 && a1 > a0).then(|| {
+    let (c0, c1) = trend(evals, CHOSEN_LOGPS, cfg.window, false)?;
+    let (a0, a1) = trend(evals, ACCURACY, cfg.window, true)?;
+    Some(()).map(|()| {
         format!(
             "{CHOSEN_LOGPS} fell {c0:.3} -> {c1:.3} while {ACCURACY} rose {a0:.3} -> {a1:.3} \
              over the last {} evals",
@@ -163,13 +172,13 @@ pub fn likelihood_displacement(
 /// The implicit reward improving (accuracy or margin up) while the judge's score of the
 /// policy's generations falls over the window.
 pub fn over_optimization(evals: &[BTreeMap<String, f64>], cfg: &AlertsSection) -> Option<String> {
-    let (j0, j1) = trend(evals, JUDGE_SCORE, cfg.window)?;
-    if j1 >= j0 {
+    let (j0, j1) = trend(evals, JUDGE_SCORE, cfg.window, false)?;
+    if j0 - j1 < cfg.judge_drop {
         return None;
     }
     let rising = [ACCURACY, MARGIN].into_iter().find_map(|name| {
-        let (a, b) = trend(evals, name, cfg.window)?;
-        (b > a).then(|| format!("{name} rose {a:.3} -> {b:.3}"))
+        let (a, b) = trend(evals, name, cfg.window, true)?;
+        Some(format!("{name} rose {a:.3} -> {b:.3}"))
     })?;
     Some(format!(
         "{rising} while {JUDGE_SCORE} fell {j0:.3} -> {j1:.3} over the last {} evals",
@@ -330,6 +339,24 @@ mod tests {
                 m.retain(|x| x.0 != JUDGE_SCORE);
                 m
             })
+            .collect();
+        assert_eq!(fired(&series, &cfg()), vec![]);
+    }
+
+    #[test]
+    fn a_noisy_or_slight_judge_dip_is_not_over_optimization() {
+        // Down, up, down: no trend over the window.
+        let series: Vec<_> = [0.557, 0.56, 0.548]
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| with(i, JUDGE_SCORE, v))
+            .collect();
+        assert_eq!(fired(&series, &cfg()), vec![]);
+        // Falling at every eval, but by less than alerts.judge_drop (0.02) in all.
+        let series: Vec<_> = [0.557, 0.552, 0.545]
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| with(i, JUDGE_SCORE, v))
             .collect();
         assert_eq!(fired(&series, &cfg()), vec![]);
     }

@@ -263,11 +263,34 @@ pub fn loss(f: &mut Frame, app: &mut App, area: Rect) {
 /// The judge's score of greedy generations (a task with a programmatic judge).
 const JUDGE_SCORE: &str = "eval_judge/score";
 
+/// The range a judge's scores are drawn from on the gap chart's 0..1 axis: None when they fit
+/// it (the task judge's scores are shares), else their [lowest, highest] (a reward model's
+/// scores are on its own scale), which is mapped onto 0..1 so the trend still shows.
+fn judge_scale(scores: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let (lo, hi) = scores
+        .iter()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if lo >= 0.0 && hi <= 1.0 || lo > hi {
+        return None;
+    }
+    Some((lo, if hi > lo { hi } else { lo + 1.0 }))
+}
+
 /// The gap chart: at each eval, how often the implicit reward prefers the chosen response
 /// (dots) next to how good the policy's own generations are by the judge (lines), per run.
-/// A reward accuracy that climbs while the judge's score stays flat is the gap.
-fn gap_curves(app: &App, runs: &[usize]) -> Vec<Curve> {
+/// A reward accuracy that climbs while the judge's score stays flat is the gap. Also returns
+/// the judge scores' range when they were rescaled onto the axis ([`judge_scale`]).
+fn gap_curves(app: &App, runs: &[usize]) -> (Vec<Curve>, Option<(f64, f64)>) {
     let th = &app.theme;
+    let all: Vec<(f64, f64)> = runs
+        .iter()
+        .flat_map(|&r| app.runs[r].series(true, JUDGE_SCORE))
+        .collect();
+    let scale = judge_scale(&all);
     let mut out = Vec::new();
     for &r in runs {
         let (judge_color, acc_color) = if runs.len() == 1 {
@@ -282,8 +305,14 @@ fn gap_curves(app: &App, runs: &[usize]) -> Vec<Curve> {
                 format!("{} {what}", app.runs[r].name)
             })
         };
+        let mut points = app.runs[r].series(true, JUDGE_SCORE);
+        if let Some((lo, hi)) = scale {
+            for p in &mut points {
+                p.1 = (p.1 - lo) / (hi - lo);
+            }
+        }
         out.push(Curve {
-            points: app.runs[r].series(true, JUDGE_SCORE),
+            points,
             color: judge_color,
             name: name("judge"),
             scatter: false,
@@ -295,7 +324,7 @@ fn gap_curves(app: &App, runs: &[usize]) -> Vec<Curve> {
             scatter: true,
         });
     }
-    out
+    (out, scale)
 }
 
 pub fn rewards(f: &mut Frame, app: &mut App, area: Rect) {
@@ -380,14 +409,22 @@ pub fn rewards(f: &mut Frame, app: &mut App, area: Rect) {
         // The legend does not fit a chart this short: one caption line says what is what.
         let [caption, rest] =
             Layout::vertical([Constraint::Length(1), Constraint::Min(3)]).areas(bottom);
+        let (gap, scale) = gap_curves(app, &runs);
+        let lines = match scale {
+            Some((lo, hi)) => format!(
+                " · lines: judge score ({} to {} drawn as 0 to 1)",
+                math::compact(lo),
+                math::compact(hi)
+            ),
+            None => " · lines: judge score".to_string(),
+        };
         f.render_widget(
             Paragraph::new(Line::from(vec![
                 Span::styled("gap", th.title),
-                Span::styled(" · lines: judge score · dots: reward accuracy", th.dim),
+                Span::styled(format!("{lines} · dots: reward accuracy"), th.dim),
             ])),
             caption,
         );
-        let gap = gap_curves(app, &runs);
         chart(f, app, rest, "gap", gap, Some((0.0, 1.0)), false);
     } else if bottom.height >= 3 {
         chart(f, app, bottom, "accuracy", acc, Some((0.0, 1.0)), false);
@@ -400,5 +437,24 @@ pub fn rewards(f: &mut Frame, app: &mut App, area: Rect) {
             Paragraph::new(Line::raw(format!("accuracy {v:.2}"))),
             bottom,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::judge_scale;
+
+    #[test]
+    fn judge_scores_off_the_unit_axis_are_rescaled_onto_it() {
+        // A task judge's shares fit the axis as they are.
+        assert_eq!(judge_scale(&[(0.0, 0.2), (25.0, 0.9)]), None);
+        assert_eq!(judge_scale(&[]), None);
+        // A reward model's scores do not: their range is mapped onto it.
+        assert_eq!(
+            judge_scale(&[(0.0, -2.0), (25.0, 3.5), (50.0, f64::NAN)]),
+            Some((-2.0, 3.5))
+        );
+        // One score off the axis still gets a range to map from.
+        assert_eq!(judge_scale(&[(0.0, 3.5)]), Some((3.5, 4.5)));
     }
 }
