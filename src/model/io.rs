@@ -225,13 +225,19 @@ pub fn save_weights(
     let config = serde_json::to_string_pretty(&cfg.to_hf_json())?;
     std::fs::write(dir.join("config.json"), config + "\n")
         .with_context(|| format!("cannot write {}/config.json", dir.display()))?;
-    if let Some(src) = from {
-        for f in TOKENIZER_FILES {
-            let from = src.join(f);
-            if from.exists() {
-                std::fs::copy(&from, dir.join(f))
-                    .with_context(|| format!("cannot copy {}", from.display()))?;
-            }
+    match from {
+        Some(src) => copy_tokenizer_files(src, dir),
+        None => Ok(()),
+    }
+}
+
+/// Copies the tokenizer, chat-template and generation-config files found in `src` to `dir`.
+pub fn copy_tokenizer_files(src: &Path, dir: &Path) -> Result<()> {
+    for f in TOKENIZER_FILES {
+        let from = src.join(f);
+        if from.exists() {
+            std::fs::copy(&from, dir.join(f))
+                .with_context(|| format!("cannot copy {}", from.display()))?;
         }
     }
     Ok(())

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
-use super::io::{self, TOKENIZER_FILES};
+use super::io;
 use super::safetensors_check::{self, Expected, FileSet, Header, Summary, Unexpected};
 use super::{matmul, param_specs, Arch, CausalLm, ModelConfig, Tok};
 use crate::rng::Rng;
@@ -407,16 +407,10 @@ impl RewardModel {
         cfg.raw = Some(self.hf_config());
         // Never sharded (`from` None): a reward model gaplab writes is one file.
         io::save_weights(&cfg, &self.weights(), None, dir)?;
-        if let Some(src) = tokenizer_from {
-            for f in TOKENIZER_FILES {
-                let from = src.join(f);
-                if from.exists() {
-                    std::fs::copy(&from, dir.join(f))
-                        .with_context(|| format!("cannot copy {}", from.display()))?;
-                }
-            }
+        match tokenizer_from {
+            Some(src) => io::copy_tokenizer_files(src, dir),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Bytes of the weights in memory, for memory estimates.

@@ -139,12 +139,16 @@ pub fn score_generations(
             seqs.push(s);
         }
     }
-    let scores = score_unique(rm, &seqs, batch_size)?;
+    by_generation(score_unique(rm, &seqs, batch_size)?, ks.len())
+}
+
+/// Scores laid out as each generation's `prefixes` k-prefixes, then its full response.
+fn by_generation(scores: Vec<f64>, prefixes: usize) -> Result<Vec<GenerationScores>> {
     Ok(scores
-        .chunks(per)
+        .chunks(prefixes + 1)
         .map(|c| GenerationScores {
-            prefix: c[..ks.len()].to_vec(),
-            full: c[ks.len()],
+            prefix: c[..prefixes].to_vec(),
+            full: c[prefixes],
         })
         .collect())
 }
@@ -211,14 +215,7 @@ pub fn score_chat_generations(
         }
         seqs.push(full);
     }
-    let scores = score_unique(rm, &seqs, batch_size)?;
-    Ok(scores
-        .chunks(per)
-        .map(|c| GenerationScores {
-            prefix: c[..ks.len()].to_vec(),
-            full: c[ks.len()],
-        })
-        .collect())
+    by_generation(score_unique(rm, &seqs, batch_size)?, ks.len())
 }
 
 /// "1,2,4,8" -> [1,2,4,8]; an error (naming `what`, e.g. "--k" or "judge.prefix_lengths") for
