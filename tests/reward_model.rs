@@ -56,7 +56,7 @@ fn rewards_match_transformers_one_row_at_a_time_and_batched() {
         let exp = expected(name);
         let (rm, tok) = RewardModel::load(&fixture(name), &Device::Cpu, DType::F32).unwrap();
         assert_eq!(
-            rm.pad_token_id,
+            rm.pad_token_id(),
             exp["pad_token_id"].as_u64().map(|p| p as u32)
         );
         let mut all = Vec::new();

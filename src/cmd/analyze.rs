@@ -199,7 +199,7 @@ fn prefix_gap(args: &PrefixGapArgs) -> Result<()> {
             args.data.display(),
             pairs.len(),
             args.reward_model.display(),
-            rm.arch_name,
+            rm.arch_name(),
             device_label(&device, dtype)
         );
         print(&(head + &gap_table(&rows)));
@@ -638,7 +638,7 @@ fn prefix_quality(args: &PrefixQualityArgs) -> Result<()> {
     let mut out = format!(
         "prefix quality under {} ({}, {}): {} prompts x {} samples, k in generated tokens (a generation shorter than k is scored whole)\n",
         report.reward_model,
-        rm.arch_name,
+        rm.arch_name(),
         device_label(&device, dtype),
         report.prompts,
         report.samples

@@ -60,7 +60,7 @@ pub fn load_reward_model(dir: &Path, device: &Device, dtype: DType) -> Result<(R
 
 /// What a pad id equal to an EOS id means for the scores, or None.
 pub fn pad_note(rm: &RewardModel) -> Option<String> {
-    let pad = rm.pad_token_id?;
+    let pad = rm.pad_token_id()?;
     rm.cfg.eos_token_ids.contains(&pad).then(|| {
         format!(
             "pad_token_id {pad} is also an EOS id: as transformers does, a response that ends with EOS is scored at the token before its EOS"
@@ -200,7 +200,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         let head = format!(
             "reward model {} ({}, {}) on {}: {} pairs (lengths in the reward model's tokens, EOS included)\n",
             args.reward_model.display(),
-            rm.arch_name,
+            rm.arch_name(),
             device_label(&device, dtype),
             args.data.display(),
             pairs.len()

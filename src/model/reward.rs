@@ -44,10 +44,6 @@ pub struct RewardModel {
     decoder: CausalLm,
     /// [1, hidden]
     score: Tensor,
-    /// `config.pad_token_id`: the reward is read at the rightmost token that is not this id.
-    pub pad_token_id: Option<u32>,
-    /// "LlamaForSequenceClassification", ...
-    pub arch_name: String,
 }
 
 /// The config a reward model's decoder is built with: the file's, with tied embeddings so that
@@ -225,8 +221,6 @@ impl RewardModel {
             );
         }
         let rm = RewardModel {
-            pad_token_id: cfg.pad_token_id,
-            arch_name: hf_class(cfg.arch).to_string(),
             cfg,
             decoder,
             score,
@@ -255,8 +249,6 @@ impl RewardModel {
         let mut cfg = cfg;
         cfg.pad_token_id = pad_token_id;
         Ok(RewardModel {
-            pad_token_id,
-            arch_name: hf_class(cfg.arch).to_string(),
             cfg,
             decoder: dec,
             score,
@@ -317,21 +309,11 @@ impl RewardModel {
         }
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| seqs[i].len());
-        // Padded positions come after every real token, so causal attention keeps them out of
-        // the real positions: any id works; the pad id keeps the rule's meaning visible.
-        let fill = self.pad_token_id.unwrap_or(0);
         let model = self.detached()?;
         let mut out = vec![0.0; seqs.len()];
         for chunk in order.chunks(batch_size) {
-            let t = chunk.iter().map(|&i| seqs[i].len()).max().unwrap_or(1);
-            let mut ids = Vec::with_capacity(chunk.len() * t);
-            let mut last = Vec::with_capacity(chunk.len());
-            for &i in chunk {
-                ids.extend_from_slice(&seqs[i]);
-                ids.resize(ids.len() + t - seqs[i].len(), fill);
-                last.push(reward_position(&seqs[i], self.pad_token_id));
-            }
-            let ids = Tensor::from_vec(ids, (chunk.len(), t), self.device())?;
+            let rows: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
+            let (ids, last) = self.padded(&rows)?;
             let r: Vec<f32> = model
                 .rewards(&ids, &last)?
                 .to_dtype(DType::F32)?
@@ -341,6 +323,36 @@ impl RewardModel {
             }
         }
         Ok(out)
+    }
+
+    /// `rows` right-padded into one [b, t] tensor of ids, with the position each row's reward
+    /// is read at ([`reward_position`] of the row as given). Padded positions come after every
+    /// real token, so causal attention keeps them out of the real ones: any id works; the pad
+    /// id keeps the rule's meaning visible.
+    pub fn padded(&self, rows: &[&[u32]]) -> Result<(Tensor, Vec<usize>)> {
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        if t == 0 {
+            bail!("a batch of empty sequences");
+        }
+        let pad = self.pad_token_id();
+        let mut ids = Vec::with_capacity(rows.len() * t);
+        let mut last = Vec::with_capacity(rows.len());
+        for r in rows {
+            ids.extend_from_slice(r);
+            ids.resize(ids.len() + t - r.len(), pad.unwrap_or(0));
+            last.push(reward_position(r, pad));
+        }
+        Ok((Tensor::from_vec(ids, (rows.len(), t), self.device())?, last))
+    }
+
+    /// `config.pad_token_id`: the reward is read at the rightmost token that is not this id.
+    pub fn pad_token_id(&self) -> Option<u32> {
+        self.cfg.pad_token_id
+    }
+
+    /// "LlamaForSequenceClassification", ...
+    pub fn arch_name(&self) -> &'static str {
+        hf_class(self.cfg.arch)
     }
 
     /// The same weights without gradient tracking.
@@ -380,13 +392,16 @@ impl RewardModel {
     pub fn hf_config(&self) -> Value {
         let mut v = self.cfg.to_hf_json();
         if let Some(m) = v.as_object_mut() {
-            m.insert("architectures".into(), serde_json::json!([self.arch_name]));
+            m.insert(
+                "architectures".into(),
+                serde_json::json!([self.arch_name()]),
+            );
             m.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
             m.insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
             m.remove("num_labels");
             m.insert(
                 "pad_token_id".into(),
-                match self.pad_token_id {
+                match self.pad_token_id() {
                     Some(p) => serde_json::json!(p),
                     None => Value::Null,
                 },

@@ -16,6 +16,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::SeqBatch;
+pub use dual::{log_sigmoid, sigmoid};
 pub use losses::{PairScores, Params};
 pub use tokens::{Poet, TokenScheme};
 

@@ -4,15 +4,17 @@
 //!   L = mean over pairs of -log σ(r_w - r_l),
 //!
 //! where r is the reward of prompt + response read where transformers reads it (the last
-//! non-pad token, [`reward_position`]). Full fine-tuning with [`AdamW`]. The loss's derivative
-//! per pair is closed-form, dL/dr_w = -σ(-(r_w - r_l)) / B = -dL/dr_l, so the backward pass runs
-//! from the surrogate `(rewards * dL/dr).sum()`, whose gradient is exactly the loss's.
+//! non-pad token, [`reward_position`](crate::model::reward::reward_position)). Full
+//! fine-tuning with [`AdamW`]. The loss's derivative per pair is closed-form,
+//! dL/dr_w = -σ(-(r_w - r_l)) / B = -dL/dr_l, so the backward pass runs from the surrogate
+//! `(rewards * dL/dr).sum()`, whose gradient is exactly the loss's.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
 use crate::data::TokenizedPair;
-use crate::model::reward::{reward_position, RewardModel};
+use crate::model::reward::RewardModel;
+use crate::objective::{log_sigmoid, sigmoid};
 use crate::rng::Rng;
 
 use super::optim::{AdamW, AdamWConfig};
@@ -44,27 +46,14 @@ impl Default for RmTrainConfig {
     }
 }
 
-/// -log σ(m), computed without overflow for large |m|: softplus(-m).
+/// -log σ(m), without overflow for large |m|.
 pub fn bt_loss(margin: f64) -> f64 {
-    if margin > 0.0 {
-        (-margin).exp().ln_1p()
-    } else {
-        -margin + margin.exp().ln_1p()
-    }
+    -log_sigmoid(margin)
 }
 
 /// d/dm of -log σ(m) = -σ(-m).
 pub fn bt_dloss(margin: f64) -> f64 {
     -sigmoid(-margin)
-}
-
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
 }
 
 /// prompt + response, cut to `max_len` tokens.
@@ -74,8 +63,8 @@ fn sequence(prompt: &[u32], response: &[u32], max_len: usize) -> Vec<u32> {
     s
 }
 
-/// The chosen sequences then the rejected ones of `pairs`, right-padded with `pad` into one
-/// [2B, T] tensor, and the position each row's reward is read at.
+/// The chosen sequences then the rejected ones of `pairs`, right-padded into one [2B, T]
+/// tensor, and the position each row's reward is read at (as scoring reads it).
 fn batch_tensor(
     rm: &RewardModel,
     pairs: &[&TokenizedPair],
@@ -90,29 +79,8 @@ fn batch_tensor(
                 .map(|p| sequence(&p.prompt, &p.rejected, max_len)),
         )
         .collect();
-    let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
-    if t == 0 {
-        bail!("a batch of empty sequences");
-    }
-    // With a pad id, rows are padded with it and read where scoring reads them
-    // (reward_position). Without one, transformers reads the last position of a row, so a
-    // shorter row is read at its own last token: a causal model's state there does not see
-    // the padding after it.
-    let pad = rm.cfg.pad_token_id;
-    let mut flat = Vec::with_capacity(seqs.len() * t);
-    let mut last = Vec::with_capacity(seqs.len());
-    for s in &seqs {
-        let fill = pad.unwrap_or(*s.last().unwrap_or(&0));
-        let mut row = s.clone();
-        row.resize(t, fill);
-        last.push(match pad {
-            Some(_) => reward_position(&row, pad),
-            None => s.len() - 1,
-        });
-        flat.extend(row);
-    }
-    let ids = Tensor::from_vec(flat, (seqs.len(), t), rm.device())?;
-    Ok((ids, last))
+    let rows: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    rm.padded(&rows)
 }
 
 /// The mean loss, the per-pair margins r_w - r_l and the surrogate whose gradient is the
