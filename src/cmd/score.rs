@@ -45,13 +45,11 @@ pub struct ScoreArgs {
 /// A reward model and its tokenizer loaded for a command (`--reward-model`), with what a user
 /// should know about it (printed to stderr: unused tensors, pad == eos).
 pub fn load_reward_model(dir: &Path, device: &Device, dtype: DType) -> Result<(RewardModel, Tok)> {
-    let summary =
-        RewardModel::check_dir(dir).map_err(|e| anyhow::anyhow!("--reward-model: {e:#}"))?;
+    let (rm, tok, summary) = RewardModel::load_checked(dir, device, dtype)
+        .map_err(|e| anyhow::anyhow!("--reward-model: {e:#}"))?;
     for w in &summary.warnings {
         eprintln!("warning: {w}");
     }
-    let (rm, tok) = RewardModel::load(dir, device, dtype)
-        .map_err(|e| anyhow::anyhow!("--reward-model: {e:#}"))?;
     if let Some(note) = pad_note(&rm) {
         eprintln!("note: {}: {note}", dir.display());
     }

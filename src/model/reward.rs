@@ -120,8 +120,9 @@ fn expectation(cfg: &ModelConfig) -> safetensors_check::Expectation {
 }
 
 /// The config of the reward-model folder `dir` after the checks that say what the folder is
-/// (a causal LM, a classifier with several labels), and its checked weights.
-fn check(dir: &Path) -> Result<(ModelConfig, Summary)> {
+/// (a causal LM, a classifier with several labels), its weight files and what their checked
+/// headers hold.
+fn check(dir: &Path) -> Result<(ModelConfig, FileSet, Summary)> {
     if !dir.is_dir() {
         bail!("{}: not a reward-model folder", dir.display());
     }
@@ -174,19 +175,27 @@ fn check(dir: &Path) -> Result<(ModelConfig, Summary)> {
         );
     }
     let summary = safetensors_check::validate(&expectation(&cfg), &set, &headers)?;
-    Ok((cfg, summary))
+    Ok((cfg, set, summary))
 }
 
 impl RewardModel {
     /// Headers-only check of a reward-model folder (used by load and by `gaplab check`).
     pub fn check_dir(dir: &Path) -> Result<Summary> {
-        check(dir).map(|(_, s)| s)
+        check(dir).map(|(_, _, s)| s)
     }
 
     /// Loads DIR (config.json, safetensors, tokenizer) after checking it; f32 on CPU, any dtype.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(RewardModel, Tok)> {
-        let (cfg, _) = check(dir)?;
-        let set = FileSet::of_dir(dir, "model")?;
+        Self::load_checked(dir, device, dtype).map(|(rm, tok, _)| (rm, tok))
+    }
+
+    /// [`Self::load`], also returning what the headers' check found (warnings for the user).
+    pub fn load_checked(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(RewardModel, Tok, Summary)> {
+        let (cfg, set, summary) = check(dir)?;
         // SAFETY: the files are memory-mapped read-only; gaplab never writes a checkpoint in
         // place (see io::load_model).
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&set.files) }
@@ -225,7 +234,7 @@ impl RewardModel {
             decoder,
             score,
         };
-        Ok((rm, tok))
+        Ok((rm, tok, summary))
     }
 
     /// A new reward model on `decoder` with a fresh score head N(0, 0.02) from `seed`. The
