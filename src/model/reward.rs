@@ -365,7 +365,7 @@ impl RewardModel {
     }
 
     /// The same weights without gradient tracking.
-    fn detached(&self) -> Result<Self> {
+    pub fn detached(&self) -> Result<Self> {
         Ok(RewardModel {
             decoder: self.decoder.detached()?,
             score: self.score.detach(),

@@ -116,10 +116,12 @@ pub fn evaluate(
     if pairs.is_empty() {
         return Ok((0.0, 0.0));
     }
+    // Without the optimizer's variables: no graph is recorded for a pass nobody backprops.
+    let rm = rm.detached()?;
     let refs: Vec<&TokenizedPair> = pairs.iter().collect();
     let (mut loss, mut right) = (0.0, 0usize);
     for chunk in refs.chunks(batch_size.max(1)) {
-        let (l, margins, _) = batch_loss(rm, chunk, max_len)?;
+        let (l, margins, _) = batch_loss(&rm, chunk, max_len)?;
         loss += l * chunk.len() as f64;
         right += margins.iter().filter(|&&m| m > 0.0).count();
     }
@@ -171,7 +173,7 @@ pub fn train(
         while batch.len() < cfg.batch_size.min(train.len()) {
             if order.is_empty() {
                 order = (0..train.len()).collect();
-                shuffle(&mut order, &mut rng);
+                rng.shuffle(&mut order);
             }
             batch.push(&train[order.pop().unwrap_or(0)]);
         }
@@ -197,13 +199,6 @@ pub fn train(
         }
     }
     Ok(rm)
-}
-
-/// Fisher-Yates with the crate's seeded generator.
-fn shuffle(xs: &mut [usize], rng: &mut Rng) {
-    for i in (1..xs.len()).rev() {
-        xs.swap(i, rng.below(i + 1));
-    }
 }
 
 #[cfg(test)]
