@@ -160,13 +160,11 @@ pub fn likelihood_displacement(
 ) -> Option<String> {
     let (c0, c1) = trend(evals, CHOSEN_LOGPS, cfg.window, false)?;
     let (a0, a1) = trend(evals, ACCURACY, cfg.window, true)?;
-    Some(()).map(|()| {
-        format!(
-            "{CHOSEN_LOGPS} fell {c0:.3} -> {c1:.3} while {ACCURACY} rose {a0:.3} -> {a1:.3} \
-             over the last {} evals",
-            cfg.window
-        )
-    })
+    Some(format!(
+        "{CHOSEN_LOGPS} fell {c0:.3} -> {c1:.3} while {ACCURACY} rose {a0:.3} -> {a1:.3} \
+         over the last {} evals",
+        cfg.window
+    ))
 }
 
 /// The implicit reward improving (accuracy or margin up) while the judge's score of the

@@ -41,11 +41,14 @@ pub struct Grid {
     pub legend: (String, String, String),
 }
 
-/// Prefix margin (or accuracy) per (j, eval step) of the selected run.
+/// Prefix margin (or accuracy) per (j, eval step) of the selected run, or its KL profile.
 pub fn over_training(app: &App) -> Option<Grid> {
     let r = app.selected_run()?;
     if r.diagnostics.is_empty() {
         return None;
+    }
+    if app.heatmap.metric == HeatMetric::Kl {
+        return kl_over_training(&r.diagnostics);
     }
     let steps: Vec<usize> = r.diagnostics.keys().copied().collect();
     let mut js: Vec<usize> = r
@@ -55,9 +58,6 @@ pub fn over_training(app: &App) -> Option<Grid> {
         .collect();
     js.sort();
     js.dedup();
-    if app.heatmap.metric == HeatMetric::Kl {
-        return kl_over_training(&r.diagnostics);
-    }
     let acc = app.heatmap.metric == HeatMetric::Accuracy;
     let rows: Vec<Vec<f64>> = js
         .iter()
