@@ -105,18 +105,23 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType) -> Result<CausalLm>
 pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(CausalLm, Tok)> {
     let model = load_model(dir, device, dtype)?;
     let tok = Tok::load(dir, Some(&model.cfg))?;
-    if let Some(&bad) = [Some(tok.eos), tok.bos, tok.pad]
-        .iter()
-        .flatten()
-        .find(|&&id| id as usize >= model.cfg.vocab_size)
-    {
+    check_special_ids(
+        dir,
+        &[Some(tok.eos), tok.bos, tok.pad],
+        model.cfg.vocab_size,
+    )?;
+    Ok((model, tok))
+}
+
+/// Every special token id of the checkpoint `dir` is inside its vocabulary.
+pub fn check_special_ids(dir: &Path, ids: &[Option<u32>], vocab_size: usize) -> Result<()> {
+    if let Some(&bad) = ids.iter().flatten().find(|&&id| id as usize >= vocab_size) {
         bail!(
-            "{}: special token id {bad} is outside the model's vocab_size {}",
-            dir.display(),
-            model.cfg.vocab_size
+            "{}: special token id {bad} is outside the model's vocab_size {vocab_size}",
+            dir.display()
         );
     }
-    Ok((model, tok))
+    Ok(())
 }
 
 /// Loads model and tokenizer of a checkpoint folder, with the PEFT adapter folder `adapter`

@@ -218,17 +218,11 @@ impl RewardModel {
             CausalLm::from_tensors(dcfg, map).with_context(|| dir.display().to_string())?;
         let score = load(SCORE_WEIGHT)?;
         let tok = Tok::load(dir, Some(&cfg))?;
-        if let Some(&bad) = [Some(tok.eos), tok.bos, cfg.pad_token_id]
-            .iter()
-            .flatten()
-            .find(|&&id| id as usize >= cfg.vocab_size)
-        {
-            bail!(
-                "{}: special token id {bad} is outside the model's vocab_size {}",
-                dir.display(),
-                cfg.vocab_size
-            );
-        }
+        io::check_special_ids(
+            dir,
+            &[Some(tok.eos), tok.bos, cfg.pad_token_id],
+            cfg.vocab_size,
+        )?;
         let rm = RewardModel {
             cfg,
             decoder,
