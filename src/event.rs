@@ -88,6 +88,65 @@ pub struct EvalReport {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub kl_profile: Vec<f64>,
+    /// The first `eval.token_view_pairs` fixed pairs token by token (the token view); empty,
+    /// and not written, when not recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_view: Vec<PairTokens>,
+}
+
+/// A next-token alternative at one position: the token, its text and its probability.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    pub id: u32,
+    pub piece: String,
+    pub p: f64,
+}
+
+/// One response of a token-view pair, position by position (all vectors have one entry per
+/// recorded token; the reference's are empty for objectives without one).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenTrack {
+    pub ids: Vec<u32>,
+    /// Each token's text, as the tokenizer decodes it alone (leading spaces kept).
+    pub pieces: Vec<String>,
+    /// log pi of each token given everything before it.
+    #[serde(deserialize_with = "nan::vec")]
+    pub logps: Vec<f64>,
+    #[serde(default, deserialize_with = "nan::vec")]
+    pub ref_logps: Vec<f64>,
+    /// Each token's share of its response's implicit reward: beta * (log pi - log pi_ref) for
+    /// reference-based objectives, the length-normalised beta * log pi / |y| for SimPO.
+    #[serde(deserialize_with = "nan::vec")]
+    pub contributions: Vec<f64>,
+    /// The policy's five most likely next tokens at each position (what it would have said).
+    #[serde(default)]
+    pub policy_top: Vec<Vec<Alternative>>,
+    /// The reference's, where a reference model is at hand.
+    #[serde(default)]
+    pub ref_top: Vec<Vec<Alternative>>,
+}
+
+/// A fixed eval pair token by token: the data of the token view and of its figure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairTokens {
+    /// Index of the pair among the fixed eval pairs (the heatmap's row).
+    pub pair: usize,
+    pub prompt: String,
+    /// POET's cut, k = min(|y_w|, |y_l|): positions from k on do not count under POET.
+    pub k: usize,
+    /// Whether the run trains with POET (the cut is then what the loss sees).
+    pub poet: bool,
+    /// The first response position where the chosen and rejected tokens differ.
+    #[serde(default)]
+    pub first_diff: Option<usize>,
+    /// The prefix margin m(j) for j = 1..=k (entry j-1), as the heatmap computes it.
+    #[serde(deserialize_with = "nan::vec")]
+    pub prefix_margin: Vec<f64>,
+    /// Full response lengths (the tracks may be cut to `eval.token_view_tokens`).
+    pub chosen_len: usize,
+    pub rejected_len: usize,
+    pub chosen: TokenTrack,
+    pub rejected: TokenTrack,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -102,6 +161,20 @@ pub struct Sample {
     /// The text of each token (concatenated they give `text`), for token-level comparisons.
     #[serde(default)]
     pub pieces: Vec<String>,
+    /// log pi of each generated token, and log pi_ref where a reference is at hand (the
+    /// sample's token view colours log pi - log pi_ref); empty when not measured.
+    #[serde(
+        default,
+        deserialize_with = "nan::vec",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub logps: Vec<f64>,
+    #[serde(
+        default,
+        deserialize_with = "nan::vec",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub ref_logps: Vec<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -447,6 +520,7 @@ mod tests {
             entropy: vec![2.0],
             cross_entropy: vec![f64::INFINITY],
             kl_profile: vec![0.25],
+            token_view: vec![],
         }
     }
 

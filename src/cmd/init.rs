@@ -90,6 +90,8 @@ prefix_lengths = []         # empty: 1, 2, 4, ... up to the longest k
 heatmap_pairs = 8
 health = true               # eval_gen/*: length, stop share, repetition, KL of the generations
 kl_positions = 32           # response positions of the KL-by-position profile
+token_view_pairs = 4        # eval pairs recorded token by token for the token view (T)
+token_view_tokens = 64      # tokens recorded per response of those pairs
 
 [sample]
 interval = 20

@@ -576,6 +576,11 @@ section! {
         health: bool = true, Live;
         /// Response positions of the per-position KL profile.
         kl_positions: usize = 32, Live;
+        /// Fixed eval pairs recorded token by token for the token view (their tokens, log pi,
+        /// log pi_ref and top-5 alternatives); 0 records none.
+        token_view_pairs: usize = 4, Live;
+        /// Response tokens recorded per response of a token-view pair (bounds the records).
+        token_view_tokens: usize = 64, Live;
     }
 }
 

@@ -426,6 +426,7 @@ impl Legacy {
                         entropy: Vec::new(),
                         cross_entropy: Vec::new(),
                         kl_profile: Vec::new(),
+                        token_view: Vec::new(),
                     };
                     self.place_eval(
                         out,

@@ -336,6 +336,7 @@ mod tests {
             entropy: vec![2.5, 2.0],
             cross_entropy: vec![3.5, 3.0],
             kl_profile: vec![],
+            token_view: vec![],
         };
         let ckpt = run
             .write_checkpoint(3, 2, |p| Ok(std::fs::write(p.join(TRAINER_STATE), "{}")?))

@@ -49,5 +49,7 @@ pub fn sample(step: usize, prompt_id: usize, source: &str) -> Sample {
         text: "a b".into(),
         token_ids: vec![1, 2],
         pieces: vec!["a".into(), " b".into()],
+        logps: vec![],
+        ref_logps: vec![],
     }
 }

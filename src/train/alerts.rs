@@ -272,6 +272,7 @@ mod tests {
             entropy: vec![],
             cross_entropy: vec![],
             kl_profile: vec![],
+            token_view: vec![],
         }))
     }
 

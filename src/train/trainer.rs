@@ -603,6 +603,7 @@ impl Trainer {
             entropy: vec![],
             cross_entropy: vec![],
             kl_profile: vec![],
+            token_view: vec![],
         }))
     }
 
@@ -724,6 +725,7 @@ impl Trainer {
                 .zip(&count)
                 .map(|(s, &c)| s / c as f64)
                 .collect(),
+            token_view: vec![],
             kl_profile,
         }))
     }
@@ -1009,6 +1011,8 @@ impl Trainer {
                 prompt_id,
                 prompt: prompt.text,
                 source: source.to_string(),
+                logps: vec![],
+                ref_logps: vec![],
                 text: self.tok.decode(&token_ids)?,
                 pieces: self.tok.pieces(&token_ids)?,
                 token_ids,

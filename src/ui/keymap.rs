@@ -29,6 +29,25 @@ pub enum Action {
     NextRun,
     Overlay,
     ThemeCycle,
+    /// The heatmap's cell cursor (when the heatmap pane has focus).
+    CellLeft,
+    CellRight,
+    CellUp,
+    CellDown,
+    /// Opens (or closes) the token view of the pair under the heatmap cursor, or of the
+    /// sample shown when the samples pane has focus.
+    TokenView,
+    /// The token view's cursor: previous / next token.
+    TokenPrev,
+    TokenNext,
+    /// The token view: the other response (chosen / rejected).
+    OtherResponse,
+    /// The token view: next / previous eval pair.
+    NextPair,
+    PrevPair,
+    /// The token view: later / earlier eval step.
+    NextEvalStep,
+    PrevEvalStep,
     Help,
     Quit,
     /// Closes the dialog on top (answering no to the quit question).
@@ -45,6 +64,10 @@ pub enum Scope {
     Help,
     /// "Stop training and quit?": its own keys only; any other answers no.
     QuitQuestion,
+    /// The dashboard with the heatmap pane focused: the arrows move its cell cursor.
+    Heatmap,
+    /// The token view is open: its own keys first, then the dashboard's.
+    Tokens,
 }
 
 impl Scope {
@@ -54,6 +77,8 @@ impl Scope {
             Scope::Dashboard => &[Scope::Dashboard],
             Scope::Help => &[Scope::Help, Scope::Dashboard],
             Scope::QuitQuestion => &[Scope::QuitQuestion],
+            Scope::Heatmap => &[Scope::Heatmap, Scope::Dashboard],
+            Scope::Tokens => &[Scope::Tokens, Scope::Dashboard],
         }
     }
 }
@@ -68,6 +93,8 @@ pub enum Key {
     Esc,
     Up,
     Down,
+    Left,
+    Right,
     PageUp,
     PageDown,
 }
@@ -84,6 +111,8 @@ impl Key {
             Key::Esc => "esc".into(),
             Key::Up => "↑".into(),
             Key::Down => "↓".into(),
+            Key::Left => "←".into(),
+            Key::Right => "→".into(),
             Key::PageUp => "pgup".into(),
             Key::PageDown => "pgdn".into(),
         }
@@ -101,6 +130,8 @@ impl Key {
             (Key::Esc, KeyCode::Esc) => true,
             (Key::Up, KeyCode::Up) => true,
             (Key::Down, KeyCode::Down) => true,
+            (Key::Left, KeyCode::Left) => true,
+            (Key::Right, KeyCode::Right) => true,
             (Key::PageUp, KeyCode::PageUp) => true,
             (Key::PageDown, KeyCode::PageDown) => true,
             _ => false,
@@ -247,6 +278,41 @@ pub const KEYMAP: &[Binding] = &[
         help: "heatmap: prefix margin / accuracy / KL",
     },
     Binding {
+        keys: &[Char('T')],
+        action: Action::TokenView,
+        scope: Scope::Dashboard,
+        group: "heatmap",
+        help: "token view of the pair under the cursor (of the sample, from the samples pane)",
+    },
+    Binding {
+        keys: &[Left],
+        action: Action::CellLeft,
+        scope: Scope::Heatmap,
+        group: "heatmap cursor (heatmap pane focused)",
+        help: "cell cursor left",
+    },
+    Binding {
+        keys: &[Right],
+        action: Action::CellRight,
+        scope: Scope::Heatmap,
+        group: "heatmap cursor (heatmap pane focused)",
+        help: "cell cursor right (scrolls the per-pair view)",
+    },
+    Binding {
+        keys: &[Up],
+        action: Action::CellUp,
+        scope: Scope::Heatmap,
+        group: "heatmap cursor (heatmap pane focused)",
+        help: "cell cursor up",
+    },
+    Binding {
+        keys: &[Down],
+        action: Action::CellDown,
+        scope: Scope::Heatmap,
+        group: "heatmap cursor (heatmap pane focused)",
+        help: "cell cursor down",
+    },
+    Binding {
         keys: &[Char('n')],
         action: Action::NextPrompt,
         scope: Scope::Dashboard,
@@ -317,6 +383,62 @@ pub const KEYMAP: &[Binding] = &[
         help: "answer no: keep training (any other key too)",
     },
     Binding {
+        keys: &[Left, Char('h')],
+        action: Action::TokenPrev,
+        scope: Scope::Tokens,
+        group: "token view",
+        help: "previous token",
+    },
+    Binding {
+        keys: &[Right, Char('l')],
+        action: Action::TokenNext,
+        scope: Scope::Tokens,
+        group: "token view",
+        help: "next token",
+    },
+    Binding {
+        keys: &[Up, Down],
+        action: Action::OtherResponse,
+        scope: Scope::Tokens,
+        group: "token view",
+        help: "other response (chosen / rejected)",
+    },
+    Binding {
+        keys: &[Char('n')],
+        action: Action::NextPair,
+        scope: Scope::Tokens,
+        group: "token view",
+        help: "next pair (next prompt for a sample)",
+    },
+    Binding {
+        keys: &[Char('p')],
+        action: Action::PrevPair,
+        scope: Scope::Tokens,
+        group: "token view",
+        help: "previous pair (previous prompt for a sample)",
+    },
+    Binding {
+        keys: &[Char(']')],
+        action: Action::NextEvalStep,
+        scope: Scope::Tokens,
+        group: "token view",
+        help: "later eval (sampling) step",
+    },
+    Binding {
+        keys: &[Char('[')],
+        action: Action::PrevEvalStep,
+        scope: Scope::Tokens,
+        group: "token view",
+        help: "earlier eval (sampling) step",
+    },
+    Binding {
+        keys: &[Esc, Char('T')],
+        action: Action::Close,
+        scope: Scope::Tokens,
+        group: "token view",
+        help: "close the token view",
+    },
+    Binding {
         keys: &[Esc],
         action: Action::Close,
         scope: Scope::Help,
@@ -361,7 +483,13 @@ mod tests {
         }
     }
 
-    const SCOPES: [Scope; 3] = [Scope::Dashboard, Scope::Help, Scope::QuitQuestion];
+    const SCOPES: [Scope; 5] = [
+        Scope::Dashboard,
+        Scope::Help,
+        Scope::QuitQuestion,
+        Scope::Heatmap,
+        Scope::Tokens,
+    ];
 
     /// A dialog may rebind a dashboard key (y answers the quit question), but no key means two
     /// things where it is pressed.
@@ -418,6 +546,18 @@ mod tests {
             SwapCompare,
             ScrollDown,
             ScrollUp,
+            CellLeft,
+            CellRight,
+            CellUp,
+            CellDown,
+            TokenView,
+            TokenPrev,
+            TokenNext,
+            OtherResponse,
+            NextPair,
+            PrevPair,
+            NextEvalStep,
+            PrevEvalStep,
             NextRun,
             Overlay,
             ThemeCycle,

@@ -11,12 +11,12 @@ use ratatui::crossterm::event::KeyEvent;
 
 pub use self::mode::{Exit, Mode};
 pub use self::panes::{
-    ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane, SamplesPane,
+    ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane, SamplesPane, TokenSource, TokensPane,
     StatusBar,
 };
 use crate::engine::Command;
 use crate::event::{Change, EvalReport, Event, Level, Observer, RunState, Sample, StepMetrics};
-use crate::ui::keymap::{self, Action};
+use crate::ui::keymap::{self, Action, Scope};
 use crate::ui::theme::Theme;
 
 /// A metric over steps; a record repeated for a step (a resumed run) replaces the old one.
@@ -206,6 +206,7 @@ pub struct App {
     pub expanded: bool,
     pub charts: ChartsPane,
     pub heatmap: HeatmapPane,
+    pub tokens: TokensPane,
     pub samples: SamplesPane,
     pub log: LogPane,
     pub status: StatusBar,
@@ -233,6 +234,7 @@ impl App {
             expanded: false,
             charts: ChartsPane::default(),
             heatmap: HeatmapPane::default(),
+            tokens: TokensPane::default(),
             samples: SamplesPane::default(),
             log: LogPane::default(),
             status: StatusBar::default(),
@@ -438,9 +440,19 @@ impl App {
         self.log_line("gaplab".into(), 0, Level::Error, message);
     }
 
+    /// Which keymap bindings apply: a dialog's, the token view's while it is open, the
+    /// heatmap cursor's while its pane has focus, else the dashboard's.
+    pub fn scope(&self) -> Scope {
+        match self.mode {
+            Mode::Dashboard if self.tokens.open => Scope::Tokens,
+            Mode::Dashboard if self.focus == Pane::Heatmap => Scope::Heatmap,
+            m => m.scope(),
+        }
+    }
+
     /// A key press, as the keymap reads it for what is on screen.
     pub fn on_key(&mut self, key: &KeyEvent) -> Option<Effect> {
-        match keymap::action_for(self.mode.scope(), key) {
+        match keymap::action_for(self.scope(), key) {
             Some(a) => self.on_action(a),
             None => {
                 self.on_unbound_key();
@@ -534,6 +546,15 @@ impl App {
             }
             Action::SwapCompare => self.samples.next_compare(self.selected, self.runs.len()),
             Action::ThemeCycle => return Some(Effect::NextTheme),
+            Action::CellLeft | Action::CellRight | Action::CellUp | Action::CellDown => {}
+            Action::TokenView => self.tokens.open = !self.tokens.open,
+            Action::TokenPrev
+            | Action::TokenNext
+            | Action::OtherResponse
+            | Action::NextPair
+            | Action::PrevPair
+            | Action::NextEvalStep
+            | Action::PrevEvalStep => {}
             Action::Help => {
                 self.mode = match self.mode {
                     Mode::Help { .. } => Mode::Dashboard,
@@ -547,8 +568,9 @@ impl App {
                     self.exit = Exit::Now;
                 }
             }
-            // Only the dialogs bind these.
-            Action::Close | Action::ConfirmQuit => {}
+            // The token view's Close shuts it; otherwise only the dialogs bind these.
+            Action::Close => self.tokens.open = false,
+            Action::ConfirmQuit => {}
         }
         None
     }

@@ -126,6 +126,40 @@ impl HeatmapPane {
     }
 }
 
+/// What the token view shows: an eval pair's two responses, or a sample's generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    Pair,
+    Sample,
+}
+
+/// The token view (drawn in the heatmap pane while open).
+pub struct TokensPane {
+    pub open: bool,
+    pub source: TokenSource,
+    /// Eval pair (index into the eval's recorded token-view pairs).
+    pub pair: usize,
+    /// Eval step shown; None follows the latest.
+    pub step: Option<usize>,
+    /// 0: chosen, 1: rejected.
+    pub response: usize,
+    /// Token under the cursor (kept below the response's length when drawn).
+    pub cursor: usize,
+}
+
+impl Default for TokensPane {
+    fn default() -> Self {
+        Self {
+            open: false,
+            source: TokenSource::Pair,
+            pair: 0,
+            step: None,
+            response: 0,
+            cursor: 0,
+        }
+    }
+}
+
 /// What the samples view compares the selected run's policy with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compare {

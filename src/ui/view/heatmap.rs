@@ -372,6 +372,7 @@ mod tests {
             entropy: vec![],
             cross_entropy: vec![],
             kl_profile,
+            token_view: vec![],
         }
     }
 

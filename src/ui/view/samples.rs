@@ -185,6 +185,8 @@ mod tests {
             text: pieces.concat(),
             token_ids: ids.to_vec(),
             pieces: pieces.iter().map(|s| s.to_string()).collect(),
+            logps: vec![],
+            ref_logps: vec![],
         }
     }
 
