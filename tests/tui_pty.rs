@@ -371,3 +371,59 @@ fn edits_of_the_config_and_the_theme_show_at_once() {
     t.press("y");
     assert_eq!(t.wait_exit(), 130);
 }
+
+/// The token view opens with its key during a live run, its cursor moves token by token, and
+/// it switches response and pair; the help lists its keys.
+#[test]
+fn token_view_opens_with_keys_during_a_live_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), 1_000_000);
+    let mut t = spawn(
+        &["train", ws.to_str().unwrap(), "--variant", "dpo-poet"],
+        tmp.path(),
+    );
+    t.wait_for("the dashboard", |s| {
+        s.contains("Loss") && s.contains("running")
+    });
+    t.press("T");
+    t.wait_for("the token view of pair 1", |s| {
+        s.contains("Tokens: pair #1 · step 0") && s.contains("▶ chosen") && s.contains("rejected")
+    });
+    let s = t.screen();
+    assert!(
+        s.contains("prefix margin m(t)") && s.contains("policy") && s.contains("ref"),
+        "{s}"
+    );
+    assert!(s.contains("t1 \""), "{s}");
+    t.press("ll");
+    t.wait_for("the cursor on the third token", |s| s.contains("t3 \""));
+    t.press("\x1b[D");
+    t.wait_for("the cursor back on the second token", |s| {
+        s.contains("t2 \"")
+    });
+    t.press("\x1b[B");
+    t.wait_for("the rejected response", |s| s.contains("▶ rejected"));
+    t.press("n");
+    t.wait_for("the second pair", |s| s.contains("Tokens: pair #2"));
+    t.press("?");
+    t.wait_for("the help with the token view's key", |s| {
+        s.contains("token view: the pair under the cursor")
+    });
+    // The token view's own keys are further down the help.
+    t.press("jjjjjjjjjjjjjjjjjjjjjjjjj");
+    t.wait_for("the help's token view section", |s| {
+        s.contains("previous token") && s.contains("close the token view")
+    });
+    t.press("\x1b");
+    t.wait_for("help closed", |s| !s.contains("close the token view"));
+    t.press("\x1b");
+    t.wait_for("the token view closed", |s| {
+        !s.contains("Tokens: pair") && s.contains("Gap:")
+    });
+    t.press("q");
+    t.wait_for("the quit question", |s| {
+        s.contains("Stop training and quit?")
+    });
+    t.press("y");
+    assert_eq!(t.wait_exit(), 130);
+}

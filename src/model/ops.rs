@@ -723,6 +723,30 @@ pub fn entropy(logits: &Tensor) -> Result<Tensor> {
     (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()
 }
 
+/// The `k` most likely tokens of each row of `logits` [n, vocab] with their probabilities, most
+/// likely first (no gradient). Found by k argmax passes on the device, so only n * k numbers
+/// reach the host whatever the vocabulary (a sort of 128k columns is not on every backend).
+pub fn top_k_probs(logits: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+    let logits = logits.detach().to_dtype(DType::F32)?;
+    let (n, v) = logits.dims2()?;
+    let mut p = candle_nn::ops::softmax_last_dim(&logits.contiguous()?)?;
+    let cols = Tensor::arange(0u32, v as u32, logits.device())?.unsqueeze(0)?;
+    // Probabilities are >= 0: a taken column set to -1 is never the argmax again.
+    let taken = Tensor::full(-1f32, (n, v), logits.device())?;
+    let mut out = vec![Vec::with_capacity(k); n];
+    for _ in 0..k.min(v) {
+        let idx = p.argmax_keepdim(D::Minus1)?;
+        let val = p.gather(&idx, 1)?;
+        let ids: Vec<u32> = idx.flatten_all()?.to_vec1()?;
+        let vals: Vec<f32> = val.flatten_all()?.to_vec1()?;
+        for (row, (id, pr)) in out.iter_mut().zip(ids.into_iter().zip(vals)) {
+            row.push((id, pr));
+        }
+        p = cols.broadcast_eq(&idx)?.where_cond(&taken, &p)?;
+    }
+    Ok(out)
+}
+
 /// log Σ_v p(v)² per row of `logits` [n, vocab] (WPO's weights; no gradient).
 pub fn log_sum_sq_probs(logits: &Tensor) -> Result<Tensor> {
     let logits = logits.detach().to_dtype(DType::F32)?;
@@ -735,6 +759,30 @@ mod tests {
     use super::*;
     use crate::model::testutil::{max_diff as max_abs_diff, randn};
     use candle_core::{Device, Var};
+
+    #[test]
+    fn top_k_probs_by_hand() {
+        let dev = Device::Cpu;
+        // Row 0: softmax of [0, ln 3, ln 2, -inf-ish] = [1/6, 3/6, 2/6, ~0].
+        let logits = Tensor::new(
+            &[[0f32, 3f32.ln(), 2f32.ln(), -80.0], [5.0, 1.0, 1.0, 1.0]],
+            &dev,
+        )
+        .unwrap();
+        let top = top_k_probs(&logits, 3).unwrap();
+        let ids: Vec<u32> = top[0].iter().map(|x| x.0).collect();
+        assert_eq!(ids, vec![1, 2, 0]);
+        for ((_, p), want) in top[0].iter().zip([0.5, 1.0 / 3.0, 1.0 / 6.0]) {
+            assert!((p - want).abs() < 1e-6, "{p} vs {want}");
+        }
+        assert_eq!(top[1][0].0, 0);
+        // Ties: each id once.
+        let mut rest: Vec<u32> = top[1][1..].iter().map(|x| x.0).collect();
+        rest.sort();
+        rest.dedup();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(top_k_probs(&logits, 9).unwrap()[0].len(), 4);
+    }
 
     /// Checks a fused op against its composite twin: values and gradients of a random
     /// projection of the output with respect to every input.

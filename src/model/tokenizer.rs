@@ -243,6 +243,28 @@ impl Tok {
         Ok(out)
     }
 
+    /// What a token shows as in a token-by-token view: its piece (leading space kept) in the
+    /// context of the token before it, or its vocabulary entry for a special token, which
+    /// decodes to nothing (`</s>`, `<|im_end|>`).
+    pub fn token_text(&self, prev: Option<u32>, id: u32) -> Result<String> {
+        let piece = match prev {
+            Some(p) => {
+                let before = self.decode(&[p])?;
+                let both = self.decode(&[p, id])?;
+                match both.strip_prefix(before.as_str()) {
+                    Some(rest) => rest.to_string(),
+                    None => self.decode(&[id])?,
+                }
+            }
+            None => self.decode(&[id])?,
+        };
+        Ok(if piece.is_empty() {
+            self.inner.id_to_token(id).unwrap_or_default()
+        } else {
+            piece
+        })
+    }
+
     /// Padding id for batches (its value never matters: padded positions are masked out).
     pub fn pad_id(&self) -> u32 {
         self.pad.unwrap_or(self.eos)

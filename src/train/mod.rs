@@ -12,6 +12,7 @@ pub mod optim;
 pub mod refcache;
 pub mod reward_model;
 pub mod schedule;
+pub mod token_view;
 pub mod trainer;
 
 use std::path::Path;

@@ -17,13 +17,14 @@ use super::health::{self, Generation};
 use super::judge::{self, Judge, RewardJudge, Verdict};
 use super::optim::{AdamW, AdamWConfig};
 use super::refcache::{self, RefLogps};
+use super::token_view;
 use super::{accumulate, logit_sums, memory, oom, reference_logps, schedule};
 use crate::config::{
     AlertsSection, CheckpointSection, EvalSection, JudgeSection, RunConfig, SampleSection,
     Schedule, SftSection, TrainSettings,
 };
 use crate::data::{self, Prompt, TokenizedPair};
-use crate::event::{now, Change, EvalReport, Sample, StepMetrics, TokenDiffRow};
+use crate::event::{now, Change, EvalReport, PairTokens, Sample, StepMetrics, TokenDiffRow};
 use crate::model::{io, lora, ops, sample, CausalLm, LoraConfig, ModelConfig, SeqBatch, Tok};
 use crate::objective::prefix::{self, PairTokenLogps};
 use crate::objective::{self, Loss, LossKind, Objective};
@@ -701,6 +702,7 @@ impl Trainer {
         let gens = self.eval_generations(&policy)?;
         self.judge_metrics(&gens, &mut metrics)?;
         let kl_profile = self.health_metrics(&policy, &gens, &mut metrics)?;
+        let token_view = self.token_view(&policy, &obj)?;
         Ok(Some(EvalReport {
             step: self.step,
             time: now(),
@@ -725,9 +727,56 @@ impl Trainer {
                 .zip(&count)
                 .map(|(s, &c)| s / c as f64)
                 .collect(),
-            token_view: vec![],
+            token_view,
             kl_profile,
         }))
+    }
+
+    /// The first `eval.token_view_pairs` eval pairs token by token (the token view's records).
+    fn token_view(&self, policy: &CausalLm, obj: &Objective) -> Result<Vec<PairTokens>> {
+        let n = self.cfg.eval.token_view_pairs.min(self.data.eval.len());
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let prompts: Vec<String> = self.data.eval_prompts[..n.min(self.data.eval_prompts.len())]
+            .iter()
+            .map(|p| p.text.clone())
+            .collect();
+        let (model, cached) = match &self.reference {
+            Reference::Model(m) => (Some(m.as_ref()), None),
+            Reference::Cached { eval, .. } => (None, Some(eval)),
+            Reference::None => (None, None),
+        };
+        let cached_row = |i: usize| cached.map_or_else(Vec::new, |c| c.packed(&[i]));
+        token_view::record(
+            obj,
+            &self.tok,
+            &self.device,
+            policy,
+            model,
+            cached
+                .is_some()
+                .then_some(&cached_row as &dyn Fn(usize) -> Vec<f32>),
+            &self.data.eval[..n],
+            &prompts,
+            self.cfg.eval.token_view_tokens,
+        )
+    }
+
+    /// log pi (and log pi_ref, with a reference model at hand) of each token of a policy's
+    /// generation, for the sample's token view.
+    fn generation_logps(&self, prompt: &[u32], ids: &[u32]) -> Result<(Vec<f64>, Vec<f64>)> {
+        if ids.is_empty() {
+            return Ok((vec![], vec![]));
+        }
+        let batch = SeqBatch::new(&[(prompt, ids)], self.tok.pad_id(), &self.device)?;
+        let f64s = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+        let policy = f64s(reference_logps(&self.policy.detached()?, &batch)?);
+        let reference = match &self.reference {
+            Reference::Model(m) => f64s(reference_logps(m, &batch)?),
+            _ => vec![],
+        };
+        Ok((policy, reference))
     }
 
     /// The policy's generations for the first `judge.prompts` eval prompts, when a judge or
@@ -1006,13 +1055,18 @@ impl Trainer {
         for (prompt_id, prompt) in self.sample_prompts()?.into_iter().enumerate() {
             let ids = self.prompt_ids(&prompt)?;
             let token_ids = sample::generate(model, &ids, &self.tok.stop, &params, &mut rng)?;
+            // The reference's own samples need no departure from it.
+            let (logps, ref_logps) = match source {
+                "policy" => self.generation_logps(&ids, &token_ids)?,
+                _ => (vec![], vec![]),
+            };
             out.push(Sample {
                 step: self.step,
                 prompt_id,
                 prompt: prompt.text,
                 source: source.to_string(),
-                logps: vec![],
-                ref_logps: vec![],
+                logps,
+                ref_logps,
                 text: self.tok.decode(&token_ids)?,
                 pieces: self.tok.pieces(&token_ids)?,
                 token_ids,

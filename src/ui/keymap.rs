@@ -282,7 +282,7 @@ pub const KEYMAP: &[Binding] = &[
         action: Action::TokenView,
         scope: Scope::Dashboard,
         group: "heatmap",
-        help: "token view of the pair under the cursor (of the sample, from the samples pane)",
+        help: "token view: the pair under the cursor (the sample, from samples)",
     },
     Binding {
         keys: &[Left],

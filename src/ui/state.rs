@@ -11,11 +11,13 @@ use ratatui::crossterm::event::KeyEvent;
 
 pub use self::mode::{Exit, Mode};
 pub use self::panes::{
-    ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane, SamplesPane, TokenSource, TokensPane,
-    StatusBar,
+    ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane, SamplesPane,
+    StatusBar, TokenSource, TokensPane,
 };
 use crate::engine::Command;
-use crate::event::{Change, EvalReport, Event, Level, Observer, RunState, Sample, StepMetrics};
+use crate::event::{
+    Change, EvalReport, Event, Level, Observer, PairTokens, RunState, Sample, StepMetrics,
+};
 use crate::ui::keymap::{self, Action, Scope};
 use crate::ui::theme::Theme;
 
@@ -111,7 +113,11 @@ impl RunView {
         for (k, v) in &r.metrics {
             self.eval.entry(k.clone()).or_default().insert(r.step, *v);
         }
-        if !r.prefix.j.is_empty() || !r.token_diffs.is_empty() || !r.kl_profile.is_empty() {
+        if !r.prefix.j.is_empty()
+            || !r.token_diffs.is_empty()
+            || !r.kl_profile.is_empty()
+            || !r.token_view.is_empty()
+        {
             self.diagnostics.insert(r.step, r.clone());
         }
     }
@@ -123,6 +129,25 @@ impl RunView {
             .filter(|(_, v)| v.iter().any(|s| s.source == "policy"))
             .map(|(&k, _)| k)
             .collect()
+    }
+
+    /// Eval steps that recorded pairs token by token.
+    pub fn token_view_steps(&self) -> Vec<usize> {
+        self.diagnostics
+            .iter()
+            .filter(|(_, d)| !d.token_view.is_empty())
+            .map(|(&k, _)| k)
+            .collect()
+    }
+
+    /// The token-view pairs of eval `step` (the latest at or before it), or of the latest eval
+    /// that recorded them when None.
+    pub fn token_view_at(&self, step: Option<usize>) -> Option<(usize, &[PairTokens])> {
+        self.diagnostics
+            .range(..=step.unwrap_or(usize::MAX))
+            .rev()
+            .find(|(_, d)| !d.token_view.is_empty())
+            .map(|(&k, d)| (k, d.token_view.as_slice()))
     }
 
     /// The sample of `source` for `prompt_id` at `step` (or the latest step at or before it).
@@ -267,6 +292,63 @@ impl App {
             Role::Owner => !self.engine_done,
             Role::Attached { controllable } => {
                 controllable && self.runs.iter().any(|r| !r.state.is_over())
+            }
+        }
+    }
+
+    /// Opens the token view (of the sample shown when the samples pane has focus, else of the
+    /// pair under the heatmap cursor) in the heatmap pane, expanded; closing restores the layout.
+    fn toggle_token_view(&mut self) {
+        if self.tokens.open {
+            self.tokens.open = false;
+            self.expanded = self.tokens.was_expanded;
+            self.focus = self.tokens.was_focus;
+            return;
+        }
+        let source = if self.focus == Pane::Samples {
+            TokenSource::Sample
+        } else {
+            TokenSource::Pair
+        };
+        self.tokens = TokensPane {
+            open: true,
+            source,
+            pair: self.heatmap_pair(),
+            step: None,
+            response: 0,
+            cursor: 0,
+            was_expanded: self.expanded,
+            was_focus: self.focus,
+        };
+        self.focus = Pane::Heatmap;
+        self.expanded = true;
+    }
+
+    /// The eval pair the heatmap points at (its cursor's row in the per-pair view).
+    fn heatmap_pair(&self) -> usize {
+        0
+    }
+
+    /// Tokens in the response the token view shows.
+    fn token_track_len(&self) -> usize {
+        let Some(run) = self.selected_run() else {
+            return 0;
+        };
+        match self.tokens.source {
+            TokenSource::Pair => run
+                .token_view_at(self.tokens.step)
+                .and_then(|(_, pairs)| pairs.get(self.tokens.pair))
+                .map_or(0, |p| {
+                    if self.tokens.response == 0 {
+                        p.chosen.ids.len()
+                    } else {
+                        p.rejected.ids.len()
+                    }
+                }),
+            TokenSource::Sample => {
+                let step = self.samples.step.unwrap_or(usize::MAX);
+                run.sample_at("policy", self.samples.prompt, step)
+                    .map_or(0, |s| s.token_ids.len())
             }
         }
     }
@@ -547,14 +629,45 @@ impl App {
             Action::SwapCompare => self.samples.next_compare(self.selected, self.runs.len()),
             Action::ThemeCycle => return Some(Effect::NextTheme),
             Action::CellLeft | Action::CellRight | Action::CellUp | Action::CellDown => {}
-            Action::TokenView => self.tokens.open = !self.tokens.open,
-            Action::TokenPrev
-            | Action::TokenNext
-            | Action::OtherResponse
-            | Action::NextPair
-            | Action::PrevPair
-            | Action::NextEvalStep
-            | Action::PrevEvalStep => {}
+            Action::TokenView => self.toggle_token_view(),
+            Action::TokenPrev | Action::TokenNext => {
+                let len = self.token_track_len();
+                self.tokens.move_cursor(len, a == Action::TokenNext);
+            }
+            Action::OtherResponse => self.tokens.other_response(),
+            Action::NextPair | Action::PrevPair => {
+                let forward = a == Action::NextPair;
+                match self.tokens.source {
+                    TokenSource::Pair => {
+                        let n = self
+                            .selected_run()
+                            .and_then(|r| r.token_view_at(self.tokens.step))
+                            .map_or(0, |(_, pairs)| pairs.len());
+                        self.tokens.move_pair(n, forward);
+                    }
+                    TokenSource::Sample => {
+                        let n = self.prompt_count();
+                        self.samples.move_prompt(n, forward);
+                        self.tokens.cursor = 0;
+                    }
+                }
+            }
+            Action::NextEvalStep | Action::PrevEvalStep => {
+                let forward = a == Action::NextEvalStep;
+                let Some(run) = self.selected_run() else {
+                    return None;
+                };
+                match self.tokens.source {
+                    TokenSource::Pair => {
+                        let steps = run.token_view_steps();
+                        self.tokens.step = panes::moved_step(self.tokens.step, &steps, forward);
+                    }
+                    TokenSource::Sample => {
+                        let steps = run.sample_steps();
+                        self.samples.move_step(&steps, forward);
+                    }
+                }
+            }
             Action::Help => {
                 self.mode = match self.mode {
                     Mode::Help { .. } => Mode::Dashboard,
@@ -569,7 +682,11 @@ impl App {
                 }
             }
             // The token view's Close shuts it; otherwise only the dialogs bind these.
-            Action::Close => self.tokens.open = false,
+            Action::Close => {
+                if self.tokens.open {
+                    self.toggle_token_view();
+                }
+            }
             Action::ConfirmQuit => {}
         }
         None

@@ -145,6 +145,9 @@ pub struct TokensPane {
     pub response: usize,
     /// Token under the cursor (kept below the response's length when drawn).
     pub cursor: usize,
+    /// The layout to restore on closing.
+    pub was_expanded: bool,
+    pub was_focus: super::Pane,
 }
 
 impl Default for TokensPane {
@@ -156,8 +159,52 @@ impl Default for TokensPane {
             step: None,
             response: 0,
             cursor: 0,
+            was_expanded: false,
+            was_focus: super::Pane::Loss,
         }
     }
+}
+
+impl TokensPane {
+    /// One token left or right among `len`, stopping at either end.
+    pub fn move_cursor(&mut self, len: usize, forward: bool) {
+        let last = len.saturating_sub(1);
+        self.cursor = if forward {
+            (self.cursor + 1).min(last)
+        } else {
+            self.cursor.min(last).saturating_sub(1)
+        };
+    }
+
+    /// Chosen <-> rejected, at the same position (clamped when drawn).
+    pub fn other_response(&mut self) {
+        if self.source == TokenSource::Pair {
+            self.response = 1 - self.response.min(1);
+        }
+    }
+
+    /// The next (or previous) of `count` pairs, wrapping around, from its first token.
+    pub fn move_pair(&mut self, count: usize, forward: bool) {
+        self.pair = wrap(self.pair.min(count.max(1) - 1), count.max(1), forward);
+        self.cursor = 0;
+    }
+}
+
+/// The next (or previous) of `steps` (ascending) from `cur` (None: the latest), stopping at
+/// either end; reaching the latest follows new steps again.
+pub fn moved_step(cur: Option<usize>, steps: &[usize], forward: bool) -> Option<usize> {
+    let &last = steps.last()?;
+    let cur = cur.unwrap_or(last);
+    let i = steps
+        .iter()
+        .position(|&s| s >= cur)
+        .unwrap_or(steps.len() - 1);
+    let j = if forward {
+        (i + 1).min(steps.len() - 1)
+    } else {
+        i.saturating_sub(1)
+    };
+    (steps[j] != last).then_some(steps[j])
 }
 
 /// What the samples view compares the selected run's policy with.
@@ -200,20 +247,9 @@ impl SamplesPane {
     /// The next (or previous) of the sampling steps `steps` (ascending), stopping at either
     /// end; reaching the latest follows new steps again.
     pub fn move_step(&mut self, steps: &[usize], forward: bool) {
-        let Some(&last) = steps.last() else {
-            return;
-        };
-        let cur = self.step.unwrap_or(last);
-        let i = steps
-            .iter()
-            .position(|&s| s >= cur)
-            .unwrap_or(steps.len() - 1);
-        let j = if forward {
-            (i + 1).min(steps.len() - 1)
-        } else {
-            i.saturating_sub(1)
-        };
-        self.step = (steps[j] != last).then_some(steps[j]);
+        if !steps.is_empty() {
+            self.step = moved_step(self.step, steps, forward);
+        }
     }
 
     /// Compares with the next of the `runs` runs other than `selected`, then the reference

@@ -4,6 +4,7 @@
 mod charts;
 mod heatmap;
 mod samples;
+mod tokens;
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
@@ -74,6 +75,7 @@ fn pane(f: &mut Frame, app: &mut App, which: Pane, area: Rect) {
     let th = &app.theme;
     let title = match which {
         Pane::Loss => charts::loss_title(app),
+        Pane::Heatmap if app.tokens.open => tokens::title(app),
         Pane::Heatmap => heatmap::title(app),
         _ => which.title().to_string(),
     };
@@ -100,6 +102,7 @@ fn pane(f: &mut Frame, app: &mut App, which: Pane, area: Rect) {
     match which {
         Pane::Loss => charts::loss(f, app, inner),
         Pane::Rewards => charts::rewards(f, app, inner),
+        Pane::Heatmap if app.tokens.open => tokens::draw(f, app, inner),
         Pane::Heatmap => heatmap::draw(f, app, inner),
         Pane::Samples => samples::draw(f, app, inner),
         Pane::Log => log(f, app, inner),
@@ -281,7 +284,12 @@ fn help(f: &mut Frame, app: &App, scroll: u16, area: Rect) {
     if lines.len() + 2 > area.height as usize {
         lines = help_lines(&entries, key_w, false, th);
     }
-    let w = (key_w + 52) as u16;
+    let text_w = entries
+        .iter()
+        .map(|e| e.2.chars().count())
+        .max()
+        .unwrap_or(0);
+    let w = (key_w + text_w + 7).max(key_w + 52) as u16;
     let h = lines.len() as u16 + 2;
     let r = centered(area, w, h);
     // Taller than the terminal: j/k scroll, and the title says so.
