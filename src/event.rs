@@ -94,12 +94,26 @@ pub struct EvalReport {
     pub token_view: Vec<PairTokens>,
 }
 
-/// A next-token alternative at one position: the token, its text and its probability.
+/// A next-token alternative at one position: the token, its text and its probability. Kept as
+/// a `[id, piece, p]` triple: a token-view record holds ten of them per token.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "(u32, String, f64)", into = "(u32, String, f64)")]
 pub struct Alternative {
     pub id: u32,
     pub piece: String,
     pub p: f64,
+}
+
+impl From<(u32, String, f64)> for Alternative {
+    fn from((id, piece, p): (u32, String, f64)) -> Self {
+        Self { id, piece, p }
+    }
+}
+
+impl From<Alternative> for (u32, String, f64) {
+    fn from(a: Alternative) -> Self {
+        (a.id, a.piece, a.p)
+    }
 }
 
 /// One response of a token-view pair, position by position (all vectors have one entry per

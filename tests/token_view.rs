@@ -163,7 +163,7 @@ fn a_run_records_the_token_view_and_its_run_directory_keeps_it() {
         let row = &r.token_diffs[0].values;
         for t in 0..p.chosen.ids.len().min(p.rejected.ids.len()) {
             let d = (p.chosen.contributions[t] - p.rejected.contributions[t]) / 0.1;
-            assert!((d - row[t]).abs() < 1e-6, "{d} vs {}", row[t]);
+            assert!((d - row[t]).abs() < 1e-4, "{d} vs {}", row[t]);
         }
     }
     let policy_samples: Vec<&Sample> = events

@@ -15,6 +15,16 @@ use crate::objective::Objective;
 /// Next-token alternatives recorded per position, for the policy and for the reference.
 pub const TOP_K: usize = 5;
 
+/// `x` to `digits` significant digits: the records keep what the view shows, not the float
+/// noise that would triple their size.
+pub fn round_sig(x: f64, digits: i32) -> f64 {
+    if !x.is_finite() || x == 0.0 {
+        return x;
+    }
+    let scale = 10f64.powi(digits - 1 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
 /// Index of the first token where two token sequences differ (None when identical; the shorter
 /// one's length when one continues the other).
 pub fn first_difference(a: &[u32], b: &[u32]) -> Option<usize> {
@@ -130,7 +140,7 @@ fn pair_tokens(
     };
     let k = view.k();
     let prefix_margin = (1..=k.min(max_tokens))
-        .map(|j| prefix::prefix_margin(obj, &view, j))
+        .map(|j| round_sig(prefix::prefix_margin(obj, &view, j), 6))
         .collect();
     let track = |s: &Scored| -> Result<TokenTrack> {
         let counted = if obj.poet() { k } else { s.ids.len() };
@@ -181,7 +191,7 @@ fn track(
                         Ok(Alternative {
                             id,
                             piece: tok.token_text(prev(t), id)?,
-                            p: p as f64,
+                            p: round_sig(p as f64, 4),
                         })
                     })
                     .collect()
@@ -190,14 +200,13 @@ fn track(
     };
     let mut contributions = contributions(obj, s.logps, s.ref_logps, counted);
     contributions.truncate(n);
+    let rounded = |v: &[f32]| v[..n].iter().map(|&x| round_sig(x as f64, 6)).collect();
     Ok(TokenTrack {
         ids: ids.to_vec(),
         pieces,
-        logps: s.logps[..n].iter().map(|&x| x as f64).collect(),
-        ref_logps: s
-            .ref_logps
-            .map_or_else(Vec::new, |r| r[..n].iter().map(|&x| x as f64).collect()),
-        contributions,
+        logps: rounded(s.logps),
+        ref_logps: s.ref_logps.map_or_else(Vec::new, rounded),
+        contributions: contributions.iter().map(|&c| round_sig(c, 6)).collect(),
         policy_top: alternatives(&s.logits)?,
         ref_top: s
             .ref_logits
@@ -212,6 +221,14 @@ fn track(
 mod tests {
     use super::*;
     use crate::objective::Loss;
+
+    #[test]
+    fn rounding_keeps_significant_digits() {
+        assert_eq!(round_sig(-1.234_567_89, 6), -1.23457);
+        assert_eq!(round_sig(0.000_123_456_7, 4), 0.000_123_5);
+        assert_eq!(round_sig(0.0, 4), 0.0);
+        assert!(round_sig(f64::NAN, 4).is_nan());
+    }
 
     #[test]
     fn first_difference_cases() {

@@ -770,7 +770,11 @@ impl Trainer {
             return Ok((vec![], vec![]));
         }
         let batch = SeqBatch::new(&[(prompt, ids)], self.tok.pad_id(), &self.device)?;
-        let f64s = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+        let f64s = |v: Vec<f32>| {
+            v.into_iter()
+                .map(|x| token_view::round_sig(f64::from(x), 6))
+                .collect::<Vec<_>>()
+        };
         let policy = f64s(reference_logps(&self.policy.detached()?, &batch)?);
         let reference = match &self.reference {
             Reference::Model(m) => f64s(reference_logps(m, &batch)?),
