@@ -11,8 +11,8 @@ use ratatui::crossterm::event::KeyEvent;
 
 pub use self::mode::{Exit, Mode};
 pub use self::panes::{
-    ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane, SamplesPane, TokenSource, TokensPane,
-    StatusBar,
+    CellCursor, ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane,
+    SamplesPane, StatusBar, TokenSource, TokensPane,
 };
 use crate::engine::Command;
 use crate::event::{Change, EvalReport, Event, Level, Observer, RunState, Sample, StepMetrics};
@@ -546,7 +546,16 @@ impl App {
             }
             Action::SwapCompare => self.samples.next_compare(self.selected, self.runs.len()),
             Action::ThemeCycle => return Some(Effect::NextTheme),
-            Action::CellLeft | Action::CellRight | Action::CellUp | Action::CellDown => {}
+            Action::CellLeft | Action::CellRight | Action::CellUp | Action::CellDown => {
+                let (rows, cols) = self.heatmap_extent();
+                let (drow, dcol) = match a {
+                    Action::CellLeft => (0, -1),
+                    Action::CellRight => (0, 1),
+                    Action::CellUp => (-1, 0),
+                    _ => (1, 0),
+                };
+                self.heatmap.cursor_mut().step(drow, dcol, rows, cols);
+            }
             Action::TokenView => self.tokens.open = !self.tokens.open,
             Action::TokenPrev
             | Action::TokenNext
@@ -582,6 +591,36 @@ impl App {
             self.exit = Exit::Stopping;
             Effect::Send(Command::Stop)
         })
+    }
+
+    /// Rows and columns of the heatmap's grid as `ui::view::heatmap` builds it for the
+    /// selected run: over training, a row per prefix length j (or response position, for
+    /// KL) and a column per eval; per pair, a row per pair of the latest eval and a column
+    /// per response position.
+    pub fn heatmap_extent(&self) -> (usize, usize) {
+        let Some(r) = self.selected_run() else {
+            return (0, 0);
+        };
+        match self.heatmap.mode {
+            HeatmapMode::OverTraining => {
+                let rows = if self.heatmap.metric == HeatMetric::Kl {
+                    let kl = r.diagnostics.values().map(|d| d.kl_profile.len());
+                    kl.max().unwrap_or(0)
+                } else {
+                    let js: std::collections::BTreeSet<usize> = r
+                        .diagnostics
+                        .values()
+                        .flat_map(|d| d.prefix.j.iter().copied())
+                        .collect();
+                    js.len()
+                };
+                (rows, r.diagnostics.len())
+            }
+            HeatmapMode::PerPair => r.diagnostics.values().next_back().map_or((0, 0), |d| {
+                let cols = d.token_diffs.iter().map(|t| t.values.len()).max();
+                (d.token_diffs.len(), cols.unwrap_or(0))
+            }),
+        }
     }
 
     pub fn prompt_count(&self) -> usize {

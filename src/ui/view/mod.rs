@@ -72,9 +72,11 @@ pub fn draw(f: &mut Frame, app: &mut App) {
 fn pane(f: &mut Frame, app: &mut App, which: Pane, area: Rect) {
     let focused = app.focus == which;
     let th = &app.theme;
+    // Inside the corners, with a space either side.
+    let room = area.width.saturating_sub(4) as usize;
     let title = match which {
-        Pane::Loss => charts::loss_title(app),
-        Pane::Heatmap => heatmap::title(app),
+        Pane::Loss => charts::loss_title(app, room),
+        Pane::Heatmap => heatmap::title(app, room),
         _ => which.title().to_string(),
     };
     let block = Block::bordered()
