@@ -19,7 +19,7 @@ use ratatui::Frame;
 
 use crate::ui::math;
 use crate::ui::state::{App, CellCursor, HeatMetric, HeatmapMode};
-use crate::ui::theme::{Ramp, Theme};
+use crate::ui::theme::{HeatCell, Ramp, Theme};
 
 /// The pane title, the longest of its forms that fits `width` columns.
 pub fn title(app: &App, width: usize) -> String {
@@ -363,6 +363,15 @@ impl AxisFit {
         }
     }
 
+    /// Screen cells in use, from the first.
+    pub fn used(&self) -> usize {
+        if self.compressed {
+            self.len
+        } else {
+            self.shown() * self.per
+        }
+    }
+
     /// The first and last data lines on screen.
     pub fn visible(&self) -> (usize, usize) {
         let first = if self.compressed { 0 } else { self.first };
@@ -455,7 +464,6 @@ pub fn draw(f: &mut Frame, app: &mut App, area: Rect) {
     let legend_h = u16::from(h >= 3);
     let axis_h = u16::from(h >= 4);
     let body_h = h - readout_h - legend_h - axis_h;
-    let line = |i: u16| Rect::new(area.x, area.y + body_h + i, area.width, 1);
     let label_w = grid
         .row_labels
         .iter()
@@ -478,10 +486,15 @@ pub fn draw(f: &mut Frame, app: &mut App, area: Rect) {
     let (nrows, ncols) = (grid.rows.len(), grid.ncols());
     let cursor = *app.heatmap.cursor();
     let at = cursor.at(nrows, ncols);
-    let rows = AxisFit::new(nrows, cells.height as usize, scroll, cursor.top, at.0);
+    // Rows stretch to two lines at most: taller bands only spread a few rows apart.
+    let rows_len = (cells.height as usize).min(2 * nrows.max(1));
+    let rows = AxisFit::new(nrows, rows_len, scroll, cursor.top, at.0);
     let cols = AxisFit::new(ncols, cells.width as usize, scroll, cursor.left, at.1);
     let c = app.heatmap.cursor_mut();
     (c.top, c.left) = (rows.visible().0, cols.visible().0);
+    // The lines under the grid follow its last row (blank space goes below them).
+    let grid_h = (rows.used() as u16).clamp(1, body_h);
+    let line = |i: u16| Rect::new(area.x, area.y + grid_h + i, area.width, 1);
 
     let th = &app.theme;
     // Row labels on the first screen row of each data row (of each averaged band).
@@ -584,6 +597,17 @@ pub fn legend(th: &Theme, grid: &Grid, width: usize) -> Line<'static> {
     }
     let (ticks, per) = choice.unwrap_or((3, 1));
     let labels = labels(ticks);
+    // Too narrow for every level: an evenly spaced odd number of them (zero stays in the
+    // middle of a diverging ramp), never fewer than five.
+    let text: usize = labels.iter().map(|l| l.chars().count() + 2).sum();
+    let room = (width + 2).saturating_sub(text);
+    let levels: Vec<HeatCell> = if choice.is_none() && room < n {
+        let m = (room.max(5) - 1) / 2 * 2 + 1;
+        (0..m).map(|i| levels[i * (n - 1) / (m - 1)]).collect()
+    } else {
+        levels.to_vec()
+    };
+    let n = levels.len();
     let mut spans = Vec::new();
     let level_at = |k: usize| (k * (n - 1)) / (ticks - 1);
     for (k, label) in labels.iter().enumerate() {
@@ -731,6 +755,43 @@ mod tests {
         assert_eq!(readout(&grid, (0, 0), 26), "step 2 j8 margin +0.500");
         assert_eq!(readout(&grid, (0, 0), 3), "");
         assert_eq!(readout(&grid, (0, 1), 80), "step 4 · j8 · margin no data");
+    }
+
+    #[test]
+    fn legends_fit_their_width_with_ticks_at_the_ends_and_middle() {
+        use crate::ui::theme::{find, ColorDepth};
+        let th = find("default", &[]).unwrap().0.resolve(ColorDepth::C16);
+        let mut grid = Grid {
+            rows: vec![vec![1.0]],
+            row_labels: vec![],
+            cols: vec![0],
+            ramp: Ramp::Diverging,
+            scale: 1.56,
+            what: "margin",
+            pairs: vec![],
+            step: None,
+        };
+        let text =
+            |line: &Line| -> String { line.spans.iter().map(|s| s.content.as_ref()).collect() };
+        for width in [20, 26, 34, 60, 120] {
+            let line = legend(&th, &grid, width);
+            let t = text(&line);
+            assert!(line.width() <= width, "{width}: {t}");
+            assert!(
+                t.starts_with("-1.56 ") && t.ends_with(" 1.56") && t.contains(" 0 "),
+                "{t}"
+            );
+        }
+        assert!(
+            text(&legend(&th, &grid, 120)).contains(" -0.78 "),
+            "quarters where wide"
+        );
+        grid.ramp = Ramp::Sequential;
+        let t = text(&legend(&th, &grid, 34));
+        assert!(
+            t.starts_with("0 ") && t.contains(" 0.5 ") && t.ends_with(" 1"),
+            "{t}"
+        );
     }
 
     fn report(step: usize, kl_profile: Vec<f64>) -> crate::event::EvalReport {
