@@ -531,6 +531,29 @@ fn the_legend_has_ticks() {
     );
 }
 
+/// A long status (a config reload message) at 80 columns: the throughput figures go first,
+/// then the message is cut with an ellipsis; the help hint stays.
+#[test]
+fn the_status_bar_fits_80_columns() {
+    let mut a = app();
+    a.status.reload = Some((true, "config applied: train.beta 0.1 -> 0.2".into()));
+    let screen = render(&mut a, 80, 24);
+    let status = screen.lines().nth(23).unwrap();
+    assert!(status.ends_with("? help"), "{status}");
+    assert!(
+        status.contains("train.beta") && !status.contains("tok/s"),
+        "{status}"
+    );
+    a.status.reload = Some((true, "x".repeat(200)));
+    let status = render(&mut a, 80, 24).lines().nth(23).unwrap().to_string();
+    assert!(status.ends_with("x… ? help"), "{status}");
+    assert_eq!(
+        status.chars().count(),
+        79,
+        "80 columns less the trailing blank"
+    );
+}
+
 /// Records the events of the tiny workspace's two variants into the fixture.
 #[test]
 #[ignore]

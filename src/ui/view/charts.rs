@@ -198,6 +198,13 @@ fn chart(
     let [lo, mid, hi]: [String; 3] = math::axis_labels(&ticks)
         .try_into()
         .unwrap_or_else(|_| ticks.map(math::sig3));
+    // A plot of few rows has no row of its own for the middle label: it would be drawn over
+    // another one.
+    let y_labels = if area.height >= 6 {
+        vec![Span::raw(lo), Span::raw(mid), Span::raw(hi)]
+    } else {
+        vec![Span::raw(lo), Span::raw(hi)]
+    };
     let axis_style = Style::default().fg(app.theme.axis);
     let chart = Chart::new(datasets)
         .x_axis(
@@ -206,11 +213,12 @@ fn chart(
                 .style(axis_style)
                 .labels([Span::raw(math::compact(x0)), Span::raw(math::compact(x1))]),
         )
-        .y_axis(Axis::default().bounds([y0, y1]).style(axis_style).labels([
-            Span::raw(lo),
-            Span::raw(mid),
-            Span::raw(hi),
-        ]))
+        .y_axis(
+            Axis::default()
+                .bounds([y0, y1])
+                .style(axis_style)
+                .labels(y_labels),
+        )
         .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(60)));
     f.render_widget(chart, area);
 }
