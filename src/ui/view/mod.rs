@@ -322,14 +322,12 @@ fn help(f: &mut Frame, app: &App, scroll: u16, area: Rect) {
     if lines.len() + 2 > area.height as usize {
         lines = help_lines(&entries, key_w, false, th);
     }
-    // Wide enough for the longest description (the terminal's width permitting).
     let text_w = entries
         .iter()
         .map(|e| e.2.chars().count())
         .max()
-        .unwrap_or(0)
-        .max(46);
-    let w = (key_w + text_w + 6) as u16;
+        .unwrap_or(0);
+    let w = (key_w + text_w + 7).max(key_w + 52) as u16;
     let h = lines.len() as u16 + 2;
     let r = centered(area, w, h);
     // Taller than the terminal: j/k scroll, and the title says so.
