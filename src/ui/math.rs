@@ -148,9 +148,102 @@ pub fn compact(x: f64) -> String {
     }
 }
 
+/// An axis label with 3 significant digits: `1.10`, `0.0123`, `123`, `1235` (integers keep
+/// their units), and outside [0.001, 10000) an exponent without trailing zeros: `1.2e4`,
+/// `4.56e-5`. Non-finite values are `-`.
+pub fn sig3(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    if x == 0.0 {
+        return "0".into();
+    }
+    // Rounded first: 9.996 is 10.0 and 0.9996 is 1.00, with the digits of their magnitude.
+    let magnitude = |v: f64| v.abs().log10().floor() as i32;
+    let scale = 10f64.powi(2 - magnitude(x));
+    let r = (x * scale).round() / scale;
+    let a = r.abs();
+    if !(1e-3..1e4).contains(&a) {
+        let e = magnitude(r);
+        let mantissa = format!("{:.2}", r / 10f64.powi(e));
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        return format!("{mantissa}e{e}");
+    }
+    if a >= 100.0 {
+        return format!("{:.0}", x.round());
+    }
+    let decimals = (2 - magnitude(r)).max(0) as usize;
+    format!("{r:.decimals$}")
+}
+
+/// Labels for axis values `xs` with 3 significant digits ([`sig3`]), or more where that
+/// would print two different values the same (a narrow range far from zero).
+pub fn axis_labels(xs: &[f64]) -> Vec<String> {
+    let same = |labels: &[String]| {
+        labels.windows(2).any(|w| w[0] == w[1]) && xs.windows(2).any(|w| w[0] != w[1])
+    };
+    let labels: Vec<String> = xs.iter().map(|&x| sig3(x)).collect();
+    if !same(&labels) {
+        return labels;
+    }
+    for digits in 4..=8usize {
+        let more: Vec<String> = xs
+            .iter()
+            .map(|&x| {
+                if x == 0.0 || !x.is_finite() {
+                    return sig3(x);
+                }
+                let d = digits.saturating_sub(1) as i32 - x.abs().log10().floor() as i32;
+                format!("{x:.prec$}", prec = d.max(0) as usize)
+            })
+            .collect();
+        if !same(&more) {
+            return more;
+        }
+    }
+    labels
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_have_three_significant_digits() {
+        let cases = [
+            (1.1010, "1.10"),
+            (0.012345, "0.0123"),
+            (-0.5, "-0.500"),
+            (2.1941, "2.19"),
+            (123.456, "123"),
+            (1234.5, "1235"),
+            (12345.0, "1.23e4"),
+            (12000.0, "1.2e4"),
+            (1e4, "1e4"),
+            (9999.7, "1e4"),
+            (0.00045678, "4.57e-4"),
+            (9.996, "10.0"),
+            (0.9996, "1.00"),
+            (0.001, "0.00100"),
+            (-3e-7, "-3e-7"),
+            (0.0, "0"),
+            (f64::NAN, "-"),
+            (f64::INFINITY, "-"),
+        ];
+        for (x, want) in cases {
+            assert_eq!(sig3(x), want, "{x}");
+        }
+    }
+
+    #[test]
+    fn axis_labels_add_digits_only_where_needed() {
+        assert_eq!(axis_labels(&[0.0, 0.5, 1.0]), ["0", "0.500", "1.00"]);
+        assert_eq!(
+            axis_labels(&[0.50012, 0.50015, 0.50018]),
+            ["0.50012", "0.50015", "0.50018"]
+        );
+        assert_eq!(axis_labels(&[2.0, 2.0]), ["2.00", "2.00"], "equal values");
+    }
 
     #[test]
     fn smoothing_is_debiased() {

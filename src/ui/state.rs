@@ -11,8 +11,8 @@ use ratatui::crossterm::event::KeyEvent;
 
 pub use self::mode::{Exit, Mode};
 pub use self::panes::{
-    ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane, SamplesPane,
-    StatusBar, TokenSource, TokensPane,
+    CellCursor, ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane,
+    SamplesPane, StatusBar, TokenSource, TokensPane,
 };
 use crate::engine::Command;
 use crate::event::{
@@ -310,13 +310,17 @@ impl App {
         } else {
             TokenSource::Pair
         };
+        let (pair, cursor, step) = match source {
+            TokenSource::Pair => self.heatmap_target(),
+            TokenSource::Sample => (0, 0, None),
+        };
         self.tokens = TokensPane {
             open: true,
             source,
-            pair: self.heatmap_pair(),
-            step: None,
+            pair,
+            step,
             response: 0,
-            cursor: 0,
+            cursor,
             was_expanded: self.expanded,
             was_focus: self.focus,
         };
@@ -324,9 +328,22 @@ impl App {
         self.expanded = true;
     }
 
-    /// The eval pair the heatmap points at (its cursor's row in the per-pair view).
-    fn heatmap_pair(&self) -> usize {
-        0
+    /// Where the heatmap's cursor points the token view: per pair, its pair (row) and token
+    /// (column) at the latest eval; over training, the eval of its column (None: the latest).
+    fn heatmap_target(&self) -> (usize, usize, Option<usize>) {
+        let (rows, cols) = self.heatmap_extent();
+        let (row, col) = self.heatmap.cursor().at(rows, cols);
+        match self.heatmap.mode {
+            HeatmapMode::PerPair => (row, col, None),
+            HeatmapMode::OverTraining => {
+                let steps: Vec<usize> = self
+                    .selected_run()
+                    .map(|r| r.diagnostics.keys().copied().collect())
+                    .unwrap_or_default();
+                let step = steps.get(col).copied().filter(|s| steps.last() != Some(s));
+                (0, 0, step)
+            }
+        }
     }
 
     /// Tokens in the response the token view shows.
@@ -628,7 +645,16 @@ impl App {
             }
             Action::SwapCompare => self.samples.next_compare(self.selected, self.runs.len()),
             Action::ThemeCycle => return Some(Effect::NextTheme),
-            Action::CellLeft | Action::CellRight | Action::CellUp | Action::CellDown => {}
+            Action::CellLeft | Action::CellRight | Action::CellUp | Action::CellDown => {
+                let (rows, cols) = self.heatmap_extent();
+                let (drow, dcol) = match a {
+                    Action::CellLeft => (0, -1),
+                    Action::CellRight => (0, 1),
+                    Action::CellUp => (-1, 0),
+                    _ => (1, 0),
+                };
+                self.heatmap.cursor_mut().step(drow, dcol, rows, cols);
+            }
             Action::TokenView => self.toggle_token_view(),
             Action::TokenPrev | Action::TokenNext => {
                 let len = self.token_track_len();
@@ -699,6 +725,36 @@ impl App {
             self.exit = Exit::Stopping;
             Effect::Send(Command::Stop)
         })
+    }
+
+    /// Rows and columns of the heatmap's grid as `ui::view::heatmap` builds it for the
+    /// selected run: over training, a row per prefix length j (or response position, for
+    /// KL) and a column per eval; per pair, a row per pair of the latest eval and a column
+    /// per response position.
+    pub fn heatmap_extent(&self) -> (usize, usize) {
+        let Some(r) = self.selected_run() else {
+            return (0, 0);
+        };
+        match self.heatmap.mode {
+            HeatmapMode::OverTraining => {
+                let rows = if self.heatmap.metric == HeatMetric::Kl {
+                    let kl = r.diagnostics.values().map(|d| d.kl_profile.len());
+                    kl.max().unwrap_or(0)
+                } else {
+                    let js: std::collections::BTreeSet<usize> = r
+                        .diagnostics
+                        .values()
+                        .flat_map(|d| d.prefix.j.iter().copied())
+                        .collect();
+                    js.len()
+                };
+                (rows, r.diagnostics.len())
+            }
+            HeatmapMode::PerPair => r.diagnostics.values().next_back().map_or((0, 0), |d| {
+                let cols = d.token_diffs.iter().map(|t| t.values.len()).max();
+                (d.token_diffs.len(), cols.unwrap_or(0))
+            }),
+        }
     }
 
     pub fn prompt_count(&self) -> usize {

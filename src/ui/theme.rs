@@ -35,7 +35,8 @@ pub enum ColorDepth {
 
 impl ColorDepth {
     /// From the environment: NO_COLOR set and non-empty -> Mono; COLORTERM "truecolor"/"24bit"
-    /// -> TrueColor; TERM containing "256color" -> C256; TERM "dumb" -> Mono; else C16.
+    /// or TERM ending in "-direct" -> TrueColor; TERM containing "256color" -> C256; TERM
+    /// "dumb" -> Mono; else C16.
     pub fn detect() -> Self {
         let var = |name: &str| std::env::var(name).ok();
         Self::detect_from(
@@ -60,7 +61,10 @@ impl ColorDepth {
             return ColorDepth::TrueColor;
         }
         let term = term.unwrap_or("").trim().to_ascii_lowercase();
-        if term.contains("256color") {
+        // terminfo's 24-bit entries are named `*-direct` (xterm-direct, tmux-direct).
+        if term.ends_with("-direct") {
+            ColorDepth::TrueColor
+        } else if term.contains("256color") {
             ColorDepth::C256
         } else if term == "dumb" {
             ColorDepth::Mono
@@ -517,6 +521,8 @@ impl ThemeFile {
             series_faded: colors(&self.series.faded),
             diverging_ramp: colors(diverging),
             sequential_ramp: colors(sequential),
+            diverging_cells: heat_levels(diverging, depth, Ramp::Diverging),
+            sequential_cells: heat_levels(sequential, depth, Ramp::Sequential),
         }
     }
 }
@@ -578,6 +584,11 @@ pub struct Theme {
     pub diverging_ramp: Vec<Color>,
     /// Sequential heatmap stops at this depth (low .. high).
     pub sequential_ramp: Vec<Color>,
+    /// Heatmap cells of the diverging ramp, most negative .. zero (the middle) .. most
+    /// positive; use [`Theme::heat_cell`].
+    pub diverging_cells: Vec<HeatCell>,
+    /// Heatmap cells of the sequential ramp, low .. high.
+    pub sequential_cells: Vec<HeatCell>,
 }
 
 /// Characters for heatmap cells without colour, from empty to full.
@@ -623,6 +634,174 @@ impl Theme {
         let level = (v.abs().min(1.0) * (SHADES.len() - 1) as f64).round() as usize;
         SHADES[level.min(SHADES.len() - 1)]
     }
+}
+
+impl Theme {
+    /// The cells of `ramp`, one per level, in order.
+    pub fn heat_cells(&self, ramp: Ramp) -> &[HeatCell] {
+        match ramp {
+            Ramp::Diverging => &self.diverging_cells,
+            Ramp::Sequential => &self.sequential_cells,
+        }
+    }
+
+    /// The level of `v` on `ramp`: a diverging value in [-1, 1] or a sequential one in
+    /// [0, 1] (clamped); None for NaN, which has no level.
+    pub fn heat_level(&self, ramp: Ramp, v: f64) -> Option<usize> {
+        if v.is_nan() {
+            return None;
+        }
+        let n = self.heat_cells(ramp).len();
+        let t = match ramp {
+            Ramp::Diverging => (v.clamp(-1.0, 1.0) + 1.0) / 2.0,
+            Ramp::Sequential => v.clamp(0.0, 1.0),
+        };
+        Some(((t * n.saturating_sub(1) as f64).round() as usize).min(n.saturating_sub(1)))
+    }
+
+    /// How a heatmap cell of value `v` is drawn (see [`Theme::heat_level`]); a missing value
+    /// (NaN) is a dim dot, so it never reads as zero.
+    pub fn heat_cell(&self, ramp: Ramp, v: f64) -> HeatCell {
+        match self.heat_level(ramp, v) {
+            Some(level) => self.heat_cells(ramp)[level],
+            None => (MISSING, self.dim),
+        }
+    }
+}
+
+/// Which ramp a heatmap value is drawn on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ramp {
+    /// Signed values around zero (margins, reward differences, KL estimates): two hues.
+    Diverging,
+    /// A quantity from low to high (accuracy in 0..1).
+    Sequential,
+}
+
+/// One heatmap level as drawn: its symbol and style.
+pub type HeatCell = (char, Style);
+
+/// A heatmap cell without a value.
+pub const MISSING: char = '·';
+
+/// Levels of the colour ramps where colours can be blended: xterm-256 (where a theme lists
+/// fewer stops) and 24-bit colour. Diverging counts are odd so that zero has its own level.
+const LEVELS_256: (usize, usize) = (17, 16);
+const LEVELS_TRUECOLOR: (usize, usize) = (33, 32);
+
+/// The cells of one ramp at `depth`, from its stops as written in the theme file.
+///
+/// - Mono: shade characters by magnitude (the sign only shows in the value readout).
+/// - 16 colours: the colours alone give a level per stop, which is too few to read a heatmap
+///   (a 3-stop ramp makes most cells the middle colour). Shade characters multiply the
+///   levels: between two neighbouring stops `a` (inner) and `b` (outer) come `░▒▓█` in `b` on
+///   `a`. Diverging ramps build both sides outwards from the middle stop (zero), so the two
+///   hues never mix; five stops give 17 levels, three give 9.
+/// - 256 colours and 24-bit: a coloured background per level. A 256-colour ramp that lists
+///   at least as many stops as levels is used stop by stop (hand-picked palette entries read
+///   better than converted ones); otherwise the stops are blended in RGB and converted.
+///   Named stops follow the user's palette, whose RGB is unknown: one level per stop.
+fn heat_levels(stops: &[ColorSpec], depth: ColorDepth, ramp: Ramp) -> Vec<HeatCell> {
+    let plain = Style::default();
+    match depth {
+        ColorDepth::Mono => {
+            let shades = SHADES.iter().map(|&c| (c, plain));
+            match ramp {
+                Ramp::Sequential => shades.collect(),
+                Ramp::Diverging => SHADES[1..]
+                    .iter()
+                    .rev()
+                    .map(|&c| (c, plain))
+                    .chain(shades)
+                    .collect(),
+            }
+        }
+        ColorDepth::C16 => {
+            let colors: Vec<Color> = stops.iter().map(|c| c.resolve(depth)).collect();
+            match ramp {
+                Ramp::Sequential => shade_steps(&colors),
+                Ramp::Diverging => {
+                    let mid = colors.len() / 2;
+                    let (neg, pos): (Vec<Color>, Vec<Color>) = if colors.len() % 2 == 1 {
+                        (colors[..=mid].to_vec(), colors[mid..].to_vec())
+                    } else {
+                        // No middle stop: zero is the terminal's own background.
+                        let mut neg = colors[..mid].to_vec();
+                        neg.push(Color::Reset);
+                        let mut pos = vec![Color::Reset];
+                        pos.extend(&colors[mid..]);
+                        (neg, pos)
+                    };
+                    let neg: Vec<Color> = neg.into_iter().rev().collect();
+                    let mut cells: Vec<HeatCell> = shade_steps(&neg).into_iter().rev().collect();
+                    cells.extend(shade_steps(&pos).into_iter().skip(1));
+                    cells
+                }
+            }
+        }
+        ColorDepth::C256 | ColorDepth::TrueColor => {
+            let (div, seq) = if depth == ColorDepth::C256 {
+                LEVELS_256
+            } else {
+                LEVELS_TRUECOLOR
+            };
+            let n = match ramp {
+                Ramp::Diverging => div,
+                Ramp::Sequential => seq,
+            };
+            let rgb: Option<Vec<[u8; 3]>> = stops
+                .iter()
+                .map(|c| match *c {
+                    ColorSpec::Rgb(r, g, b) => Some([r, g, b]),
+                    ColorSpec::Index(i) => Some(xterm_rgb(i)),
+                    ColorSpec::Named(_) => None,
+                })
+                .collect();
+            let colors: Vec<Color> = match rgb {
+                Some(rgb) if stops.len() < n || depth == ColorDepth::TrueColor => (0..n)
+                    .map(|i| {
+                        let c = blend(&rgb, i as f64 / (n - 1) as f64);
+                        if depth == ColorDepth::TrueColor {
+                            Color::Rgb(c[0], c[1], c[2])
+                        } else {
+                            Color::Indexed(nearest_256(c))
+                        }
+                    })
+                    .collect(),
+                _ => stops.iter().map(|c| c.resolve(depth)).collect(),
+            };
+            colors.into_iter().map(|c| (' ', plain.bg(c))).collect()
+        }
+    }
+}
+
+/// The cells from `stops[0]` outwards: `stops[0]` itself (a blank), then `░▒▓█` of each stop
+/// over the one before it.
+fn shade_steps(stops: &[Color]) -> Vec<HeatCell> {
+    let Some(&first) = stops.first() else {
+        return vec![];
+    };
+    let mut out = vec![(' ', Style::default().bg(first))];
+    for w in stops.windows(2) {
+        for g in ['░', '▒', '▓', '█'] {
+            out.push((g, Style::default().fg(w[1]).bg(w[0])));
+        }
+    }
+    out
+}
+
+/// The colour at `t` in [0, 1] along RGB `stops`, blended linearly.
+fn blend(stops: &[[u8; 3]], t: f64) -> [u8; 3] {
+    let last = stops.len().saturating_sub(1);
+    if last == 0 {
+        return stops.first().copied().unwrap_or([0, 0, 0]);
+    }
+    let pos = t.clamp(0.0, 1.0) * last as f64;
+    let i = (pos.floor() as usize).min(last - 1);
+    let f = pos - i as f64;
+    let mix = |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * f).round() as u8;
+    let (a, b) = (stops[i], stops[i + 1]);
+    [mix(a[0], b[0]), mix(a[1], b[1]), mix(a[2], b[2])]
 }
 
 fn cycle(colors: &[Color], i: usize) -> Color {
@@ -805,19 +984,119 @@ mod tests {
         }
     }
 
+    /// The default theme's interface colours follow the terminal's palette (names only); its
+    /// heatmap ramps are named at 16 colours and exact (hex, xterm-256 indices 16-255, which
+    /// terminals do not redefine) where the terminal has more.
     #[test]
-    fn default_theme_uses_only_names() {
-        for color in all_colors(&builtin("default")) {
-            assert!(matches!(color, ColorSpec::Named(_)), "{color:?}");
+    fn default_theme_uses_names_except_in_rich_heatmap_ramps() {
+        let file = builtin("default");
+        let h = &file.heatmap;
+        let mut named = all_colors(&ThemeFile {
+            heatmap: HeatmapSpec {
+                diverging: vec![],
+                sequential: vec![],
+                diverging_256: None,
+                sequential_256: None,
+                ..h.clone()
+            },
+            ..file.clone()
+        });
+        named.retain(|c| !matches!(c, ColorSpec::Named(_)));
+        assert!(named.is_empty(), "{named:?}");
+        for ramp in [&h.diverging_256, &h.sequential_256] {
+            for c in ramp.iter().flatten() {
+                assert!(matches!(c, ColorSpec::Index(16..)), "{c:?}");
+            }
         }
-        let text = BUILTIN.iter().find(|(n, _)| *n == "default").unwrap().1;
-        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
-            let value_part = line.split_once(" #").map_or(line, |(v, _)| v);
-            assert!(
-                !value_part.contains("\"#"),
-                "hex colour in default.toml: {line}"
-            );
+        for c in h.diverging.iter().chain(&h.sequential) {
+            assert!(matches!(c, ColorSpec::Rgb(..)), "{c:?}");
         }
+    }
+
+    /// Every built-in theme (but mono) reads at least 9 heatmap levels at 16 colours and 16 at
+    /// 256 and 24-bit colour, pairwise distinct, with zero in the middle of the diverging ramp
+    /// on the terminal's own background where the theme says so.
+    #[test]
+    fn heatmap_levels_are_many_and_distinct_at_every_colour_depth() {
+        for (name, _) in BUILTIN.iter().filter(|(n, _)| *n != "mono") {
+            for (depth, min) in [
+                (ColorDepth::C16, 9),
+                (ColorDepth::C256, 16),
+                (ColorDepth::TrueColor, 16),
+            ] {
+                let t = builtin(name).resolve(depth);
+                for ramp in [Ramp::Diverging, Ramp::Sequential] {
+                    let cells = t.heat_cells(ramp);
+                    assert!(
+                        cells.len() >= min,
+                        "{name} {depth:?} {ramp:?}: {}",
+                        cells.len()
+                    );
+                    let distinct: std::collections::HashSet<String> =
+                        cells.iter().map(|c| format!("{c:?}")).collect();
+                    assert_eq!(distinct.len(), cells.len(), "{name} {depth:?} {ramp:?}");
+                }
+                let div = t.heat_cells(Ramp::Diverging);
+                assert_eq!(div.len() % 2, 1, "{name} {depth:?}: zero has its own level");
+                assert_eq!(t.heat_level(Ramp::Diverging, 0.0), Some(div.len() / 2));
+            }
+        }
+        let c16 = builtin("default").resolve(ColorDepth::C16);
+        let cells = c16.heat_cells(Ramp::Diverging);
+        assert_eq!(cells.len(), 17);
+        assert_eq!(cells[8], (' ', Style::default().bg(Color::Reset)), "zero");
+        assert_eq!(
+            cells[9],
+            ('░', Style::default().fg(Color::Red).bg(Color::Reset))
+        );
+        assert_eq!(
+            cells[12],
+            ('█', Style::default().fg(Color::Red).bg(Color::Reset))
+        );
+        assert_eq!(
+            cells[13],
+            ('░', Style::default().fg(Color::LightRed).bg(Color::Red))
+        );
+        assert_eq!(
+            cells[7],
+            ('░', Style::default().fg(Color::Blue).bg(Color::Reset))
+        );
+        assert_eq!(
+            cells[0],
+            ('█', Style::default().fg(Color::LightBlue).bg(Color::Blue))
+        );
+    }
+
+    #[test]
+    fn heat_levels_quantise_and_missing_values_have_none() {
+        let t = builtin("default").resolve(ColorDepth::C16);
+        assert_eq!(t.heat_level(Ramp::Diverging, -1.0), Some(0));
+        assert_eq!(t.heat_level(Ramp::Diverging, -9.0), Some(0));
+        assert_eq!(t.heat_level(Ramp::Diverging, 1.0), Some(16));
+        assert_eq!(t.heat_level(Ramp::Diverging, 0.5), Some(12));
+        assert_eq!(t.heat_level(Ramp::Sequential, 0.0), Some(0));
+        assert_eq!(t.heat_level(Ramp::Sequential, 1.0), Some(16));
+        assert_eq!(t.heat_level(Ramp::Sequential, f64::NAN), None);
+        assert_eq!(t.heat_cell(Ramp::Sequential, f64::NAN), (MISSING, t.dim));
+        // Mono: shades by magnitude.
+        let m = builtin("default").resolve(ColorDepth::Mono);
+        assert_eq!(m.heat_cell(Ramp::Diverging, -1.0).0, '█');
+        assert_eq!(m.heat_cell(Ramp::Diverging, 0.0).0, ' ');
+        assert_eq!(m.heat_cell(Ramp::Diverging, 0.5).0, '▒');
+        assert_eq!(m.heat_cell(Ramp::Sequential, 0.75).0, '▓');
+        // A 256-colour ramp with fewer stops than levels is blended, then converted.
+        let few = ThemeFile {
+            heatmap: HeatmapSpec {
+                diverging_256: Some(vec![ColorSpec::Index(21), ColorSpec::Index(196)]),
+                ..builtin("default").heatmap
+            },
+            ..builtin("default")
+        }
+        .resolve(ColorDepth::C256);
+        let cells = few.heat_cells(Ramp::Diverging);
+        assert_eq!(cells.len(), 17);
+        assert_eq!(cells[0].1.bg, Some(Color::Indexed(21)));
+        assert_eq!(cells[16].1.bg, Some(Color::Indexed(196)));
     }
 
     #[test]
@@ -844,6 +1123,8 @@ mod tests {
             (None, Some("yes"), Some("screen-256color"), C256),
             (None, None, Some("dumb"), Mono),
             (None, None, Some("xterm"), C16),
+            (None, None, Some("tmux-direct"), TrueColor),
+            (None, None, Some("screen"), C16),
             (None, None, None, C16),
         ];
         for (no_color, colorterm, term, want) in cases {
@@ -970,7 +1251,7 @@ mod tests {
 
     #[test]
     fn named_stops_are_not_interpolated() {
-        let t = builtin("default").resolve(ColorDepth::TrueColor);
+        let t = builtin("mono").resolve(ColorDepth::TrueColor);
         for v in [-1.0, -0.3, 0.0, 0.6, 1.0] {
             assert!(t.diverging_ramp.contains(&t.diverging(v)));
         }
@@ -1075,7 +1356,7 @@ mod tests {
         assert!(error_of(&text).contains("chart.rejected: colour index 300"));
 
         let text = dark_text().replace(
-            "diverging_16 = [\"blue\", \"white\", \"red\"]",
+            "diverging_16 = [\"light-blue\", \"blue\", \"reset\", \"red\", \"light-red\"]",
             "diverging_16 = [\"blue\"]",
         );
         let err = error_of(&text);

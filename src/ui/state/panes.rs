@@ -98,6 +98,10 @@ pub struct HeatmapPane {
     pub mode: HeatmapMode,
     /// What the over-training view colours.
     pub metric: HeatMetric,
+    /// The cell cursor of the over-training view (starts on the latest eval).
+    pub over_training: CellCursor,
+    /// The cell cursor of the per-pair view (starts on the first pair's first token).
+    pub per_pair: CellCursor,
 }
 
 impl Default for HeatmapPane {
@@ -105,6 +109,11 @@ impl Default for HeatmapPane {
         Self {
             mode: HeatmapMode::OverTraining,
             metric: HeatMetric::Margin,
+            over_training: CellCursor::default(),
+            per_pair: CellCursor {
+                col: Some(0),
+                ..CellCursor::default()
+            },
         }
     }
 }
@@ -123,6 +132,66 @@ impl HeatmapPane {
             HeatMetric::Accuracy => HeatMetric::Kl,
             HeatMetric::Kl => HeatMetric::Margin,
         }
+    }
+
+    /// The cursor of the view on screen.
+    pub fn cursor(&self) -> &CellCursor {
+        match self.mode {
+            HeatmapMode::OverTraining => &self.over_training,
+            HeatmapMode::PerPair => &self.per_pair,
+        }
+    }
+
+    pub fn cursor_mut(&mut self) -> &mut CellCursor {
+        match self.mode {
+            HeatmapMode::OverTraining => &mut self.over_training,
+            HeatmapMode::PerPair => &mut self.per_pair,
+        }
+    }
+}
+
+/// A cell cursor on a grid of `rows` x `cols` cells, which may change under it as data
+/// arrives: positions are kept inside the grid when read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CellCursor {
+    pub row: usize,
+    /// None: the last column, followed as columns are added (the latest eval).
+    pub col: Option<usize>,
+    /// First row and first column on screen where the grid is larger than its pane (kept
+    /// around the cursor when drawn).
+    pub top: usize,
+    pub left: usize,
+}
+
+impl CellCursor {
+    /// (row, column) of the cursor on a `rows` x `cols` grid.
+    pub fn at(&self, rows: usize, cols: usize) -> (usize, usize) {
+        let last_col = cols.saturating_sub(1);
+        (
+            self.row.min(rows.saturating_sub(1)),
+            self.col.map_or(last_col, |c| c.min(last_col)),
+        )
+    }
+
+    /// Moves by (`drow`, `dcol`) cells, stopping at the grid's edges; reaching the last
+    /// column follows it from then on.
+    pub fn step(&mut self, drow: isize, dcol: isize, rows: usize, cols: usize) {
+        let (row, col) = self.at(rows, cols);
+        let moved =
+            |at: usize, by: isize, n: usize| at.saturating_add_signed(by).min(n.saturating_sub(1));
+        self.row = moved(row, drow, rows);
+        let col = moved(col, dcol, cols);
+        self.col = (col + 1 < cols).then_some(col);
+    }
+
+    /// The first of `n` lines (rows or columns) to show in a window of `len` so that the
+    /// cursor at `at` is inside it, moving `first` as little as possible.
+    pub fn scrolled(first: usize, at: usize, n: usize, len: usize) -> usize {
+        let len = len.max(1);
+        first
+            .min(at)
+            .max((at + 1).saturating_sub(len))
+            .min(n.saturating_sub(len))
     }
 }
 
@@ -374,6 +443,44 @@ mod tests {
         );
         h.toggle_metric();
         assert_eq!(h.metric, HeatMetric::Margin);
+    }
+
+    #[test]
+    fn the_cell_cursor_stops_at_the_edges_and_follows_the_last_column() {
+        let mut c = CellCursor::default();
+        assert_eq!(c.at(4, 3), (0, 2), "starts on the latest column");
+        c.step(0, -1, 4, 3);
+        assert_eq!((c.at(4, 3), c.col), ((0, 1), Some(1)));
+        c.step(0, -5, 4, 3);
+        c.step(-1, 0, 4, 3);
+        assert_eq!(c.at(4, 3), (0, 0));
+        c.step(9, 9, 4, 3);
+        assert_eq!(
+            (c.at(4, 3), c.col),
+            ((3, 2), None),
+            "follows the last column"
+        );
+        assert_eq!(c.at(4, 5), (3, 4), "a new column arrived");
+        assert_eq!(c.at(2, 5), (1, 4), "kept inside a smaller grid");
+        assert_eq!(c.at(0, 0), (0, 0));
+        let mut empty = CellCursor::default();
+        empty.step(1, 1, 0, 0);
+        assert_eq!(empty.at(0, 0), (0, 0));
+    }
+
+    #[test]
+    fn a_window_scrolls_just_enough_to_show_the_cursor() {
+        // 100 columns, 30 on screen.
+        assert_eq!(CellCursor::scrolled(0, 10, 100, 30), 0);
+        assert_eq!(CellCursor::scrolled(0, 30, 100, 30), 1, "one past the edge");
+        assert_eq!(CellCursor::scrolled(40, 45, 100, 30), 40, "inside: unmoved");
+        assert_eq!(CellCursor::scrolled(40, 20, 100, 30), 20, "back left");
+        assert_eq!(
+            CellCursor::scrolled(90, 99, 100, 30),
+            70,
+            "never past the end"
+        );
+        assert_eq!(CellCursor::scrolled(5, 3, 10, 30), 0, "everything fits");
     }
 
     #[test]

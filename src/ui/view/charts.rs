@@ -19,19 +19,38 @@ struct Curve {
     scatter: bool,
 }
 
-pub fn loss_title(app: &App) -> String {
+/// The loss pane's title with the chart settings in force, in at most `width` columns:
+/// long names, then short ones, then cut.
+pub fn loss_title(app: &App, width: usize) -> String {
     let c = &app.charts;
-    let mut t = format!("Loss · smoothing {:.2}", c.smoothing);
-    if c.log_scale {
-        t += " · log";
+    let flags = [
+        (c.log_scale, "log", "log"),
+        (c.ignore_outliers, "no outliers", "p5-95"),
+        (c.y_lock.is_some(), "y locked", "y lock"),
+    ];
+    let parts = |long: bool| -> Vec<String> {
+        let smoothing = if long {
+            format!("smoothing {:.2}", c.smoothing)
+        } else {
+            format!("sm {:.2}", c.smoothing)
+        };
+        ["Loss".to_string(), smoothing]
+            .into_iter()
+            .chain(
+                flags
+                    .iter()
+                    .filter(|f| f.0)
+                    .map(|f| if long { f.1 } else { f.2 }.to_string()),
+            )
+            .collect()
+    };
+    for (long, sep) in [(true, " · "), (false, " · "), (false, " ")] {
+        let t = parts(long).join(sep);
+        if t.chars().count() <= width {
+            return t;
+        }
     }
-    if c.ignore_outliers {
-        t += " · no outliers";
-    }
-    if c.y_lock.is_some() {
-        t += " · y locked";
-    }
-    t
+    parts(false).join(" ").chars().take(width).collect()
 }
 
 /// y -> log10(y) for the log scale (non-positive values dropped).
@@ -146,20 +165,24 @@ fn chart(
     } else {
         Marker::Dot
     };
+    // Applied config edits are thin rules (Braille) behind the curves.
     let mut datasets: Vec<Dataset> = applied
         .iter()
         .map(|pts| {
             Dataset::default()
                 .data(pts)
                 .graph_type(GraphType::Line)
-                .marker(marker)
+                .marker(Marker::Braille)
                 .style(Style::default().fg(app.theme.axis))
         })
         .collect();
+    // Eval points are small dots, drawn last so they sit on the lines without hiding more
+    // than their own cell.
+    curves.sort_by_key(|c| c.scatter);
     for c in &curves {
         let mut d = Dataset::default()
             .data(&c.points)
-            .marker(if c.scatter { Marker::Block } else { marker })
+            .marker(if c.scatter { Marker::Dot } else { marker })
             .graph_type(if c.scatter {
                 GraphType::Scatter
             } else {
@@ -171,12 +194,16 @@ fn chart(
         }
         datasets.push(d);
     }
-    let label = |v: f64| -> String {
-        if log {
-            math::compact(10f64.powf(v))
-        } else {
-            math::compact(v)
-        }
+    let ticks = [y0, (y0 + y1) / 2.0, y1].map(|v| if log { 10f64.powf(v) } else { v });
+    let [lo, mid, hi]: [String; 3] = math::axis_labels(&ticks)
+        .try_into()
+        .unwrap_or_else(|_| ticks.map(math::sig3));
+    // A plot of few rows has no row of its own for the middle label: it would be drawn over
+    // another one.
+    let y_labels = if area.height >= 6 {
+        vec![Span::raw(lo), Span::raw(mid), Span::raw(hi)]
+    } else {
+        vec![Span::raw(lo), Span::raw(hi)]
     };
     let axis_style = Style::default().fg(app.theme.axis);
     let chart = Chart::new(datasets)
@@ -186,11 +213,12 @@ fn chart(
                 .style(axis_style)
                 .labels([Span::raw(math::compact(x0)), Span::raw(math::compact(x1))]),
         )
-        .y_axis(Axis::default().bounds([y0, y1]).style(axis_style).labels([
-            Span::raw(label(y0)),
-            Span::raw(label((y0 + y1) / 2.0)),
-            Span::raw(label(y1)),
-        ]))
+        .y_axis(
+            Axis::default()
+                .bounds([y0, y1])
+                .style(axis_style)
+                .labels(y_labels),
+        )
         .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(60)));
     f.render_widget(chart, area);
 }

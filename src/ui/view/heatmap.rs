@@ -1,44 +1,126 @@
 //! The gap heatmap: where in the response the chosen/rejected margin is made.
 //!
 //! Over training: columns are evaluations, rows prefix lengths j = 1, 2, 4, ... (log2), colour
-//! the mean prefix margin or prefix accuracy. Per pair: rows are fixed eval pairs, columns
-//! response positions up to k, colour the per-token reward difference. Cells are half blocks,
-//! two data rows per terminal row.
+//! the mean prefix margin or prefix accuracy (or, for KL, rows are response positions). Per
+//! pair: rows are fixed eval pairs, columns response positions, colour the per-token reward
+//! difference. Each value gets whole terminal cells, drawn as the theme's heat cells (colours,
+//! and at 16 colours shade characters too), so a cell cursor can sit on it; under the grid
+//! come its axis, a legend with ticks and a readout of the value under the cursor.
+//!
+//! Over training, a grid larger than its pane is averaged into it (the whole run at a
+//! glance); per pair it scrolls around the cursor instead (every position readable).
 
 use ratatui::buffer::Buffer;
-use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Style};
+use ratatui::layout::Rect;
+use ratatui::style::Modifier;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Widget};
 use ratatui::Frame;
 
 use crate::ui::math;
-use crate::ui::state::{App, HeatMetric, HeatmapMode};
-use crate::ui::theme::{ColorDepth, Theme};
+use crate::ui::state::{App, CellCursor, HeatMetric, HeatmapMode};
+use crate::ui::theme::{HeatCell, Ramp, Theme};
 
-pub fn title(app: &App) -> String {
+/// The pane title, the longest of its forms that fits `width` columns.
+pub fn title(app: &App, width: usize) -> String {
     let run = app
         .selected_run()
         .map_or(String::new(), |r| format!(" · {}", r.name));
-    match app.heatmap.mode {
+    let forms: [&str; 4] = match app.heatmap.mode {
         HeatmapMode::OverTraining => match app.heatmap.metric {
-            HeatMetric::Margin => format!("Gap: prefix margin by j over training{run}"),
-            HeatMetric::Accuracy => format!("Gap: prefix accuracy by j over training{run}"),
-            HeatMetric::Kl => format!("KL(policy||ref) by response position over training{run}"),
+            HeatMetric::Margin => [
+                "Gap: prefix margin by j over training",
+                "Gap: prefix margin by j",
+                "prefix margin by j",
+                "margin",
+            ],
+            HeatMetric::Accuracy => [
+                "Gap: prefix accuracy by j over training",
+                "Gap: prefix accuracy by j",
+                "prefix accuracy by j",
+                "accuracy",
+            ],
+            HeatMetric::Kl => [
+                "KL(policy||ref) by response position over training",
+                "KL(policy||ref) by position",
+                "KL by position",
+                "KL",
+            ],
         },
-        HeatmapMode::PerPair => format!("Gap: per-token reward difference per pair{run}"),
-    }
+        HeatmapMode::PerPair => [
+            "Gap: per-token reward difference per pair",
+            "Gap: reward difference per token",
+            "reward diff per token",
+            "per pair",
+        ],
+    };
+    fit_title(&forms, &run, width)
 }
 
-/// A grid of values (rows x columns, NaN = no data) and how to colour them.
+/// The first of `forms` (longest first) that fits `width` with `suffix` (the shortest form
+/// never takes it), then without it; the shortest cut to `width` when none fits.
+pub fn fit_title(forms: &[&str], suffix: &str, width: usize) -> String {
+    let fits = |s: &String| s.chars().count() <= width;
+    // The run's name stays while any but the shortest form fits with it.
+    let keep = forms.len().saturating_sub(1).max(1);
+    for with_suffix in [true, false] {
+        for form in forms
+            .iter()
+            .take(if with_suffix { keep } else { forms.len() })
+        {
+            let t = if with_suffix {
+                format!("{form}{suffix}")
+            } else {
+                form.to_string()
+            };
+            if fits(&t) {
+                return t;
+            }
+        }
+    }
+    forms
+        .last()
+        .map_or(String::new(), |f| f.chars().take(width).collect())
+}
+
+/// A grid of values (rows x columns, NaN = no data) and how to colour and describe them.
 pub struct Grid {
     pub rows: Vec<Vec<f64>>,
     pub row_labels: Vec<String>,
-    pub col_labels: (String, String),
-    /// Values map to [-1, 1] as (v - center) / scale.
-    pub center: f64,
+    /// What each column is: an eval step (over training) or a response position (from 1).
+    pub cols: Vec<usize>,
+    pub ramp: Ramp,
+    /// Diverging values are drawn as v / scale (symmetric around zero); sequential ones as
+    /// they are (0..1).
     pub scale: f64,
-    pub legend: (String, String, String),
+    /// The value's name in the readout.
+    pub what: &'static str,
+    /// Pairs counted in each cell (over training: the pairs whose k reaches j), when known.
+    pub pairs: Vec<Vec<Option<usize>>>,
+    /// The eval a per-pair grid comes from.
+    pub step: Option<usize>,
+}
+
+impl Grid {
+    fn ncols(&self) -> usize {
+        self.rows.first().map_or(0, |r| r.len())
+    }
+
+    /// A value as the ramp takes it.
+    fn unit(&self, v: f64) -> f64 {
+        match self.ramp {
+            Ramp::Diverging => v / self.scale,
+            Ramp::Sequential => v,
+        }
+    }
+
+    /// (lowest, highest) value of the ramp.
+    fn range(&self) -> (f64, f64) {
+        match self.ramp {
+            Ramp::Diverging => (-self.scale, self.scale),
+            Ramp::Sequential => (0.0, 1.0),
+        }
+    }
 }
 
 /// Prefix margin (or accuracy) per (j, eval step) of the selected run, or its KL profile.
@@ -59,44 +141,51 @@ pub fn over_training(app: &App) -> Option<Grid> {
     js.sort();
     js.dedup();
     let acc = app.heatmap.metric == HeatMetric::Accuracy;
+    let at = |s: &usize, j: usize| {
+        let d = &r.diagnostics[s];
+        d.prefix.j.iter().position(|&x| x == j).map(|i| (d, i))
+    };
     let rows: Vec<Vec<f64>> = js
         .iter()
         .map(|&j| {
             steps
                 .iter()
                 .map(|s| {
-                    let d = &r.diagnostics[s];
-                    d.prefix
-                        .j
-                        .iter()
-                        .position(|&x| x == j)
-                        .map_or(f64::NAN, |i| {
-                            if acc {
-                                d.prefix.accuracy[i]
-                            } else {
-                                d.prefix.margin[i]
-                            }
-                        })
+                    at(s, j).map_or(f64::NAN, |(d, i)| {
+                        let v = if acc {
+                            d.prefix.accuracy.get(i)
+                        } else {
+                            d.prefix.margin.get(i)
+                        };
+                        v.copied().unwrap_or(f64::NAN)
+                    })
                 })
                 .collect()
         })
         .collect();
-    let (center, scale, legend) = if acc {
-        (0.5, 0.5, ("0".into(), "0.5".into(), "1".into()))
+    let pairs = js
+        .iter()
+        .map(|&j| {
+            steps
+                .iter()
+                .map(|s| at(s, j).and_then(|(d, i)| d.prefix.pairs.get(i).copied()))
+                .collect()
+        })
+        .collect();
+    let (ramp, scale) = if acc {
+        (Ramp::Sequential, 1.0)
     } else {
-        let m = max_abs(&rows);
-        (0.0, m, (math::compact(-m), "0".into(), math::compact(m)))
+        (Ramp::Diverging, max_abs(&rows))
     };
     Some(Grid {
-        rows,
-        row_labels: js.iter().map(|j| format!("j{j}")).collect(),
-        col_labels: (
-            format!("step {}", steps[0]),
-            format!("{}", steps[steps.len() - 1]),
-        ),
-        center,
         scale,
-        legend,
+        row_labels: js.iter().map(|j| format!("j{j}")).collect(),
+        rows,
+        cols: steps,
+        ramp,
+        what: if acc { "accuracy" } else { "margin" },
+        pairs,
+        step: None,
     })
 }
 
@@ -109,7 +198,6 @@ pub fn kl_over_training(
     if width == 0 {
         return None;
     }
-    let steps: Vec<usize> = diagnostics.keys().copied().collect();
     let rows: Vec<Vec<f64>> = (0..width)
         .map(|t| {
             diagnostics
@@ -118,17 +206,16 @@ pub fn kl_over_training(
                 .collect()
         })
         .collect();
-    let m = max_abs(&rows);
     Some(Grid {
+        scale: max_abs(&rows),
         rows,
         row_labels: (1..=width).map(|t| format!("t{t}")).collect(),
-        col_labels: (
-            format!("step {}", steps[0]),
-            format!("{}", steps[steps.len() - 1]),
-        ),
-        center: 0.0,
-        scale: m,
-        legend: (math::compact(-m), "0".into(), math::compact(m)),
+        cols: diagnostics.keys().copied().collect(),
+        // The sampled estimate can dip below zero at a position: signed.
+        ramp: Ramp::Diverging,
+        what: "KL",
+        pairs: vec![],
+        step: None,
     })
 }
 
@@ -139,27 +226,32 @@ pub fn per_pair(app: &App) -> Option<Grid> {
     if d.token_diffs.is_empty() {
         return None;
     }
-    let rows: Vec<Vec<f64>> = d.token_diffs.iter().map(|t| t.values.clone()).collect();
-    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let rows = rows
-        .into_iter()
-        .map(|mut r| {
+    let width = d.token_diffs.iter().map(|t| t.values.len()).max()?;
+    if width == 0 {
+        return None;
+    }
+    let rows: Vec<Vec<f64>> = d
+        .token_diffs
+        .iter()
+        .map(|t| {
+            let mut r = t.values.clone();
             r.resize(width, f64::NAN);
             r
         })
-        .collect::<Vec<_>>();
-    let m = max_abs(&rows);
+        .collect();
     Some(Grid {
+        scale: max_abs(&rows),
         row_labels: d
             .token_diffs
             .iter()
             .map(|t| format!("#{}", t.pair + 1))
             .collect(),
         rows,
-        col_labels: (format!("t1 (step {step})"), format!("t{width}")),
-        center: 0.0,
-        scale: m,
-        legend: (math::compact(-m), "0".into(), math::compact(m)),
+        cols: (1..=width).collect(),
+        ramp: Ramp::Diverging,
+        what: "Δreward",
+        pairs: vec![],
+        step: Some(*step),
     })
 }
 
@@ -176,81 +268,174 @@ fn max_abs(rows: &[Vec<f64>]) -> f64 {
     }
 }
 
-/// Mean of the finite values among `cols` of a row.
-fn cell_value(row: &[f64], c0: usize, c1: usize) -> f64 {
-    let vals: Vec<f64> = row[c0..c1.max(c0 + 1).min(row.len())]
-        .iter()
-        .copied()
-        .filter(|v| v.is_finite())
-        .collect();
-    if vals.is_empty() {
+/// Mean of the finite values in rows `r0..r1`, columns `c0..c1` (NaN when there are none).
+fn cell_value(rows: &[Vec<f64>], (r0, r1): (usize, usize), (c0, c1): (usize, usize)) -> f64 {
+    let mut sum = 0.0;
+    let mut n = 0usize;
+    for row in rows.get(r0..r1.min(rows.len())).unwrap_or(&[]) {
+        for &v in row.get(c0..c1.min(row.len())).unwrap_or(&[]) {
+            if v.is_finite() {
+                sum += v;
+                n += 1;
+            }
+        }
+    }
+    if n == 0 {
         f64::NAN
     } else {
-        vals.iter().sum::<f64>() / vals.len() as f64
+        sum / n as f64
     }
 }
 
-/// The half-block cells of a grid.
+/// How the `n` data lines (rows or columns) of one axis map onto `len` screen cells: each
+/// line gets `per` cells when they fit; when they do not, either a window of them scrolls
+/// (starting at `first`) or several share a cell (`compressed`, averaged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AxisFit {
+    n: usize,
+    len: usize,
+    first: usize,
+    per: usize,
+    compressed: bool,
+}
+
+impl AxisFit {
+    /// `scroll`: a window around `at` starting near `first`, else compressed.
+    pub fn new(n: usize, len: usize, scroll: bool, first: usize, at: usize) -> Self {
+        let len = len.max(1);
+        if n <= len {
+            AxisFit {
+                n,
+                len,
+                first: 0,
+                per: (len / n.max(1)).max(1),
+                compressed: false,
+            }
+        } else if scroll {
+            AxisFit {
+                n,
+                len,
+                first: CellCursor::scrolled(first, at, n, len),
+                per: 1,
+                compressed: false,
+            }
+        } else {
+            AxisFit {
+                n,
+                len,
+                first: 0,
+                per: 1,
+                compressed: true,
+            }
+        }
+    }
+
+    /// The data lines [a, b) drawn at screen cell `x`; None where no line is.
+    pub fn data(&self, x: usize) -> Option<(usize, usize)> {
+        if x >= self.len || self.n == 0 {
+            return None;
+        }
+        if self.compressed {
+            let a = x * self.n / self.len;
+            let b = ((x + 1) * self.n / self.len).max(a + 1);
+            return Some((a, b.min(self.n)));
+        }
+        let i = self.first + x / self.per;
+        (i < self.n && x / self.per < self.shown()).then_some((i, i + 1))
+    }
+
+    /// The screen cells [a, b) where data line `i` is drawn; None when it is off screen.
+    pub fn screen(&self, i: usize) -> Option<(usize, usize)> {
+        if self.compressed {
+            let x = (0..self.len).find(|&x| self.data(x).is_some_and(|(a, b)| a <= i && i < b))?;
+            return Some((x, x + 1));
+        }
+        let k = i.checked_sub(self.first)?;
+        (k < self.shown()).then_some((k * self.per, (k + 1) * self.per))
+    }
+
+    /// Data lines on screen, whole or averaged.
+    fn shown(&self) -> usize {
+        if self.compressed {
+            self.n
+        } else {
+            (self.n - self.first.min(self.n)).min(self.len / self.per)
+        }
+    }
+
+    /// Screen cells in use, from the first.
+    pub fn used(&self) -> usize {
+        if self.compressed {
+            self.len
+        } else {
+            self.shown() * self.per
+        }
+    }
+
+    /// The first and last data lines on screen.
+    pub fn visible(&self) -> (usize, usize) {
+        let first = if self.compressed { 0 } else { self.first };
+        (first, (first + self.shown()).saturating_sub(1))
+    }
+}
+
+/// The cells of a grid with its cursor.
 struct Cells<'a> {
     grid: &'a Grid,
     theme: &'a Theme,
-}
-
-impl Cells<'_> {
-    fn color(&self, v: f64) -> Color {
-        if !v.is_finite() {
-            return Color::Reset;
-        }
-        self.theme
-            .diverging(((v - self.grid.center) / self.grid.scale).clamp(-1.0, 1.0))
-    }
+    rows: AxisFit,
+    cols: AxisFit,
+    cursor: (usize, usize),
 }
 
 impl Widget for Cells<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let nrows = self.grid.rows.len();
-        let ncols = self.grid.rows.first().map_or(0, |r| r.len());
-        if nrows == 0 || ncols == 0 || area.width == 0 || area.height == 0 {
-            return;
-        }
-        let half_rows = area.height as usize * 2;
-        let w = area.width as usize;
-        let value = |half: usize, x: usize| -> f64 {
-            let r = (half * nrows / half_rows).min(nrows - 1);
-            let (c0, c1) = (x * ncols / w, ((x + 1) * ncols).div_ceil(w));
-            cell_value(&self.grid.rows[r], c0.min(ncols - 1), c1.min(ncols))
-        };
-        let mono = self.theme.depth == ColorDepth::Mono;
         for y in 0..area.height as usize {
-            for x in 0..w {
-                let (top, bottom) = (value(2 * y, x), value(2 * y + 1, x));
-                let Some(cell) = buf.cell_mut((area.x + x as u16, area.y + y as u16)) else {
+            let Some(rows) = self.rows.data(y) else {
+                continue;
+            };
+            for x in 0..area.width as usize {
+                let Some(cols) = self.cols.data(x) else {
                     continue;
                 };
-                if mono {
-                    let both: Vec<f64> = [top, bottom]
-                        .into_iter()
-                        .filter(|v| v.is_finite())
-                        .collect();
-                    let v = if both.is_empty() {
-                        0.0
-                    } else {
-                        both.iter().sum::<f64>() / both.len() as f64
-                    };
-                    cell.set_char(Theme::shade(
-                        ((v - self.grid.center) / self.grid.scale).abs(),
-                    ));
-                } else {
-                    cell.set_char('▀');
-                    cell.set_fg(self.color(top));
-                    cell.set_bg(self.color(bottom));
+                let v = cell_value(&self.grid.rows, rows, cols);
+                let (symbol, style) = self.theme.heat_cell(self.grid.ramp, self.grid.unit(v));
+                if let Some(cell) = buf.cell_mut((area.x + x as u16, area.y + y as u16)) {
+                    cell.set_char(symbol);
+                    cell.set_style(style);
+                }
+            }
+        }
+        // The cursor: a marked cell (the middle column of a wide one, so its colour shows
+        // on either side), at every depth.
+        let (Some((y0, y1)), Some((x0, x1))) = (
+            self.rows.screen(self.cursor.0),
+            self.cols.screen(self.cursor.1),
+        ) else {
+            return;
+        };
+        let (x0, x1) = if x1 - x0 >= 3 {
+            let mid = (x0 + x1) / 2;
+            (mid, mid + 1)
+        } else {
+            (x0, x1)
+        };
+        let style = self.theme.selection.add_modifier(Modifier::BOLD);
+        for y in y0..y1.min(area.height as usize) {
+            for x in x0..x1.min(area.width as usize) {
+                if let Some(cell) = buf.cell_mut((area.x + x as u16, area.y + y as u16)) {
+                    cell.set_char(CURSOR);
+                    cell.set_style(style);
                 }
             }
         }
     }
 }
 
-pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+/// The cell cursor's mark.
+pub const CURSOR: char = '◆';
+
+pub fn draw(f: &mut Frame, app: &mut App, area: Rect) {
     let grid = match app.heatmap.mode {
         HeatmapMode::OverTraining => over_training(app),
         HeatmapMode::PerPair => per_pair(app),
@@ -264,91 +449,230 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 }
                 _ => "no evaluation yet (prefix diagnostics come with each eval)",
             })
-            .style(app.theme.dim),
+            .style(app.theme.dim)
+            .wrap(ratatui::widgets::Wrap { trim: true }),
             area,
         );
         return;
     };
-    if area.height < 3 || area.width < 12 {
+    if area.height == 0 || area.width < 8 {
         return;
     }
+    // Under the cells, as height allows: the readout first, then the legend, then the axis.
+    let h = area.height;
+    let readout_h = u16::from(h >= 2);
+    let legend_h = u16::from(h >= 3);
+    let axis_h = u16::from(h >= 4);
+    let body_h = h - readout_h - legend_h - axis_h;
     let label_w = grid
         .row_labels
         .iter()
-        .map(|l| l.len())
+        .map(|l| l.chars().count())
         .max()
         .unwrap_or(0)
         .min(6) as u16
         + 1;
-    let [body, axis, legend] = Layout::vertical([
-        Constraint::Min(1),
-        Constraint::Length(1),
-        Constraint::Length(1),
-    ])
-    .areas(area);
-    let [labels, cells] =
-        Layout::horizontal([Constraint::Length(label_w), Constraint::Min(1)]).areas(body);
-    // Row labels where their data rows start.
-    let nrows = grid.rows.len();
-    let half_rows = body.height as usize * 2;
+    let body = Rect::new(area.x, area.y, area.width, body_h);
+    let labels = Rect::new(body.x, body.y, label_w.min(body.width), body.height);
+    let cells = Rect::new(
+        body.x + labels.width,
+        body.y,
+        body.width - labels.width,
+        body.height,
+    );
+
+    // Over training, the whole run is averaged into the pane; per pair, a window scrolls.
+    let scroll = app.heatmap.mode == HeatmapMode::PerPair;
+    let (nrows, ncols) = (grid.rows.len(), grid.ncols());
+    let cursor = *app.heatmap.cursor();
+    let at = cursor.at(nrows, ncols);
+    // Rows stretch to two lines at most: taller bands only spread a few rows apart.
+    let rows_len = (cells.height as usize).min(2 * nrows.max(1));
+    let rows = AxisFit::new(nrows, rows_len, scroll, cursor.top, at.0);
+    let cols = AxisFit::new(ncols, cells.width as usize, scroll, cursor.left, at.1);
+    let c = app.heatmap.cursor_mut();
+    (c.top, c.left) = (rows.visible().0, cols.visible().0);
+    // The lines under the grid follow its last row (blank space goes below them).
+    let grid_h = (rows.used() as u16).clamp(1, body_h);
+    let line = |i: u16| Rect::new(area.x, area.y + grid_h + i, area.width, 1);
+
+    let th = &app.theme;
+    // Row labels on the first screen row of each data row (of each averaged band).
     let mut shown = vec![String::new(); body.height as usize];
     for (i, l) in grid.row_labels.iter().enumerate() {
-        let y = (i * half_rows).div_ceil(nrows) / 2;
-        if y < shown.len() && shown[y].is_empty() {
-            shown[y] = l.clone();
+        if let Some((y, _)) = rows.screen(i) {
+            if shown[y].is_empty() {
+                shown[y] = l.chars().take(label_w as usize - 1).collect();
+            }
         }
     }
-    let label_lines: Vec<Line> = shown
-        .into_iter()
-        .map(|l| Line::styled(l, app.theme.dim))
-        .collect();
+    let label_lines: Vec<Line> = shown.into_iter().map(|l| Line::styled(l, th.dim)).collect();
     f.render_widget(Paragraph::new(label_lines), labels);
     f.render_widget(
         Cells {
             grid: &grid,
-            theme: &app.theme,
+            theme: th,
+            rows,
+            cols,
+            cursor: at,
         },
         cells,
     );
-    let pad = cells
-        .width
-        .saturating_sub((grid.col_labels.0.len() + grid.col_labels.1.len()) as u16)
-        as usize;
-    f.render_widget(
-        Paragraph::new(Line::styled(
-            format!(
-                "{}{}{}",
-                " ".repeat(label_w as usize),
-                grid.col_labels.0,
-                " ".repeat(pad)
-            ) + &grid.col_labels.1,
-            app.theme.dim,
-        )),
-        axis,
-    );
-    legend_line(f, app, &grid, legend);
+    if axis_h > 0 {
+        let text = axis_text(&grid, &cols, cells.width as usize);
+        f.render_widget(
+            Paragraph::new(Line::styled(
+                format!("{}{text}", " ".repeat(label_w as usize)),
+                th.dim,
+            )),
+            line(0),
+        );
+    }
+    if legend_h > 0 {
+        f.render_widget(
+            Paragraph::new(legend(th, &grid, area.width as usize)),
+            line(axis_h),
+        );
+    }
+    if readout_h > 0 {
+        f.render_widget(
+            Paragraph::new(Line::styled(
+                readout(&grid, at, area.width as usize),
+                th.text,
+            )),
+            line(axis_h + legend_h),
+        );
+    }
 }
 
-/// A colour ramp with its values: low, middle, high.
-fn legend_line(f: &mut Frame, app: &App, grid: &Grid, area: Rect) {
-    let ramp_w = 16usize;
-    let mut spans = vec![Span::styled(format!("{} ", grid.legend.0), app.theme.dim)];
-    for i in 0..ramp_w {
-        let t = -1.0 + 2.0 * i as f64 / (ramp_w - 1) as f64;
-        if app.theme.depth == ColorDepth::Mono {
-            spans.push(Span::raw(Theme::shade(t.abs()).to_string()));
-        } else {
-            spans.push(Span::styled(
-                "█",
-                Style::default().fg(app.theme.diverging(t)),
-            ));
-        }
-        if i == ramp_w / 2 - 1 {
-            spans.push(Span::styled(format!(" {} ", grid.legend.1), app.theme.dim));
+/// The column axis: the first and last column on screen, at the ends of `width` cells; per
+/// pair also how many positions there are when not all are on screen.
+fn axis_text(grid: &Grid, cols: &AxisFit, width: usize) -> String {
+    let (a, b) = cols.visible();
+    let col = |i: usize| grid.cols.get(i).copied().unwrap_or(0);
+    let (left, right) = match grid.step {
+        None => (format!("step {}", col(a)), format!("{}", col(b))),
+        Some(_) if b + 1 - a < grid.cols.len() => (
+            format!("t{}", col(a)),
+            format!("t{} of {}", col(b), grid.cols.len()),
+        ),
+        Some(_) => (format!("t{}", col(a)), format!("t{}", col(b))),
+    };
+    let pad = width.saturating_sub(left.chars().count() + right.chars().count());
+    if pad == 0 {
+        return format!("{left}-{right}");
+    }
+    format!("{left}{}{right}", " ".repeat(pad))
+}
+
+/// A value with 3 significant digits, trailing zeros dropped (`0.5`, `1`, `1.56`).
+fn tick(v: f64) -> String {
+    let s = math::sig3(v);
+    if s.contains('.') && !s.contains('e') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// The legend: the ramp's levels in order with values at a few ticks (its ends and middle,
+/// and the quarters where `width` allows): `-1.56 ▓▒░ 0 ░▒▓ 1.56`, `0 ░▒▓ 0.5 ▓██ 1`.
+pub fn legend(th: &Theme, grid: &Grid, width: usize) -> Line<'static> {
+    let levels = th.heat_cells(grid.ramp);
+    let n = levels.len();
+    let (lo, hi) = grid.range();
+    let labels = |ticks: usize| -> Vec<String> {
+        (0..ticks)
+            .map(|k| tick(lo + (hi - lo) * k as f64 / (ticks - 1) as f64))
+            .collect()
+    };
+    // Widest layout that fits: five ticks or three, two cells per level or one.
+    let mut choice = None;
+    for (ticks, per) in [(5, 2), (5, 1), (3, 2), (3, 1)] {
+        let text: usize = labels(ticks).iter().map(|l| l.chars().count() + 2).sum();
+        if ticks <= n && text + n * per <= width + 2 {
+            choice = Some((ticks, per));
+            break;
         }
     }
-    spans.push(Span::styled(format!(" {}", grid.legend.2), app.theme.dim));
-    f.render_widget(Paragraph::new(Line::from(spans)), area);
+    let (ticks, per) = choice.unwrap_or((3, 1));
+    let labels = labels(ticks);
+    // Too narrow for every level: an evenly spaced odd number of them (zero stays in the
+    // middle of a diverging ramp), never fewer than five.
+    let text: usize = labels.iter().map(|l| l.chars().count() + 2).sum();
+    let room = (width + 2).saturating_sub(text);
+    let levels: Vec<HeatCell> = if choice.is_none() && room < n {
+        let m = (room.max(5) - 1) / 2 * 2 + 1;
+        (0..m).map(|i| levels[i * (n - 1) / (m - 1)]).collect()
+    } else {
+        levels.to_vec()
+    };
+    let n = levels.len();
+    let mut spans = Vec::new();
+    let level_at = |k: usize| (k * (n - 1)) / (ticks - 1);
+    for (k, label) in labels.iter().enumerate() {
+        if k > 0 {
+            spans.push(Span::styled(" ", th.dim));
+        }
+        spans.push(Span::styled(label.clone(), th.dim));
+        if k + 1 < ticks {
+            spans.push(Span::styled(" ", th.dim));
+            for &(symbol, style) in &levels[level_at(k)..level_at(k + 1)] {
+                spans.push(Span::styled(symbol.to_string().repeat(per), style));
+            }
+            if k + 2 == ticks {
+                let (symbol, style) = levels[n - 1];
+                spans.push(Span::styled(symbol.to_string().repeat(per), style));
+            }
+        }
+    }
+    Line::from(spans)
+}
+
+/// The value under the cursor: where it is and what it is, in `width` columns
+/// (`step 4 · j8 · margin +1.23 · 12 pairs`; per pair `pair #2 · t5 · Δreward -0.31 · step 6`).
+pub fn readout(grid: &Grid, (row, col): (usize, usize), width: usize) -> String {
+    let v = grid.rows.get(row).and_then(|r| r.get(col)).copied();
+    let value = match v {
+        Some(v) if v.is_finite() => {
+            let s = math::sig3(v);
+            if grid.ramp == Ramp::Diverging && v > 0.0 {
+                format!("+{s}")
+            } else {
+                s
+            }
+        }
+        _ => "no data".into(),
+    };
+    let row_label = grid.row_labels.get(row).cloned().unwrap_or_default();
+    let c = grid.cols.get(col).copied().unwrap_or(0);
+    let mut parts = match grid.step {
+        None => vec![
+            format!("step {c}"),
+            row_label,
+            format!("{} {value}", grid.what),
+        ],
+        Some(step) => vec![
+            format!("pair {row_label}"),
+            format!("t{c}"),
+            format!("{} {value}", grid.what),
+            format!("step {step}"),
+        ],
+    };
+    if let Some(Some(n)) = grid.pairs.get(row).and_then(|r| r.get(col)) {
+        parts.push(format!("{n} pairs"));
+    }
+    // Narrow panes: tighter separators, then the last parts go.
+    while !parts.is_empty() {
+        for sep in [" · ", " "] {
+            let s = parts.join(sep);
+            if s.chars().count() <= width {
+                return s;
+            }
+        }
+        parts.pop();
+    }
+    String::new()
 }
 
 #[cfg(test)]
@@ -357,9 +681,117 @@ mod tests {
 
     #[test]
     fn averaging_cells_skips_missing_values() {
-        assert_eq!(cell_value(&[1.0, f64::NAN, 3.0], 0, 3), 2.0);
-        assert!(cell_value(&[f64::NAN], 0, 1).is_nan());
-        assert_eq!(cell_value(&[5.0, 7.0], 1, 1), 7.0);
+        let rows = vec![vec![1.0, f64::NAN, 3.0], vec![5.0, 7.0, f64::NAN]];
+        assert_eq!(cell_value(&rows, (0, 1), (0, 3)), 2.0);
+        assert_eq!(cell_value(&rows, (0, 2), (0, 2)), 13.0 / 3.0);
+        assert!(cell_value(&rows, (0, 1), (1, 2)).is_nan());
+        assert!(cell_value(&rows, (5, 6), (0, 1)).is_nan(), "past the end");
+    }
+
+    #[test]
+    fn axes_stretch_scroll_or_compress() {
+        // 4 lines on 10 cells: 2 cells each, the rest blank.
+        let a = AxisFit::new(4, 10, true, 0, 0);
+        assert_eq!(
+            (a.data(0), a.data(1), a.data(7)),
+            (Some((0, 1)), Some((0, 1)), Some((3, 4)))
+        );
+        assert_eq!(
+            (a.data(8), a.screen(3), a.visible()),
+            (None, Some((6, 8)), (0, 3))
+        );
+        // 100 lines on 30 cells, cursor at 45: a window that shows it.
+        let s = AxisFit::new(100, 30, true, 0, 45);
+        assert_eq!(s.visible(), (16, 45));
+        assert_eq!(
+            (s.screen(45), s.screen(10), s.data(0)),
+            (Some((29, 30)), None, Some((16, 17)))
+        );
+        // The same averaged: every line somewhere, several per cell.
+        let c = AxisFit::new(100, 30, false, 0, 45);
+        assert_eq!(c.visible(), (0, 99));
+        assert_eq!(c.data(0), Some((0, 3)));
+        let (x, _) = c.screen(45).unwrap();
+        let (a, b) = c.data(x).unwrap();
+        assert!(a <= 45 && 45 < b);
+        assert_eq!(AxisFit::new(0, 5, true, 0, 0).data(0), None);
+    }
+
+    #[test]
+    fn titles_shorten_to_fit() {
+        let forms = ["a long title", "short", "s"];
+        assert_eq!(fit_title(&forms, " · dpo", 40), "a long title · dpo");
+        assert_eq!(fit_title(&forms, " · dpo", 12), "short · dpo");
+        assert_eq!(
+            fit_title(&forms, " · dpo", 7),
+            "short",
+            "the name goes first"
+        );
+        assert_eq!(fit_title(&forms, " · dpo", 3), "s");
+        assert_eq!(fit_title(&forms, " · dpo", 0), "");
+    }
+
+    #[test]
+    fn readouts_shed_parts_to_fit() {
+        let grid = Grid {
+            rows: vec![vec![0.5, f64::NAN]],
+            row_labels: vec!["j8".into()],
+            cols: vec![2, 4],
+            ramp: Ramp::Diverging,
+            scale: 1.0,
+            what: "margin",
+            pairs: vec![vec![Some(12), None]],
+            step: None,
+        };
+        assert_eq!(
+            readout(&grid, (0, 0), 80),
+            "step 2 · j8 · margin +0.500 · 12 pairs"
+        );
+        assert_eq!(
+            readout(&grid, (0, 0), 32),
+            "step 2 j8 margin +0.500 12 pairs"
+        );
+        assert_eq!(readout(&grid, (0, 0), 31), "step 2 · j8 · margin +0.500");
+        assert_eq!(readout(&grid, (0, 0), 26), "step 2 j8 margin +0.500");
+        assert_eq!(readout(&grid, (0, 0), 3), "");
+        assert_eq!(readout(&grid, (0, 1), 80), "step 4 · j8 · margin no data");
+    }
+
+    #[test]
+    fn legends_fit_their_width_with_ticks_at_the_ends_and_middle() {
+        use crate::ui::theme::{find, ColorDepth};
+        let th = find("default", &[]).unwrap().0.resolve(ColorDepth::C16);
+        let mut grid = Grid {
+            rows: vec![vec![1.0]],
+            row_labels: vec![],
+            cols: vec![0],
+            ramp: Ramp::Diverging,
+            scale: 1.56,
+            what: "margin",
+            pairs: vec![],
+            step: None,
+        };
+        let text =
+            |line: &Line| -> String { line.spans.iter().map(|s| s.content.as_ref()).collect() };
+        for width in [20, 26, 34, 60, 120] {
+            let line = legend(&th, &grid, width);
+            let t = text(&line);
+            assert!(line.width() <= width, "{width}: {t}");
+            assert!(
+                t.starts_with("-1.56 ") && t.ends_with(" 1.56") && t.contains(" 0 "),
+                "{t}"
+            );
+        }
+        assert!(
+            text(&legend(&th, &grid, 120)).contains(" -0.78 "),
+            "quarters where wide"
+        );
+        grid.ramp = Ramp::Sequential;
+        let t = text(&legend(&th, &grid, 34));
+        assert!(
+            t.starts_with("0 ") && t.contains(" 0.5 ") && t.ends_with(" 1"),
+            "{t}"
+        );
     }
 
     fn report(step: usize, kl_profile: Vec<f64>) -> crate::event::EvalReport {
@@ -388,8 +820,8 @@ mod tests {
         assert_eq!(g.row_labels, vec!["t1", "t2", "t3"]);
         assert_eq!(g.rows[0], vec![0.0, 0.5]);
         assert!(g.rows[2][0].is_nan() && g.rows[2][1] == 1.0);
-        assert_eq!((g.center, g.scale), (0.0, 1.0));
-        assert_eq!(g.col_labels, ("step 0".to_string(), "5".to_string()));
+        assert_eq!((g.ramp, g.scale), (Ramp::Diverging, 1.0));
+        assert_eq!(g.cols, vec![0, 5]);
         let none: std::collections::BTreeMap<_, _> = [(0, report(0, vec![]))].into_iter().collect();
         assert!(kl_over_training(&none).is_none());
     }

@@ -73,10 +73,12 @@ pub fn draw(f: &mut Frame, app: &mut App) {
 fn pane(f: &mut Frame, app: &mut App, which: Pane, area: Rect) {
     let focused = app.focus == which;
     let th = &app.theme;
+    // Inside the corners, with a space either side.
+    let room = area.width.saturating_sub(4) as usize;
     let title = match which {
-        Pane::Loss => charts::loss_title(app),
-        Pane::Heatmap if app.tokens.open => tokens::title(app),
-        Pane::Heatmap => heatmap::title(app),
+        Pane::Loss => charts::loss_title(app, room),
+        Pane::Heatmap if app.tokens.open => tokens::title(app, room),
+        Pane::Heatmap => heatmap::title(app, room),
         _ => which.title().to_string(),
     };
     let block = Block::bordered()
@@ -157,6 +159,47 @@ fn human_bytes(b: u64) -> String {
 
 fn status_bar(f: &mut Frame, app: &App, area: Rect) {
     let th = &app.theme;
+    let help = " ? help ";
+    // A narrow terminal drops the throughput figures before anything is cut.
+    let full = status_spans(app, false);
+    let width = |spans: &[Span]| spans.iter().map(Span::width).sum::<usize>();
+    let spans = if width(&full) + help.len() > area.width as usize {
+        status_spans(app, true)
+    } else {
+        full
+    };
+    let mut line = Line::from(cut(spans, (area.width as usize).saturating_sub(help.len())));
+    let used: usize = line.width();
+    let fill = (area.width as usize).saturating_sub(used + help.len());
+    line.push_span(Span::styled(" ".repeat(fill), th.status));
+    line.push_span(Span::styled(help, th.status_accent));
+    f.render_widget(Paragraph::new(line).style(th.status), area);
+}
+
+/// `spans` in at most `width` columns, the last one shown ending in `…` when cut.
+fn cut(spans: Vec<Span<'static>>, width: usize) -> Vec<Span<'static>> {
+    let mut out = Vec::new();
+    let mut used = 0;
+    for span in spans {
+        let w = span.width();
+        if used + w <= width {
+            used += w;
+            out.push(span);
+            continue;
+        }
+        let room = width.saturating_sub(used);
+        if room > 0 {
+            let text: String = span.content.chars().take(room - 1).collect();
+            out.push(Span::styled(text + "…", span.style));
+        }
+        break;
+    }
+    out
+}
+
+/// The status bar's parts; `brief` leaves out ETA, tokens/s, device and memory.
+fn status_spans(app: &App, brief: bool) -> Vec<Span<'static>> {
+    let th = &app.theme;
     let sep = Span::styled(" │ ", th.status);
     let mut spans = Vec::new();
     match app.selected_run() {
@@ -167,28 +210,32 @@ fn status_bar(f: &mut Frame, app: &App, area: Rect) {
                 th.status,
             ));
             spans.push(sep.clone());
-            spans.push(Span::styled(
-                format!("ETA {}", math::duration(r.eta())),
-                th.status,
-            ));
-            spans.push(sep.clone());
-            let tps = if r.tokens_per_s.is_finite() {
-                format!("{:.0} tok/s", r.tokens_per_s)
-            } else {
-                "- tok/s".into()
-            };
-            spans.push(Span::styled(tps, th.status));
-            spans.push(sep.clone());
-            let dev = if r.device.is_empty() { "-" } else { &r.device };
-            spans.push(Span::styled(dev.to_string(), th.status));
-            spans.push(sep.clone());
+            if !brief {
+                spans.push(Span::styled(
+                    format!("ETA {}", math::duration(r.eta())),
+                    th.status,
+                ));
+                spans.push(sep.clone());
+                let tps = if r.tokens_per_s.is_finite() {
+                    format!("{:.0} tok/s", r.tokens_per_s)
+                } else {
+                    "- tok/s".into()
+                };
+                spans.push(Span::styled(tps, th.status));
+                spans.push(sep.clone());
+                let dev = if r.device.is_empty() { "-" } else { &r.device };
+                spans.push(Span::styled(dev.to_string(), th.status));
+                spans.push(sep.clone());
+            }
             if let Some(l) = &r.lora {
                 spans.push(Span::styled(l.label(r.params), th.status));
                 spans.push(sep.clone());
             }
-            let mem = app.status.memory.map_or("mem -".to_string(), human_bytes);
-            spans.push(Span::styled(mem, th.status));
-            spans.push(sep.clone());
+            if !brief {
+                let mem = app.status.memory.map_or("mem -".to_string(), human_bytes);
+                spans.push(Span::styled(mem, th.status));
+                spans.push(sep.clone());
+            }
             let (text, style) = if app.exit == Exit::Stopping && !r.state.is_over() {
                 ("stopping…".to_string(), th.warn)
             } else {
@@ -226,13 +273,7 @@ fn status_bar(f: &mut Frame, app: &App, area: Rect) {
         spans.push(sep.clone());
         spans.push(Span::styled("read-only", th.status));
     }
-    let mut line = Line::from(spans);
-    let help = " ? help ";
-    let used: usize = line.width();
-    let fill = (area.width as usize).saturating_sub(used + help.len());
-    line.push_span(Span::styled(" ".repeat(fill), th.status));
-    line.push_span(Span::styled(help, th.status_accent));
-    f.render_widget(Paragraph::new(line).style(th.status), area);
+    spans
 }
 
 fn centered(area: Rect, w: u16, h: u16) -> Rect {

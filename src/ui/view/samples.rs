@@ -119,17 +119,17 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         math::sanitize(&s.prompt).replace('\n', " ↵ ")
     });
     let which = if pane.step.is_none() { " (latest)" } else { "" };
+    let (n, count) = (prompt + 1, app.prompt_count().max(1));
+    let versus = format!("{} vs {right_name}", run.name);
+    // Narrow panes get the short form, so the names compared stay on screen.
+    let mut where_ = format!("prompt {n}/{count} · step {step}{which} · ");
+    if where_.chars().count() + versus.chars().count() > area.width as usize {
+        where_ = format!("{n}/{count} · @{step} · ");
+    }
     let head = vec![
         Line::from(vec![
-            Span::styled(
-                format!(
-                    "prompt {}/{} · step {step}{which} · ",
-                    prompt + 1,
-                    app.prompt_count().max(1)
-                ),
-                th.dim,
-            ),
-            Span::styled(format!("{} vs {right_name}", run.name), th.text),
+            Span::styled(where_, th.dim),
+            Span::styled(versus, th.text),
         ]),
         Line::styled(format!("› {prompt_text}"), th.dim),
     ];

@@ -16,7 +16,19 @@ use crate::ui::math;
 use crate::ui::state::{App, TokenSource};
 use crate::ui::theme::Theme;
 
-pub fn title(app: &App) -> String {
+/// The title, cut to `room` columns.
+pub fn title(app: &App, room: usize) -> String {
+    let full = full_title(app);
+    if full.chars().count() <= room {
+        return full;
+    }
+    full.chars()
+        .take(room.saturating_sub(1))
+        .collect::<String>()
+        + "…"
+}
+
+fn full_title(app: &App) -> String {
     let run = app
         .selected_run()
         .map_or(String::new(), |r| format!(" · {}", r.name));
