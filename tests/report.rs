@@ -131,7 +131,7 @@ fn seeds_are_one_line_next_to_another_variant() {
     args.extend(["--out", out2.to_str().unwrap(), "--no-group"]);
     report(&args);
     let svg = read(&out2.join("loss.svg"));
-    assert!(svg.contains("dpo-s1") && svg.contains("dpo-s2") && !svg.contains("seeds"));
+    assert!(svg.contains("dpo-s1") && svg.contains("dpo-s2") && !svg.contains("(2 seeds)"));
 
     // PNG: the same figures as images, drawn at twice the SVG's size.
     let out3 = tmp.path().join("png");

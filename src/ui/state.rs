@@ -11,8 +11,8 @@ use ratatui::crossterm::event::KeyEvent;
 
 pub use self::mode::{Exit, Mode};
 pub use self::panes::{
-    ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane, SamplesPane,
-    StatusBar, TokenSource, TokensPane,
+    ChartsPane, Compare, HeatMetric, HeatmapMode, HeatmapPane, LogLine, LogPane, SamplesPane, TokenSource, TokensPane,
+    StatusBar,
 };
 use crate::engine::Command;
 use crate::event::{Change, EvalReport, Event, Level, Observer, RunState, Sample, StepMetrics};
