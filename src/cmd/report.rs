@@ -58,10 +58,10 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     };
     let written = report::write(&runs, &gaps, &opts)?;
     let mut text = format!(
-        "wrote {} figure{} and {} to {}\n",
+        "wrote {} and {} figure{} to {}\n",
+        written.markdown.display(),
         written.figures.len(),
         if written.figures.len() == 1 { "" } else { "s" },
-        written.markdown.display(),
         args.out.display()
     );
     for (path, _) in &written.figures {

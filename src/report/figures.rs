@@ -97,6 +97,14 @@ fn write_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The y range of shares (accuracies): 0 to 1 with room for markers at either end.
+const UNIT_AXIS: (f64, f64) = (-0.03, 1.03);
+
+/// A step on an axis: steps are whole numbers.
+fn step_label(v: &f64) -> String {
+    format!("{v:.0}")
+}
+
 /// One colour per line (Tableau 10: distinct, and readable in greyscale print).
 pub const PALETTE: [RGBColor; 10] = [
     RGBColor(78, 121, 167),
@@ -300,8 +308,9 @@ impl Curves<'_> {
             .y_desc(p.y_desc)
             .label_style(ctx.font(11.0))
             .axis_desc_style(ctx.font(12.0))
-            .light_line_style(RGBColor(240, 240, 240))
-            .bold_line_style(RGBColor(222, 222, 222))
+            .x_label_formatter(&step_label)
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(RGBColor(226, 226, 226))
             .draw()?;
         let mut labelled = false;
         for (i, (l, (train, eval))) in self.lines.iter().zip(&bands).enumerate() {
@@ -320,6 +329,7 @@ impl Curves<'_> {
                 .configure_series_labels()
                 .position(SeriesLabelPosition::UpperRight)
                 .label_font(ctx.font(11.0))
+                .legend_area_size(ctx.px(28.0))
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(160, 160, 160))
                 .draw()?;
@@ -454,16 +464,17 @@ impl Figure for Gap<'_> {
             .x_label_area_size(ctx.px(38.0))
             .y_label_area_size(ctx.px(60.0))
             .right_y_label_area_size(ctx.px(64.0))
-            .build_cartesian_2d(0f64..x_max, 0f64..1f64)?
+            .build_cartesian_2d(0f64..x_max, UNIT_AXIS.0..UNIT_AXIS.1)?
             .set_secondary_coord(0f64..x_max, j0..j1);
         chart
             .configure_mesh()
             .x_desc("step")
             .y_desc("reward accuracy (dashed, dots)")
+            .x_label_formatter(&step_label)
             .label_style(ctx.font(11.0))
             .axis_desc_style(ctx.font(12.0))
-            .light_line_style(RGBColor(240, 240, 240))
-            .bold_line_style(RGBColor(222, 222, 222))
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(RGBColor(226, 226, 226))
             .draw()?;
         chart
             .configure_secondary_axes()
@@ -512,6 +523,7 @@ impl Figure for Gap<'_> {
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
             .label_font(ctx.font(11.0))
+            .legend_area_size(ctx.px(28.0))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(160, 160, 160))
             .draw()?;
@@ -581,8 +593,8 @@ impl Figure for DeltaQ<'_> {
             .x_label_formatter(&|v| format!("{}", 2f64.powf(*v).round()))
             .label_style(ctx.font(11.0))
             .axis_desc_style(ctx.font(12.0))
-            .light_line_style(RGBColor(240, 240, 240))
-            .bold_line_style(RGBColor(222, 222, 222))
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(RGBColor(226, 226, 226))
             .draw()?;
         chart.draw_series(LineSeries::new(
             [(x0, 0.0), (x1, 0.0)],
@@ -624,6 +636,7 @@ impl Figure for DeltaQ<'_> {
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
             .label_font(ctx.font(11.0))
+            .legend_area_size(ctx.px(28.0))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(160, 160, 160))
             .draw()?;
@@ -714,7 +727,7 @@ pub fn draw_all(
                 y_desc: "rewards/accuracies",
                 train: Some("rewards/accuracies"),
                 eval: Some("eval_rewards/accuracies"),
-                y_range: Some((0.0, 1.0)),
+                y_range: Some(UNIT_AXIS),
             },
         ],
     };

@@ -21,6 +21,15 @@ struct Grid {
     cells: BTreeMap<(usize, usize), f64>,
 }
 
+/// The left (lower) edge of cell `i` of `n` on a segmented axis; `n` is the far edge.
+fn edge(i: usize, n: usize) -> SegmentValue<usize> {
+    if i < n {
+        SegmentValue::Exact(i)
+    } else {
+        SegmentValue::Last
+    }
+}
+
 pub struct PrefixHeatmap {
     grids: Vec<Grid>,
     /// The colour scale: |m| at which colours saturate.
@@ -95,7 +104,7 @@ impl PrefixHeatmap {
             .margin(ctx.px(6.0))
             .x_label_area_size(ctx.px(36.0))
             .y_label_area_size(ctx.px(56.0))
-            .build_cartesian_2d((0..nx).into_segmented(), (0..ny).into_segmented())?;
+            .build_cartesian_2d((0..nx - 1).into_segmented(), (0..ny - 1).into_segmented())?;
         let steps = &g.steps;
         let js = &g.js;
         let x_fmt = |v: &SegmentValue<usize>| match v {
@@ -131,8 +140,8 @@ impl PrefixHeatmap {
             };
             Rectangle::new(
                 [
-                    (SegmentValue::Exact(xi), SegmentValue::Exact(yi)),
-                    (SegmentValue::Exact(xi + 1), SegmentValue::Exact(yi + 1)),
+                    (edge(xi, nx), edge(yi, ny)),
+                    (edge(xi + 1, nx), edge(yi + 1, ny)),
                 ],
                 color.filled(),
             )
@@ -169,17 +178,22 @@ impl PrefixHeatmap {
 
 impl Figure for PrefixHeatmap {
     fn size(&self) -> (u32, u32) {
-        (900, 60 + 300 * self.grids.len() as u32)
+        (900, 34 + 300 * self.grids.len() as u32)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, ctx: Ctx) -> Drawn<DB> {
         root.fill(&WHITE)?;
-        let root = root.titled(
+        let (top, root) = root.split_vertically(ctx.px(34.0));
+        let (w, _) = top.dim_in_pixel();
+        top.draw(&Text::new(
             "Prefix margin m(j) at each eval (blue: chosen prefix preferred)",
-            ctx.font(16.0),
-        )?;
-        let (w, _) = root.dim_in_pixel();
-        let (panels, bar) = root.split_horizontally(w - ctx.px(110.0));
+            (w as i32 / 2, ctx.px(20.0) as i32),
+            ctx.font(16.0).pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Center,
+            )),
+        ))?;
+        let (panels, bar) = root.split_horizontally(w - ctx.px(130.0));
         let areas = panels.split_evenly((self.grids.len(), 1));
         for (area, g) in areas.iter().zip(&self.grids) {
             self.panel(area, g, ctx)?;

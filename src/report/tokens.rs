@@ -332,7 +332,7 @@ impl TokenStrips {
             ctx.font(12.0).color(&grey),
         ))?;
         root.draw(&Text::new(
-            "red bar: POET's cut k (faded tokens after it do not count under POET) · black outline: first differing token · ·: a space",
+            "red bar: POET's cut k (faded tokens after it do not count under POET) · black outline: first differing token · “·” is a space",
             pt(bx + bw + 16.0, by + 20.0),
             ctx.font(12.0).color(&grey),
         ))?;
