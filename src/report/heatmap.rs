@@ -36,8 +36,8 @@ pub struct PrefixHeatmap {
     scale: f64,
 }
 
-/// Mean prefix margin per (eval step, j) over the runs given.
-fn grid(runs: &[&Run]) -> (Vec<usize>, Vec<usize>, BTreeMap<(usize, usize), f64>) {
+/// Mean prefix margin per (eval step, j) over the runs given (the label left empty).
+fn grid(runs: &[&Run]) -> Grid {
     let mut values: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     for r in runs {
         for (&step, curve) in &r.prefix {
@@ -52,7 +52,12 @@ fn grid(runs: &[&Run]) -> (Vec<usize>, Vec<usize>, BTreeMap<(usize, usize), f64>
         .collect();
     let steps: BTreeSet<usize> = cells.keys().map(|k| k.0).collect();
     let js: BTreeSet<usize> = cells.keys().map(|k| k.1).collect();
-    (steps.into_iter().collect(), js.into_iter().collect(), cells)
+    Grid {
+        label: String::new(),
+        steps: steps.into_iter().collect(),
+        js: js.into_iter().collect(),
+        cells,
+    }
 }
 
 impl PrefixHeatmap {
@@ -61,18 +66,13 @@ impl PrefixHeatmap {
             .iter()
             .map(|l| {
                 let members: Vec<&Run> = l.members.iter().map(|&i| &runs[i]).collect();
-                let (steps, js, cells) = grid(&members);
-                let label = if l.members.len() > 1 {
+                let mut g = grid(&members);
+                g.label = if l.members.len() > 1 {
                     format!("{} · mean over seeds", l.label)
                 } else {
                     l.label.clone()
                 };
-                Grid {
-                    label,
-                    steps,
-                    js,
-                    cells,
-                }
+                g
             })
             .filter(|g| !g.cells.is_empty())
             .collect();
@@ -220,7 +220,9 @@ mod tests {
         a.prefix.insert(0, curve(vec![0.0, 0.1, 0.2]));
         a.prefix.insert(5, curve(vec![0.2, 0.4, 0.6]));
         b.prefix.insert(5, curve(vec![0.4, 0.6, f64::NAN]));
-        let (steps, js, cells) = grid(&[&a, &b]);
+        let Grid {
+            steps, js, cells, ..
+        } = grid(&[&a, &b]);
         assert_eq!(steps, [0, 5]);
         assert_eq!(js, [1, 2, 4]);
         assert!((cells[&(5, 1)] - 0.3).abs() < 1e-12);
