@@ -30,6 +30,9 @@ pub mod engine;
 pub mod model;
 /// Losses (DPO, SimPO, IPO, SFT), POET masks, metrics and prefix diagnostics.
 pub mod objective;
+/// Figures for papers from run directories (`gaplab report`): curves, the gap chart, the
+/// prefix heatmap, token strips, ΔQ(k), seeds grouped into mean ± std, report.md.
+pub mod report;
 /// Reward models as judges: the input convention, scoring generations and their prefixes,
 /// the paper's prefix analyses (ΔQ(k), prefix quality).
 pub mod reward;

@@ -9,6 +9,7 @@ pub mod demo_data;
 pub mod eval;
 pub mod init;
 pub mod merge;
+pub mod report;
 pub mod sample;
 pub mod score;
 pub mod train;
