@@ -41,6 +41,7 @@ enum Command {
     TrainRm(cmd::train_rm::TrainRmArgs),
     Score(cmd::score::ScoreArgs),
     Analyze(cmd::analyze::AnalyzeArgs),
+    Export(cmd::export::ExportArgs),
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -63,6 +64,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::TrainRm(args) => cmd::train_rm::run(&args)?,
         Command::Score(args) => cmd::score::run(&args)?,
         Command::Analyze(args) => cmd::analyze::run(&args)?,
+        Command::Export(args) => cmd::export::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
