@@ -165,6 +165,31 @@ fn a_resumed_run_shows_in_tensorboard_as_its_records() {
 }
 
 #[test]
+fn a_failed_event_file_write_stops_the_run_and_resume_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path());
+    let root = tmp.path().join("runs");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    // Written: the file's version, the start, the eval at step 0, steps 1 and 2 (and the
+    // checkpoint at step 2); step 3 is not.
+    let out = train("tensorboard-write@6", &[&s(&ws), "--out", &s(&root)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let run = runs(&root).pop().unwrap();
+    let file = tensorboard::event_files(&run.join("tb")).pop().unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "cannot write {}: No space left on device",
+            file.display()
+        )),
+        "{err}"
+    );
+    let out = train("", &[&s(&ws), "--resume", &s(&run)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same(&tensorboard_view(&run.join("tb")), &record_view(&run));
+}
+
+#[test]
 fn tensorboard_reads_what_gaplab_writes() {
     let expected = expected_view();
     let run = fixture("tensorboard/run");
