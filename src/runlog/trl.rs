@@ -132,7 +132,12 @@ fn metrics(entry: &Map<String, Value>) -> std::collections::BTreeMap<String, f64
 fn summary(entry: &Map<String, Value>) -> String {
     let parts: Vec<String> = metrics(entry)
         .into_iter()
-        .map(|(k, x)| format!("{k} {x}"))
+        .map(|(k, x)| {
+            // Four decimals, as the Trainer prints its summary, without trailing zeros.
+            let text = format!("{x:.4}");
+            let text = text.trim_end_matches('0').trim_end_matches('.');
+            format!("{k} {text}")
+        })
         .collect();
     format!("Trainer summary: {}", parts.join(", "))
 }
