@@ -1,6 +1,6 @@
 //! TensorBoard event files of a run's metrics: written as the run's records arrive (`[log]
 //! tensorboard = true`) or afterwards from its records (`gaplab export tensorboard`), and read
-//! back (both checksums verified) by tests and by `gaplab export` before it adds a file.
+//! back with both checksums verified ([`read`], for tests and users' tools).
 //!
 //! On the runlog floor: it reads `event` records and knows nothing of the trainer.
 //!
@@ -311,9 +311,8 @@ pub struct Record {
     pub values: Vec<(String, f32)>,
 }
 
-/// Reads a protobuf message's fields: (field number, wire type, payload) where the payload of a
-/// varint is its value's bytes as read (decode with `read_varint`), of fixed64/fixed32 its
-/// bytes, of a length-delimited field its bytes.
+/// A protobuf message read field by field: (field number, payload), fields of unknown numbers
+/// left to the caller to skip.
 struct Fields<'a> {
     data: &'a [u8],
     pos: usize,
