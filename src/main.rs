@@ -42,6 +42,7 @@ enum Command {
     Score(cmd::score::ScoreArgs),
     Analyze(cmd::analyze::AnalyzeArgs),
     Report(cmd::report::ReportArgs),
+    Export(cmd::export::ExportArgs),
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -65,6 +66,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Score(args) => cmd::score::run(&args)?,
         Command::Analyze(args) => cmd::analyze::run(&args)?,
         Command::Report(args) => cmd::report::run(&args)?,
+        Command::Export(args) => cmd::export::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

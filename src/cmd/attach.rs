@@ -15,7 +15,8 @@ use crate::event::{Event, Observer};
 use crate::runlog::{tail, CONFIG};
 use crate::ui::app::{self, Source};
 
-/// Open the dashboard on run directories (or all runs of a workspace), following them live.
+/// Open the dashboard on run directories (or all runs of a workspace), following them live; a
+/// Hugging Face Trainer (TRL) output folder opens as a finished run.
 #[derive(clap::Args, Clone, Debug)]
 pub struct AttachArgs {
     #[arg(required = true)]
@@ -36,11 +37,16 @@ pub struct AttachArgs {
     pub ui: super::UiArgs,
 }
 
-/// Run directories named by `paths`: a run directory itself, or every run of a workspace.
+/// Run directories named by `paths`: a run directory itself, a Hugging Face Trainer (TRL)
+/// output folder (its trainer_state.json read now, so that a bad one is an error at once), or
+/// every run of a workspace.
 pub fn run_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         if p.join(CONFIG).exists() {
+            out.push(p.clone());
+        } else if crate::runlog::trl::is_trainer_folder(p) {
+            tail::Tail::open(p)?;
             out.push(p.clone());
         } else if p.join(crate::config::FILE_NAME).exists() || p.join("runs").is_dir() {
             let mut runs: Vec<PathBuf> = std::fs::read_dir(p.join("runs"))

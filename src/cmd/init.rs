@@ -123,6 +123,11 @@ keep = 2
 # length_growth = 0.25      # generations 25% longer than at the first eval
 # kl_max = 5.0              # per-token KL(policy || reference) of sampled generations
 
+# TensorBoard event files of the run's metrics in RUN_DIR/tb/, tagged as TRL's Trainer tags
+# them (train/loss, eval/rewards/margins); `gaplab export tensorboard RUN_DIR` writes them later.
+# [log]
+# tensorboard = false
+
 # The dashboard; these (and most settings above) may be edited while a run trains.
 # [ui]
 # theme = "default"         # default | dark | light | mono | a themes/NAME.toml | a path

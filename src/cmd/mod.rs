@@ -7,6 +7,7 @@ pub mod bench;
 pub mod check;
 pub mod demo_data;
 pub mod eval;
+pub mod export;
 pub mod init;
 pub mod merge;
 pub mod report;

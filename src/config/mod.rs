@@ -726,6 +726,16 @@ section! {
 }
 
 section! {
+    /// `[log]`: what a run writes besides its own records (events.jsonl and the TRL-shaped
+    /// files, always written).
+    pub struct LogSection {
+        /// TensorBoard event files under `RUN_DIR/tb/` as metrics arrive (TRL's tags). Taken
+        /// when a run starts or resumes: its writer opens the file then.
+        tensorboard: bool = false, Restart;
+    }
+}
+
+section! {
     /// `[ui]`: the dashboard.
     pub struct UiSection {
         /// A theme name (built-in or themes/NAME.toml) or a path to a theme file.
@@ -766,6 +776,8 @@ pub struct WorkspaceConfig {
     #[serde(default)]
     pub alerts: AlertsSection,
     #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
     pub ui: UiSection,
     #[serde(default, rename = "variant", skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<Variant>,
@@ -792,6 +804,9 @@ pub struct RunConfig {
     pub judge: JudgeSection,
     #[serde(default)]
     pub alerts: AlertsSection,
+    /// Absent from the config.toml of runs written before `[log]` existed.
+    #[serde(default)]
+    pub log: LogSection,
     #[serde(default)]
     pub ui: UiSection,
 }
@@ -894,6 +909,7 @@ impl RunConfig {
         // Restart-only sections: merged only to name the fields that changed.
         merge_live("model", &cur.model, &new.model, ModelSection::FIELDS, c, i)?;
         merge_live("data", &cur.data, &new.data, DataSection::FIELDS, c, i)?;
+        merge_live("log", &cur.log, &new.log, LogSection::FIELDS, c, i)?;
         match (&cur.sft, &new.sft) {
             (Some(a), Some(b)) => {
                 merge_live("sft", a, b, SftSection::FIELDS, c, i)?;
@@ -1115,6 +1131,7 @@ impl Workspace {
             lora: self.config.lora.clone(),
             judge,
             alerts: self.config.alerts.clone(),
+            log: self.config.log.clone(),
             ui: self.config.ui.clone(),
         })
     }
@@ -1622,6 +1639,7 @@ pub fn all_fields() -> Vec<(String, Reload)> {
     add("lora", LoraSection::FIELDS);
     add("judge", JudgeSection::FIELDS);
     add("alerts", AlertsSection::FIELDS);
+    add("log", LogSection::FIELDS);
     add("ui", UiSection::FIELDS);
     v
 }
@@ -1899,6 +1917,7 @@ mod tests {
             "train.seed",
             "data.prompt_truncation",
             "data.overlong",
+            "log.tensorboard",
         ] {
             assert_eq!(
                 fields.iter().find(|x| x.0 == f).unwrap().1,

@@ -10,6 +10,8 @@
 //!       samples.jsonl    {"step", "prompt_id", "prompt", "source", "text", "token_ids"}
 //!       prefix.jsonl     eval diagnostics: {"step", "prefix", "token_diffs", "entropy", ...}
 //!       log.txt          human-readable log: `<YYYYMMDD-HHMMSS> step <N> <level>: <sentence>`
+//!       tb/              with `[log] tensorboard = true`: TensorBoard event files of the
+//!                        metrics, one per process start ([`tensorboard`])
 //!       checkpoints/step-N/   HF folder + optimizer.safetensors + trainer_state.json,
 //!                        written as checkpoints/.tmp-step-N and renamed when complete
 //! ```
@@ -20,14 +22,17 @@
 //! needs no rewriting of the head). metrics, samples and prefix are the same records in TRL's
 //! shape for users' scripts; log.txt says each event in words ([`Event::describe`]). Run
 //! directories written before events.jsonl existed are read from those files instead
-//! ([`tail`]).
+//! ([`tail`]), and so is a Hugging Face Trainer (TRL) output folder, from its
+//! trainer_state.json ([`trl`]).
 
 mod legacy;
 mod lines;
 pub mod lock;
 pub mod tail;
+pub mod tensorboard;
 #[cfg(test)]
 mod testutil;
+pub mod trl;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -346,6 +351,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// from its last checkpoint with `--resume`, which drops any record after that checkpoint,
 /// torn last lines included. A state change is written to status.json even when appending its
 /// record to events.jsonl failed, so that a failure is seen there whenever possible.
+///
+/// With `[log] tensorboard = true` in the run's config.toml, the metrics also go to a
+/// TensorBoard event file in `tb/` (fault point `tensorboard-write`), opened at the run's
+/// `Started`: a new file each time the run starts or resumes.
 pub struct Writer {
     run: RunDir,
     events: File,
@@ -355,6 +364,15 @@ pub struct Writer {
     log: File,
     variant: String,
     total_steps: usize,
+    board: Board,
+}
+
+/// The run's TensorBoard event file, if it writes one.
+enum Board {
+    Off,
+    /// Asked for; opened at the next `Started` (or the first metrics).
+    Wanted,
+    Open(tensorboard::EventFile),
 }
 
 fn append(path: &Path) -> Result<File> {
@@ -402,7 +420,13 @@ impl Writer {
         let path = run.file(EVENTS);
         let mut events = append(&path)?;
         end_torn_line(&mut events, &path)?;
+        let board = if run.file(CONFIG).is_file() && run.read_config()?.log.tensorboard {
+            Board::Wanted
+        } else {
+            Board::Off
+        };
         Ok(Self {
+            board,
             events,
             metrics: append(&run.file(METRICS))?,
             samples: append(&run.file(SAMPLES))?,
@@ -460,9 +484,37 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the TRL-shaped records of `ev` (metrics, samples, prefix).
+    /// The open TensorBoard file, opened now if it is wanted.
+    fn board(&mut self) -> Result<Option<&mut tensorboard::EventFile>> {
+        if let Board::Wanted = self.board {
+            let f = tensorboard::EventFile::create(&self.run.path.join(tensorboard::DIR))?;
+            self.board = Board::Open(f);
+        }
+        Ok(match &mut self.board {
+            Board::Open(f) => Some(f),
+            _ => None,
+        })
+    }
+
+    /// Writes the TRL-shaped records of `ev` (metrics, samples, prefix) and its TensorBoard
+    /// scalars.
     fn write_files(&mut self, ev: &Event) -> Result<()> {
         let time = crate::event::now();
+        match ev {
+            // A resumed run's records after its checkpoint were dropped; TensorBoard drops
+            // them from earlier files when told where the run starts again.
+            Event::Started { start_step, .. } => {
+                if let Some(f) = self.board()? {
+                    f.write_session_start(start_step + 1, time)?;
+                }
+            }
+            Event::Step(_) | Event::Eval(_) => {
+                if let Some(f) = self.board()? {
+                    f.write_event(ev)?;
+                }
+            }
+            _ => {}
+        }
         let metrics = self.run.file(METRICS);
         let mut metric = |v: Value| line(&mut self.metrics, &metrics, "metrics-write", &v);
         match ev {
@@ -663,6 +715,51 @@ mod tests {
             .map(|l| Event::from_record(l).unwrap())
             .collect();
         assert_eq!(kept, vec![log(1), log(2), resumed]);
+    }
+
+    #[test]
+    fn tensorboard_files_follow_the_config_one_per_writer() {
+        use crate::event::StepMetrics;
+        let tmp = tempfile::tempdir().unwrap();
+        let run = testutil::new_run(tmp.path(), "dpo");
+        let started = |start_step| Event::Started {
+            variant: "dpo".into(),
+            run_dir: run.path.clone(),
+            start_step,
+            total_steps: 9,
+            device: "cpu".into(),
+            params: 1,
+            lora: None,
+            config: Box::new(serde_json::json!({})),
+        };
+        let step = |step| {
+            Event::Step(StepMetrics {
+                step,
+                time: 50.0 + step as f64,
+                metrics: [("loss".to_string(), 0.5)].into_iter().collect(),
+            })
+        };
+        // Off by default: no tb folder.
+        let mut w = Writer::new(&run, "dpo", 9).unwrap();
+        w.write(&started(0)).unwrap();
+        w.write(&step(1)).unwrap();
+        assert!(!run.file(tensorboard::DIR).exists());
+
+        let mut cfg = testutil::config(tmp.path());
+        cfg.log.tensorboard = true;
+        run.write_config(&cfg).unwrap();
+        for start in [0, 4] {
+            let mut w = Writer::new(&run, "dpo", 9).unwrap();
+            w.write(&started(start)).unwrap();
+            w.write(&step(start + 1)).unwrap();
+        }
+        let files = tensorboard::event_files(&run.file(tensorboard::DIR));
+        assert_eq!(files.len(), 2);
+        let second = tensorboard::read(&files[1]).unwrap();
+        assert_eq!(second.len(), 3);
+        assert!(second[1].session_start && second[1].step == 5);
+        assert_eq!((second[2].step, second[2].wall_time), (5, 55.0));
+        assert_eq!(second[2].values, vec![("train/loss".to_string(), 0.5)]);
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! its records through a rename), is read again from its beginning; viewers overwrite records
 //! by step, so the repeated events are harmless. A line that cannot be read is reported once, as
 //! a warning `Log`, and skipped.
+//!
+//! A folder without config.toml that holds a Hugging Face Trainer's trainer_state.json (a TRL
+//! run) is read as a finished run ([`super::trl`]): all its events on the first poll.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -118,24 +121,53 @@ enum Reader {
     Legacy(Box<Legacy>),
 }
 
+/// A Trainer output folder, read when opened: its events until the first poll takes them.
+struct Trainer {
+    events: Vec<Event>,
+    last_step: usize,
+}
+
+/// What a [`Tail`] reads.
+enum Kind {
+    Run {
+        config: Box<RunConfig>,
+        reader: Reader,
+    },
+    Trainer(Trainer),
+}
+
 /// Reads a run directory as events, incrementally.
 pub struct Tail {
     dir: PathBuf,
-    config: RunConfig,
-    reader: Reader,
+    kind: Kind,
 }
 
 impl Tail {
-    /// Opens a run directory; fails when it has no config.toml, or one that cannot be read.
+    /// Opens a run directory, or a Trainer output folder (whose trainer_state.json is read
+    /// now); fails when it is neither, or its config.toml or trainer_state.json cannot be read.
     pub fn open(run_dir: &Path) -> Result<Tail> {
+        if super::trl::is_trainer_folder(run_dir) {
+            let events = super::trl::events(run_dir)?;
+            let last_step = events.iter().map(Event::step).max().unwrap_or(0);
+            return Ok(Tail {
+                dir: run_dir.to_path_buf(),
+                kind: Kind::Trainer(Trainer { events, last_step }),
+            });
+        }
         if !run_dir.join(CONFIG).is_file() {
-            anyhow::bail!("{}: not a run directory (no {CONFIG})", run_dir.display());
+            anyhow::bail!(
+                "{}: not a run directory (no {CONFIG}) nor a Trainer output folder (no {})",
+                run_dir.display(),
+                super::TRAINER_STATE
+            );
         }
         let config = RunDir::open(run_dir)?.read_config()?;
         Ok(Tail {
             dir: run_dir.to_path_buf(),
-            config,
-            reader: Reader::Empty,
+            kind: Kind::Run {
+                config: Box::new(config),
+                reader: Reader::Empty,
+            },
         })
     }
 
@@ -145,19 +177,25 @@ impl Tail {
 
     /// Whether the run has ended (finished, stopped or failed), as of the last poll.
     pub fn is_over(&self) -> bool {
-        match &self.reader {
-            Reader::Empty => false,
-            Reader::Records(r) => r.over,
-            Reader::Legacy(r) => r.is_over(),
+        match &self.kind {
+            Kind::Trainer(t) => t.events.is_empty(),
+            Kind::Run { reader, .. } => match reader {
+                Reader::Empty => false,
+                Reader::Records(r) => r.over,
+                Reader::Legacy(r) => r.is_over(),
+            },
         }
     }
 
     /// The latest step seen (the step of the reader's own messages).
     pub fn last_step(&self) -> usize {
-        match &self.reader {
-            Reader::Empty => 0,
-            Reader::Records(r) => r.last_step,
-            Reader::Legacy(r) => r.last_step(),
+        match &self.kind {
+            Kind::Trainer(t) => t.last_step,
+            Kind::Run { reader, .. } => match reader {
+                Reader::Empty => 0,
+                Reader::Records(r) => r.last_step,
+                Reader::Legacy(r) => r.last_step(),
+            },
         }
     }
 
@@ -165,6 +203,10 @@ impl Tail {
     /// `Started` first. From events.jsonl they come in the order they were sent; for the order
     /// of an earlier version's run directory see the `legacy` module.
     pub fn poll(&mut self) -> Result<Vec<Event>> {
+        let (config, reader) = match &mut self.kind {
+            Kind::Trainer(t) => return Ok(std::mem::take(&mut t.events)),
+            Kind::Run { config, reader } => (config, reader),
+        };
         // Without this a vanished events.jsonl reads as a run started over, and a viewer would
         // drop what it has.
         if !self.dir.join(CONFIG).is_file() {
@@ -174,20 +216,20 @@ impl Tail {
             );
         }
         let records = self.dir.join(EVENTS).exists();
-        match self.reader {
+        match reader {
             Reader::Records(_) => {}
             // An earlier version's run resumed by this one: its events.jsonl begins with what
             // came before.
-            _ if records => self.reader = Reader::Records(Records::new(&self.dir)),
+            _ if records => *reader = Reader::Records(Records::new(&self.dir)),
             Reader::Empty if legacy::written(&self.dir) => {
-                let legacy = Legacy::new(&self.dir, self.config.clone())?;
-                self.reader = Reader::Legacy(Box::new(legacy));
+                let legacy = Legacy::new(&self.dir, (**config).clone())?;
+                *reader = Reader::Legacy(Box::new(legacy));
             }
             _ => {}
         }
-        match &mut self.reader {
+        match reader {
             Reader::Empty => Ok(Vec::new()),
-            Reader::Records(r) => r.poll(&self.dir, &self.config),
+            Reader::Records(r) => r.poll(&self.dir, config),
             Reader::Legacy(r) => r.poll(),
         }
     }
@@ -198,7 +240,11 @@ impl Tail {
 pub fn replay(run_dir: &Path) -> Result<Vec<Event>> {
     let mut tail = Tail::open(run_dir)?;
     let mut events = tail.poll()?;
-    if let Reader::Legacy(r) = &mut tail.reader {
+    if let Kind::Run {
+        reader: Reader::Legacy(r),
+        ..
+    } = &mut tail.kind
+    {
         r.flush(&mut events);
     }
     Ok(events)
@@ -564,7 +610,8 @@ mod tests {
         assert_eq!(
             err,
             format!(
-                "{}: not a run directory (no config.toml)",
+                "{}: not a run directory (no config.toml) nor a Trainer output folder (no \
+                 trainer_state.json)",
                 tmp.path().display()
             )
         );
