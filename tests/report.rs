@@ -276,8 +276,8 @@ fn token_strips_and_delta_q_are_drawn_from_the_records() {
     let svg = read(&out.join("tokens-dpo-poet.svg"));
     for t in [
         "Token contributions of dpo-poet at step 4",
-        "pair 3 · k = 3 (POET cut)",
-        "first difference at token 1",
+        "pair #4 · k = 3 (POET cut)",
+        "first difference at t2",
         "·answer",
         "·question",
         "↵",

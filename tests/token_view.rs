@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::render_app as render;
+
 use candle_core::{DType, Device};
 use gaplab::data::TokenizedPair;
 use gaplab::event::{
@@ -161,9 +163,10 @@ fn a_run_records_the_token_view_and_its_run_directory_keeps_it() {
         // The heatmap's row of the same pair is the difference of the log-ratios, which the
         // contributions scale by beta (0.1 in the tiny workspace).
         let row = &r.token_diffs[0].values;
-        for t in 0..p.chosen.ids.len().min(p.rejected.ids.len()) {
+        let k = p.chosen.ids.len().min(p.rejected.ids.len());
+        for (t, want) in row.iter().enumerate().take(k) {
             let d = (p.chosen.contributions[t] - p.rejected.contributions[t]) / 0.1;
-            assert!((d - row[t]).abs() < 1e-4, "{d} vs {}", row[t]);
+            assert!((d - want).abs() < 1e-4, "{d} vs {want}");
         }
     }
     let policy_samples: Vec<&Sample> = events
@@ -298,21 +301,6 @@ fn app(depth: ColorDepth) -> App {
         app.on_event(0, &ev);
     }
     app
-}
-
-fn render(app: &mut App, w: u16, h: u16) -> String {
-    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| gaplab::ui::view::draw(f, app)).unwrap();
-    let buf = term.backend().buffer().clone();
-    let mut out = String::new();
-    for y in 0..buf.area.height {
-        let line: String = (0..buf.area.width)
-            .map(|x| buf[(x, y)].symbol().to_string())
-            .collect();
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 #[test]

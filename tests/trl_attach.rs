@@ -7,14 +7,14 @@
 
 mod common;
 
+use common::render_app as render;
+
 use std::collections::BTreeMap;
 
 use common::{fixture, gaplab, read_json, stderr, stdout};
 use gaplab::event::{Event, Observer};
 use gaplab::ui::state::{App, Pane, Role};
 use gaplab::ui::theme::{ColorDepth, ThemeFile, BUILTIN};
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
 use serde_json::Value;
 
 /// The numbers of a log_history entry, but its step.
@@ -191,21 +191,6 @@ fn an_export_of_the_folder_has_the_tags_trl_wrote() {
             });
         assert!(close, "{tag}: {a:?} != {b:?}");
     }
-}
-
-fn render(app: &mut App, w: u16, h: u16) -> String {
-    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| gaplab::ui::view::draw(f, app)).unwrap();
-    let buf = term.backend().buffer().clone();
-    let mut out = String::new();
-    for y in 0..buf.area.height {
-        let line: String = (0..buf.area.width)
-            .map(|x| buf[(x, y)].symbol().to_string())
-            .collect();
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 #[test]

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::render_app as render;
+
 use std::path::Path;
 
 use gaplab::event::{EvalReport, Event, Observer};
@@ -42,21 +44,6 @@ fn app() -> App {
         app.on_event(source, &ev);
     }
     app
-}
-
-fn render(app: &mut App, w: u16, h: u16) -> String {
-    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| gaplab::ui::view::draw(f, app)).unwrap();
-    let buf = term.backend().buffer().clone();
-    let mut out = String::new();
-    for y in 0..buf.area.height {
-        let line: String = (0..buf.area.width)
-            .map(|x| buf[(x, y)].symbol().to_string())
-            .collect();
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 #[test]

@@ -175,6 +175,26 @@ fn line_band(runs: &[Run], line: &Line, eval: bool, metric: &str) -> Vec<BandPoi
     band(&series)
 }
 
+/// The ± 1 std area around a seed group's mean curve (None without two points that have a
+/// spread: a single run has no band).
+fn std_band(pts: &[BandPoint], color: RGBColor) -> Option<Polygon<(f64, f64)>> {
+    let with_std: Vec<&BandPoint> = pts.iter().filter(|p| p.std.is_some()).collect();
+    if with_std.len() < 2 {
+        return None;
+    }
+    let upper = with_std
+        .iter()
+        .map(|p| (p.step as f64, p.mean + p.std.unwrap_or(0.0)));
+    let lower = with_std
+        .iter()
+        .rev()
+        .map(|p| (p.step as f64, p.mean - p.std.unwrap_or(0.0)));
+    Some(Polygon::new(
+        upper.chain(lower).collect::<Vec<_>>(),
+        color.mix(0.2).filled(),
+    ))
+}
+
 /// Draws a mean curve with its ± std band; dashed with dots for eval curves. Returns whether
 /// anything was drawn (to label it in the legend once).
 #[allow(clippy::too_many_arguments)]
@@ -189,19 +209,8 @@ fn draw_band<DB: DrawingBackend>(
     if pts.is_empty() {
         return Ok(());
     }
-    let with_std: Vec<&BandPoint> = pts.iter().filter(|p| p.std.is_some()).collect();
-    if with_std.len() >= 2 {
-        let upper = with_std
-            .iter()
-            .map(|p| (p.step as f64, p.mean + p.std.unwrap_or(0.0)));
-        let lower = with_std
-            .iter()
-            .rev()
-            .map(|p| (p.step as f64, p.mean - p.std.unwrap_or(0.0)));
-        chart.draw_series(std::iter::once(Polygon::new(
-            upper.chain(lower).collect::<Vec<_>>(),
-            color.mix(0.2).filled(),
-        )))?;
+    if let Some(area) = std_band(pts, color) {
+        chart.draw_series(std::iter::once(area))?;
     }
     let xy: Vec<(f64, f64)> = pts.iter().map(|p| (p.step as f64, p.mean)).collect();
     let style = ctx.stroke(color, if dashed { 1.5 } else { 1.8 });
@@ -495,19 +504,8 @@ impl Figure for Gap<'_> {
             ))?;
             chart.draw_series(xy.iter().map(|&p| Circle::new(p, ctx.px(3.5), c.filled())))?;
             let j = &judge[i];
-            let with_std: Vec<&BandPoint> = j.iter().filter(|p| p.std.is_some()).collect();
-            if with_std.len() >= 2 {
-                let upper = with_std
-                    .iter()
-                    .map(|p| (p.step as f64, p.mean + p.std.unwrap_or(0.0)));
-                let lower = with_std
-                    .iter()
-                    .rev()
-                    .map(|p| (p.step as f64, p.mean - p.std.unwrap_or(0.0)));
-                chart.draw_secondary_series(std::iter::once(Polygon::new(
-                    upper.chain(lower).collect::<Vec<_>>(),
-                    c.mix(0.2).filled(),
-                )))?;
+            if let Some(area) = std_band(j, c) {
+                chart.draw_secondary_series(std::iter::once(area))?;
             }
             let style = ctx.stroke(c, 2.0);
             let w = ctx.px(18.0) as i32;

@@ -176,12 +176,12 @@ impl TokenStrips {
         let pairs = pairs
             .iter()
             .map(|p| {
-                let mut head = format!("pair {} · k = {}", p.pair, p.k);
+                let mut head = format!("pair #{} · k = {}", p.pair + 1, p.k);
                 if p.poet {
                     head += " (POET cut)";
                 }
                 match p.first_diff {
-                    Some(d) => head += &format!(" · first difference at token {d}"),
+                    Some(d) => head += &format!(" · first difference at t{}", d + 1),
                     None => head += " · no differing token recorded",
                 }
                 if let Some(m) = p.k.checked_sub(1).and_then(|i| p.prefix_margin.get(i)) {

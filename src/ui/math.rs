@@ -82,11 +82,8 @@ pub fn y_range(values: &[f64], ignore_outliers: bool) -> Option<(f64, f64)> {
     Some((lo - pad, hi + pad))
 }
 
-/// Index of the first token where two generations differ (None when identical).
-pub fn first_difference(a: &[u32], b: &[u32]) -> Option<usize> {
-    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    (common < a.len().max(b.len())).then_some(common)
-}
+/// Where two generations part: the token view's rule, for the samples side by side too.
+pub use crate::train::token_view::first_difference;
 
 /// Model text made safe to draw: tabs, control characters and escape sequences are shown as
 /// visible symbols instead of being interpreted by the terminal; line breaks are kept.
@@ -282,14 +279,6 @@ mod tests {
         assert!(y_range(&[f64::NAN], false).is_none());
         let (a, b) = y_range(&[3.0], false).unwrap();
         assert!(a < 3.0 && b > 3.0);
-    }
-
-    #[test]
-    fn first_differing_token() {
-        assert_eq!(first_difference(&[1, 2, 3], &[1, 2, 4]), Some(2));
-        assert_eq!(first_difference(&[1, 2], &[1, 2, 3]), Some(2));
-        assert_eq!(first_difference(&[1, 2], &[1, 2]), None);
-        assert_eq!(first_difference(&[], &[5]), Some(0));
     }
 
     #[test]

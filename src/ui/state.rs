@@ -680,9 +680,7 @@ impl App {
             }
             Action::NextEvalStep | Action::PrevEvalStep => {
                 let forward = a == Action::NextEvalStep;
-                let Some(run) = self.selected_run() else {
-                    return None;
-                };
+                let run = self.selected_run()?;
                 match self.tokens.source {
                     TokenSource::Pair => {
                         let steps = run.token_view_steps();

@@ -177,3 +177,21 @@ pub fn cut_back(run: &Path, step: usize) {
         }
     }
 }
+
+/// The dashboard drawn into a `w` x `h` test terminal, as its text (lines trimmed at the end),
+/// for snapshots and screen assertions.
+pub fn render_app(app: &mut gaplab::ui::state::App, w: u16, h: u16) -> String {
+    let backend = ratatui::backend::TestBackend::new(w, h);
+    let mut term = ratatui::Terminal::new(backend).unwrap();
+    term.draw(|f| gaplab::ui::view::draw(f, app)).unwrap();
+    let buf = term.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        let line: String = (0..buf.area.width)
+            .map(|x| buf[(x, y)].symbol().to_string())
+            .collect();
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
