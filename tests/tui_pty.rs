@@ -389,7 +389,7 @@ fn token_view_opens_with_keys_during_a_live_run() {
     });
     t.press("T");
     t.wait_for("the token view of pair 1", |s| {
-        s.contains("Tokens: pair #1 · step 0") && s.contains("▶ chosen") && s.contains("rejected")
+        s.contains("Tokens: pair #1 · step ") && s.contains("▶ chosen") && s.contains("rejected")
     });
     let s = t.screen();
     assert!(

@@ -245,7 +245,7 @@ impl Tok {
 
     /// What a token shows as in a token-by-token view: its piece (leading space kept) in the
     /// context of the token before it, or its vocabulary entry for a special token, which
-    /// decodes to nothing (`</s>`, `<|im_end|>`).
+    /// decodes to nothing (`</s>`, `<|im_end|>`), and for a lone byte of a character.
     pub fn token_text(&self, prev: Option<u32>, id: u32) -> Result<String> {
         let piece = match prev {
             Some(p) => {
@@ -258,8 +258,10 @@ impl Tok {
             }
             None => self.decode(&[id])?,
         };
-        Ok(if piece.is_empty() {
-            self.inner.id_to_token(id).unwrap_or_default()
+        // A byte of a multi-byte character decodes to U+FFFD alone: its vocabulary entry
+        // (`<0xE2>`) says more.
+        Ok(if piece.is_empty() || piece.contains('\u{fffd}') {
+            self.inner.id_to_token(id).unwrap_or(piece)
         } else {
             piece
         })

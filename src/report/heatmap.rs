@@ -8,7 +8,7 @@ use plotters::coord::types::{RangedCoordf64, RangedCoordusize};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::figures::{diverging, Ctx, Drawn, Figure};
+use super::canvas::{diverging, Ctx, Drawn, Figure};
 use super::stats::mean_std;
 use super::{Line, Run};
 

@@ -7,6 +7,7 @@
 //! Floor: above `runlog` and `config` (it reads run directories and their configs), below
 //! `cmd` (whose `report` command parses the flags and prints where the report went).
 
+mod canvas;
 pub mod figures;
 mod font;
 mod heatmap;

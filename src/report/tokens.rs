@@ -6,7 +6,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::figures::{diverging, Ctx, Drawn, Figure};
+use super::canvas::{diverging, Ctx, Drawn, Figure};
 use super::font::FAMILY;
 use crate::event::{PairTokens, TokenTrack};
 
