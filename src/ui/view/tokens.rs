@@ -325,6 +325,7 @@ fn draw_pair(f: &mut Frame, app: &App, area: Rect) {
     let per = [strips_h / 2, strips_h - strips_h / 2];
     let mut lines: Vec<Line> = vec![Line::from(vec![
         Span::styled("prompt ", th.dim),
+        // A long prompt keeps its end: the words the responses continue from.
         Span::styled(
             math::sanitize(&p.prompt)
                 .replace('\n', " ")
