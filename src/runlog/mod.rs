@@ -169,19 +169,7 @@ impl RunDir {
     /// Complete checkpoints, oldest first (temporary folders of interrupted writes are not
     /// listed).
     pub fn list_checkpoints(&self) -> Vec<(usize, PathBuf)> {
-        let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(self.checkpoints())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let step = name.strip_prefix("step-")?.parse().ok()?;
-                let p = e.path();
-                p.join(TRAINER_STATE).exists().then_some((step, p))
-            })
-            .collect();
-        v.sort();
-        v
+        checkpoint_folders(&self.checkpoints(), "step-")
     }
 
     pub fn latest_checkpoint(&self) -> Option<(usize, PathBuf)> {
@@ -323,6 +311,24 @@ fn sync_tree(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot write {}", dir.display()))
+}
+
+/// The folders `<prefix>N` of `dir` that hold a trainer_state.json, by step N: gaplab's
+/// `step-N` checkpoints and a Hugging Face Trainer's `checkpoint-N` alike.
+pub(crate) fn checkpoint_folders(dir: &Path, prefix: &str) -> Vec<(usize, PathBuf)> {
+    let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix(prefix)?.parse().ok()?;
+            let p = e.path();
+            p.join(TRAINER_STATE).is_file().then_some((step, p))
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// Writes a file through a temporary sibling and a rename: readers see the old content or the

@@ -47,19 +47,7 @@ pub fn is_trainer_folder(dir: &Path) -> bool {
 
 /// `checkpoint-N` folders holding a trainer_state.json, by step.
 fn checkpoints(dir: &Path) -> Vec<(usize, PathBuf)> {
-    let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            let p = e.path();
-            p.join(TRAINER_STATE).is_file().then_some((step, p))
-        })
-        .collect();
-    v.sort();
-    v
+    super::checkpoint_folders(dir, "checkpoint-")
 }
 
 #[derive(Deserialize)]

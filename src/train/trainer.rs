@@ -764,8 +764,13 @@ impl Trainer {
     }
 
     /// log pi (and log pi_ref, with a reference model at hand) of each token of a policy's
-    /// generation, for the sample's token view.
-    fn generation_logps(&self, prompt: &[u32], ids: &[u32]) -> Result<(Vec<f64>, Vec<f64>)> {
+    /// generation, for the sample's token view; `policy` is the detached policy that made it.
+    fn generation_logps(
+        &self,
+        policy: &CausalLm,
+        prompt: &[u32],
+        ids: &[u32],
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
         if ids.is_empty() {
             return Ok((vec![], vec![]));
         }
@@ -775,7 +780,7 @@ impl Trainer {
                 .map(|x| token_view::round_sig(f64::from(x), 6))
                 .collect::<Vec<_>>()
         };
-        let policy = f64s(reference_logps(&self.policy.detached()?, &batch)?);
+        let policy = f64s(reference_logps(policy, &batch)?);
         let reference = match &self.reference {
             Reference::Model(m) => f64s(reference_logps(m, &batch)?),
             _ => vec![],
@@ -1061,7 +1066,7 @@ impl Trainer {
             let token_ids = sample::generate(model, &ids, &self.tok.stop, &params, &mut rng)?;
             // The reference's own samples need no departure from it.
             let (logps, ref_logps) = match source {
-                "policy" => self.generation_logps(&ids, &token_ids)?,
+                "policy" => self.generation_logps(model, &ids, &token_ids)?,
                 _ => (vec![], vec![]),
             };
             out.push(Sample {

@@ -214,7 +214,7 @@ fn parse_hex(hex: &str) -> Option<[u8; 3]> {
 
 /// The RGB value xterm gives a palette index: the ANSI table for 0-15, the 6x6x6 cube for
 /// 16-231 and the gray ramp for 232-255.
-fn xterm_rgb(i: u8) -> [u8; 3] {
+pub(crate) fn xterm_rgb(i: u8) -> [u8; 3] {
     match i {
         0..=15 => ANSI[usize::from(i)].1,
         16..=231 => {

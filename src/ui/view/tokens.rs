@@ -14,7 +14,7 @@ use ratatui::Frame;
 use crate::event::{Alternative, PairTokens, Sample, TokenTrack};
 use crate::ui::math;
 use crate::ui::state::{App, TokenSource};
-use crate::ui::theme::Theme;
+use crate::ui::theme::{self, Theme};
 
 /// The title, cut to `room` columns.
 pub fn title(app: &App, room: usize) -> String {
@@ -91,14 +91,10 @@ pub fn shown(piece: &str) -> String {
 fn text_on(bg: Color) -> Color {
     let rgb = match bg {
         Color::Rgb(r, g, b) => Some((r, g, b)),
-        Color::Indexed(i) if (16..232).contains(&i) => {
-            let level = |v: u8| if v == 0 { 0 } else { 55 + 40 * v };
-            let i = i - 16;
-            Some((level(i / 36), level((i / 6) % 6), level(i % 6)))
-        }
-        Color::Indexed(i) if i >= 232 => {
-            let v = 8 + 10 * (i - 232);
-            Some((v, v, v))
+        // The cube and the grey ramp are fixed; indices 0-15 follow the user's palette.
+        Color::Indexed(i) if i >= 16 => {
+            let [r, g, b] = theme::xterm_rgb(i);
+            Some((r, g, b))
         }
         Color::White | Color::Gray | Color::LightYellow | Color::LightCyan => Some((230, 230, 230)),
         Color::Black | Color::Blue | Color::Red | Color::DarkGray | Color::Magenta => {
